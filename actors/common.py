@@ -1,0 +1,38 @@
+"""Small helpers shared by the actor shells: input checks, timing columns, object-array columns."""
+
+from __future__ import annotations
+
+import functools
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+
+def check_model_dir(path: str, what: str) -> None:
+    """Fail early, naming the path, instead of deep inside vLLM or transformers."""
+    if not Path(path, "config.json").is_file():
+        raise FileNotFoundError(f"{what} {path!r}: not a Hugging Face model directory (no config.json)")
+
+
+def timed(column: str) -> Callable:
+    """Decorate a batch ``__call__`` to add each row's share of the call's seconds as ``column``."""
+    def wrap(call: Callable) -> Callable:
+        @functools.wraps(call)
+        def inner(self: Any, batch: dict[str, Any]) -> dict[str, Any]:
+            started = time.perf_counter()
+            out = call(self, batch)
+            rows = len(out["prompt_id"])
+            out[column] = np.full(rows, (time.perf_counter() - started) / max(rows, 1))
+            return out
+        return inner
+    return wrap
+
+
+def object_column(values: list) -> np.ndarray:
+    """A 1-d object array of lists (numpy would otherwise try to build a 2-d array)."""
+    arr = np.empty(len(values), dtype=object)
+    for i, value in enumerate(values):
+        arr[i] = value
+    return arr

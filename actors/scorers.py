@@ -1,0 +1,128 @@
+"""Scorers: classes Ray Data turns into an actor pool after the generators, one score per candidate.
+
+- ``PairRMScorer``: llm-blender's PairRM ranker over all N candidates of a prompt (``Blender.rank`` with
+  ``return_scores=True``: each candidate's aggregate of the full N x (N-1) comparison matrix).
+- ``RewardModelScorer``: a scalar reward model (``AutoModelForSequenceClassification``), fed each
+  (prompt, answer) in the reward model's own chat template, which may differ from the policy's.
+- ``FunctionScorer``: a user function ``module:function`` with signature ``(prompt: str, completion: str) -> float``.
+
+Each scorer reads the columns ``prompt``, ``messages`` and ``candidates`` and adds ``scores``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import math
+import os
+from typing import Any, Callable
+
+import numpy as np
+
+from prefloop.actors.common import check_model_dir, object_column, timed
+
+log = logging.getLogger(__name__)
+
+
+def _as_lists(column: Any) -> list[list[str]]:
+    return [list(c) for c in column]
+
+
+def _messages(batch: dict[str, Any]) -> list[list[dict[str, str]]]:
+    return [json.loads(m) if isinstance(m, str) else list(m) for m in batch["messages"]]
+
+
+def _with_scores(batch: dict[str, Any], scores: list[list[float]]) -> dict[str, Any]:
+    for i, row in enumerate(scores):
+        bad = [s for s in row if not math.isfinite(s)]
+        if bad:
+            raise ValueError(f"scorer returned a non-finite score {bad[0]!r} for prompt_id {batch['prompt_id'][i]}")
+    out = dict(batch)
+    out["scores"] = object_column([[float(s) for s in row] for row in scores])
+    return out
+
+
+class PairRMScorer:
+    """PairRM through llm-blender: compares every pair of a prompt's candidates."""
+
+    def __init__(self, ranker_dir: str, batch_size: int = 16, device: str = "cpu"):
+        from prefloop.actors.blender_compat import load_pairrm
+
+        self.blender = load_pairrm(ranker_dir, device=device)
+        self.batch_size = batch_size
+
+    def score(self, prompts: list[str], candidates: list[list[str]]) -> list[list[float]]:
+        scores = self.blender.rank(prompts, candidates, return_scores=True, batch_size=self.batch_size,
+                                   disable_tqdm=True)
+        return np.asarray(scores, dtype=np.float64).tolist()
+
+    @timed("score_s")
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return _with_scores(batch, self.score(list(batch["prompt"]), _as_lists(batch["candidates"])))
+
+
+class RewardModelScorer:
+    """A scalar reward model: one forward pass per (prompt, candidate), in the model's own template."""
+
+    def __init__(self, model_dir: str, chat_template: str = "tokenizer", batch_size: int = 16,
+                 device: str = "cpu"):
+        check_model_dir(model_dir, "reward model")
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.torch = torch
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.model = AutoModelForSequenceClassification.from_pretrained(model_dir).to(device).eval()
+        self.template, self.batch_size, self.device = chat_template, batch_size, device
+
+    def score_texts(self, texts: list[str]) -> list[float]:
+        out: list[float] = []
+        for start in range(0, len(texts), self.batch_size):
+            chunk = texts[start:start + self.batch_size]
+            enc = self.tokenizer(chunk, return_tensors="pt", padding=True, truncation=True).to(self.device)
+            with self.torch.no_grad():
+                out.extend(self.model(**enc).logits[:, 0].float().tolist())
+        return out
+
+    def score(self, messages: list[list[dict[str, str]]], candidates: list[list[str]]) -> list[list[float]]:
+        from prefloop.core.templates import render_conversation
+
+        texts = [render_conversation(m, c, self.template, self.tokenizer)
+                 for m, cands in zip(messages, candidates) for c in cands]
+        flat = self.score_texts(texts)
+        scores, pos = [], 0
+        for cands in candidates:
+            scores.append(flat[pos:pos + len(cands)])
+            pos += len(cands)
+        return scores
+
+    @timed("score_s")
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return _with_scores(batch, self.score(_messages(batch), _as_lists(batch["candidates"])))
+
+
+def load_function(spec: str) -> Callable[[str, str], float]:
+    """Import ``module:function``; the error names the spec."""
+    module_name, _, attr = spec.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"scorer.function {spec!r} cannot be imported: {err}") from None
+    if not callable(fn):
+        raise ValueError(f"scorer.function {spec!r} is not callable")
+    return fn
+
+
+class FunctionScorer:
+    """A user reward function called per candidate."""
+
+    def __init__(self, function: str):
+        self.spec, self.fn = function, load_function(function)
+
+    @timed("score_s")
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        scores = [[float(self.fn(p, c)) for c in cands]
+                  for p, cands in zip(batch["prompt"], _as_lists(batch["candidates"]))]
+        return _with_scores(batch, scores)

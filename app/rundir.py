@@ -1,0 +1,99 @@
+"""The run directory: one folder per round, one folder per stage, each committed atomically.
+
+    RUN_DIR/
+      recipe.yaml                 the resolved recipe of the run
+      round_0/
+        rollout/                  present only once the stage finished (see below)
+          manifest.json           counts and timings
+          candidates.parquet ...
+        model/ ...
+
+A stage writes into ``<stage>.partial-<pid>/`` and, when everything is written and fsynced, renames it to
+``<stage>/`` (an atomic rename on one filesystem). So a crash mid-stage leaves only a ``.partial`` folder,
+which is ignored and cleaned on the next attempt, and the last good round is never half-overwritten.
+Resume = same run directory: a stage whose folder exists is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+
+
+class RunDir:
+    """Paths and atomic commits inside one run directory."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).expanduser().resolve()
+
+    def round_dir(self, round_idx: int) -> Path:
+        return self.root / f"round_{round_idx}"
+
+    def stage_dir(self, round_idx: int, stage: str) -> Path:
+        return self.round_dir(round_idx) / stage
+
+    def is_committed(self, round_idx: int, stage: str) -> bool:
+        return (self.stage_dir(round_idx, stage) / MANIFEST).is_file()
+
+    def manifest(self, round_idx: int, stage: str) -> dict[str, Any]:
+        return json.loads((self.stage_dir(round_idx, stage) / MANIFEST).read_text())
+
+    @contextmanager
+    def stage(self, round_idx: int, stage: str) -> Iterator[Path]:
+        """Yield a scratch folder; on normal exit it becomes the committed stage folder."""
+        final = self.stage_dir(round_idx, stage)
+        if final.exists():
+            raise FileExistsError(f"{final}: stage already committed")
+        final.parent.mkdir(parents=True, exist_ok=True)
+        for stale in final.parent.glob(f"{stage}.partial-*"):
+            log.warning("removing unfinished %s from an earlier attempt", stale)
+            shutil.rmtree(stale, ignore_errors=True)
+        scratch = final.parent / f"{stage}.partial-{os.getpid()}"
+        scratch.mkdir()
+        try:
+            yield scratch
+            if not (scratch / MANIFEST).is_file():
+                raise RuntimeError(f"stage {stage} wrote no {MANIFEST}")
+            _fsync_tree(scratch)
+            os.replace(scratch, final)
+            _fsync_dir(final.parent)
+        except BaseException:
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
+
+    def save_text(self, name: str, text: str) -> Path:
+        """Write a small file at the top of the run directory atomically."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / name
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+        return path
+
+
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as fh:
+                os.fsync(fh.fileno())
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,77 @@
+"""Starting or joining Ray, and the one place where actor resources are decided.
+
+On a laptop (no address), prefloop starts an embedded local cluster. Ray's CPU counts are logical: on a
+2-core machine a generator, a scorer, training workers and a Serve replica cannot each hold a whole core at
+once, so the local cluster advertises more logical CPUs than cores (at least ``MIN_LOCAL_CPUS``) and every
+actor asks for what the recipe's ``resources`` section says. Nothing then waits forever for a CPU. Under
+``ray job submit`` (``RAY_ADDRESS`` set) or with ``resources.address``, prefloop joins that cluster instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from typing import Any, Iterable, Iterator
+
+from prefloop.core.config import ResourcesConfig
+
+log = logging.getLogger(__name__)
+
+MIN_LOCAL_CPUS = 8
+WORKER_ENV = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "RAY_DATA_DISABLE_PROGRESS_BARS": "0"}
+
+
+class StageTimeout(TimeoutError):
+    """A stage produced nothing for longer than its timeout."""
+
+
+def init_ray(resources: ResourcesConfig) -> None:
+    """Join the given or ambient cluster, or start a local one sized for this machine."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    runtime_env = {"env_vars": WORKER_ENV}
+    address = resources.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        log.info("joining Ray cluster at %s", address)
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        return
+    num_cpus = resources.local_num_cpus or max(MIN_LOCAL_CPUS, os.cpu_count() or 1)
+    log.info("starting a local Ray cluster with %d logical CPUs", num_cpus)
+    ray.init(num_cpus=num_cpus, runtime_env=runtime_env, include_dashboard=False, log_to_driver=True)
+
+
+def iterate_with_timeout(rows: Iterable[Any], timeout_s: float, stage: str) -> Iterator[Any]:
+    """Yield from ``rows`` (consumed in a thread); raise StageTimeout if none arrives for ``timeout_s``.
+
+    Ray Data's iterators block without a deadline; a stuck actor would hang the driver forever.
+    """
+    done = object()
+    q: queue.Queue = queue.Queue(maxsize=256)
+
+    def pump() -> None:
+        try:
+            for row in rows:
+                q.put(row)
+            q.put(done)
+        except BaseException as err:  # handed to the consumer, which raises it
+            q.put(err)
+
+    threading.Thread(target=pump, daemon=True, name=f"{stage}-reader").start()
+    last = time.monotonic()
+    while True:
+        try:
+            item = q.get(timeout=timeout_s)
+        except queue.Empty:
+            raise StageTimeout(f"stage '{stage}': no result for {timeout_s:.0f} s since the last one "
+                               f"({time.monotonic() - last:.0f} s); a generator or scorer is stuck") from None
+        if item is done:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        last = time.monotonic()
+        yield item

@@ -1,0 +1,183 @@
+"""Typed, validated recipe config.
+
+A recipe is one YAML file. It is loaded into these pydantic models, where unknown keys and bad values are
+errors naming the key (``rollout.num_samples: Input should be greater than or equal to 2``). Each stage owns
+its small model; ``Recipe`` composes them. Command-line overrides (``--set rollout.num_samples=8``) are
+applied to the raw mapping before validation, so they are checked exactly like the file.
+
+Paths may use two placeholders, expanded at load time:
+``{assets}`` -> the tiny offline assets directory, ``{data}`` -> the prompt files shipped with prefloop.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be loaded: the message names the file and the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+ChatTemplate = Literal["tokenizer", "tulu", "mistral", "ultrarm"]
+
+
+class PolicyConfig(_Strict):
+    """The model being aligned: a Hugging Face directory loadable by transformers and vLLM."""
+
+    model: str = Field(description="Path to the policy's HF directory (save_pretrained).")
+    chat_template: ChatTemplate = Field("tokenizer", description="How prompts are rendered for the policy.")
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+
+
+class DataConfig(_Strict):
+    """Where prompts come from and how records are read."""
+
+    train: str = Field(description="JSONL, Parquet, or a local Hugging Face dataset directory.")
+    eval: str | None = Field(None, description="Held-out prompts for evaluation (same formats).")
+    prompt_field: str = "prompt"
+    messages_field: str = "messages"
+    id_field: str = "prompt_id"
+    max_prompt_tokens: int = Field(256, ge=1, description="Prompts longer than this (templated) are rejected.")
+    limit: int | None = Field(None, ge=1, description="Use only the first N accepted prompts.")
+
+
+class RolloutConfig(_Strict):
+    """Sampling with vLLM generator actors."""
+
+    num_samples: int = Field(4, ge=2, description="Candidates per prompt (>= 2 to form a pair).")
+    temperature: float = Field(1.0, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_tokens: int = Field(64, ge=1)
+    seed: int | None = Field(0, description="Per-request seeds derive from this and the prompt_id; null = unseeded.")
+    num_generators: int = Field(1, ge=1, description="vLLM actors in the pool.")
+    batch_size: int = Field(16, ge=1, description="Prompts per generator call.")
+    max_model_len: int = Field(512, ge=16)
+    kv_cache_gb: float | None = Field(0.25, gt=0, description="vLLM KV-cache size; null = vLLM's default (GPU).")
+    enforce_eager: bool = True
+    tensor_parallel_size: int = Field(1, ge=1)
+
+
+class ScorerConfig(_Strict):
+    """Who judges the candidates: PairRM, a scalar reward model, or a user function."""
+
+    kind: Literal["pairrm", "reward_model", "function"] = "pairrm"
+    model: str | None = Field(None, description="Ranker dir (pairrm) or HF dir (reward_model).")
+    function: str | None = Field(None, description="'module:function' taking (prompt, completion) -> float.")
+    chat_template: ChatTemplate = Field("tokenizer", description="Reward model's rendering of (prompt, answer).")
+    num_scorers: int = Field(1, ge=1)
+    batch_size: int = Field(16, ge=1, description="Prompts per scorer call.")
+
+    @model_validator(mode="after")
+    def _needs_target(self) -> "ScorerConfig":
+        if self.kind in ("pairrm", "reward_model") and not self.model:
+            raise ValueError(f"scorer.model is required when scorer.kind is '{self.kind}'")
+        if self.kind == "function" and (not self.function or ":" not in self.function):
+            raise ValueError("scorer.function must be 'module:function' when scorer.kind is 'function'")
+        return self
+
+
+class SelectionConfig(_Strict):
+    """Turning scored candidates into DPO pairs and KTO examples."""
+
+    tie_break: Literal["shortest", "first", "skip"] = Field(
+        "shortest", description="Among equal best (or worst) scores: prefer the shorter best / longer worst, "
+        "the first in sampling order, or skip the prompt.")
+    min_margin: float = Field(0.0, ge=0.0, description="Skip a prompt whose best-worst margin is below this.")
+    length_penalty: float = Field(0.0, ge=0.0, description="Score minus this x response tokens, against length bias.")
+
+
+class ResourcesConfig(_Strict):
+    """Ray resources, decided here once so nothing waits forever for a CPU on a small machine."""
+
+    address: str | None = Field(None, description="Ray address; null = the job's cluster or a new local one.")
+    local_num_cpus: int | None = Field(None, ge=1, description="Logical CPUs of a new local cluster.")
+    generator_cpus: float = Field(1.0, gt=0)
+    generator_gpus: float = Field(0.0, ge=0)
+    scorer_cpus: float = Field(1.0, gt=0)
+    scorer_gpus: float = Field(0.0, ge=0)
+    stage_timeout_s: float = Field(900.0, gt=0, description="A stage that yields nothing this long fails.")
+
+
+class Recipe(_Strict):
+    """A whole recipe: what one `prefloop` run does."""
+
+    name: str
+    run_dir: str = Field(description="Where rounds, data and models are written.")
+    seed: int = 0
+    assets: Literal["tiny", "none"] = Field("none", description="'tiny' builds the offline tiny models.")
+    policy: PolicyConfig
+    data: DataConfig
+    rollout: RolloutConfig = RolloutConfig()
+    scorer: ScorerConfig
+    selection: SelectionConfig = SelectionConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+
+
+def apply_override(raw: dict[str, Any], assignment: str) -> None:
+    """Apply one ``dotted.key=value`` override in place; the value is parsed as YAML (``8``, ``true``, ``null``)."""
+    if "=" not in assignment:
+        raise RecipeError(f"--set {assignment!r}: expected dotted.key=value")
+    key, text = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    node = raw
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise RecipeError(f"--set {key}: '{part}' is not a section")
+    node[parts[-1]] = yaml.safe_load(text)
+
+
+def _expand(value: Any, placeholders: dict[str, str]) -> Any:
+    if isinstance(value, str):
+        for name, replacement in placeholders.items():
+            value = value.replace("{" + name + "}", replacement)
+        return value
+    if isinstance(value, dict):
+        return {k: _expand(v, placeholders) for k, v in value.items()}
+    return value
+
+
+def _format_errors(path: str, err: ValidationError) -> str:
+    lines = [f"{path}: invalid recipe"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_recipe(raw: dict[str, Any], source: str, placeholders: dict[str, str] | None = None) -> Recipe:
+    """Validate a raw mapping (already overridden) into a Recipe; errors name ``source`` and each key."""
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{source}: a recipe must be a YAML mapping, got {type(raw).__name__}")
+    try:
+        return Recipe.model_validate(_expand(raw, placeholders or {}))
+    except ValidationError as err:
+        raise RecipeError(_format_errors(source, err)) from None
+
+
+def load_recipe(path: str | Path, overrides: list[str] = (), placeholders: dict[str, str] | None = None) -> Recipe:
+    """Read a YAML recipe, apply ``--set`` overrides, validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"{path}: recipe file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise RecipeError(f"{path}: not valid YAML: {err}") from None
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    return parse_recipe(raw, str(path), placeholders)
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    """The resolved recipe as YAML, saved into the run directory."""
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)

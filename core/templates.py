@@ -1,0 +1,103 @@
+"""Chat templates: turning a conversation into the exact text a model was trained on.
+
+Styles:
+- ``tokenizer``: the tokenizer's own ``chat_template`` (``apply_chat_template``).
+- ``tulu``: TuluV2 / Zephyr-style ``<|user|>\\n...\\n<|assistant|>\\n``, used by the Contextual KTO and
+  Archangel cards.
+- ``mistral``: Mistral-Instruct ``[INST] ... [/INST]``, used by the Snorkel card.
+- ``ultrarm``: UltraRM's ``Human: ...\\nAssistant: ...``; a reward model is fed in its own template, not the
+  policy's (the ReMax card scored Mistral's answers with UltraRM this way).
+
+One rule for beginning-of-sequence tokens, everywhere: rendered text never starts with BOS. Tokenisation
+adds it (``add_special_tokens=True``) when the tokenizer wants one, so BOS is never doubled. When a
+tokenizer's own template writes BOS, it is stripped here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+Message = dict[str, str]
+ROLES = ("system", "user", "assistant")
+
+
+def validate_messages(messages: Any) -> list[Message]:
+    """Check a chat conversation; raise ValueError saying what is wrong. Returns a clean copy."""
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise ValueError("messages must be a non-empty list of {role, content}")
+    clean = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise ValueError(f"messages[{i}] must have 'role' and 'content'")
+        if m["role"] not in ROLES:
+            raise ValueError(f"messages[{i}].role {m['role']!r} is not one of {ROLES}")
+        if not isinstance(m["content"], str):
+            raise ValueError(f"messages[{i}].content must be a string")
+        clean.append({"role": m["role"], "content": m["content"]})
+    if clean[-1]["role"] != "user":
+        raise ValueError("the last message of a prompt must be the user's")
+    return clean
+
+
+def _tulu(messages: Sequence[Message], eos: str) -> str:
+    parts = []
+    for m in messages:
+        text = f"<|{m['role']}|>\n{m['content']}\n"
+        if m["role"] == "assistant":
+            text = f"<|assistant|>\n{m['content']}{eos}\n"
+        parts.append(text)
+    return "".join(parts)
+
+
+def _mistral(messages: Sequence[Message], eos: str) -> str:
+    # Mistral-Instruct has no system role: a system message is prepended to the first user turn.
+    system = ""
+    out = []
+    for m in messages:
+        if m["role"] == "system":
+            system = m["content"] + "\n\n"
+        elif m["role"] == "user":
+            out.append(f"[INST] {system}{m['content']} [/INST]")
+            system = ""
+        else:
+            out.append(f"{m['content']}{eos}")
+    return "".join(out)
+
+
+def _ultrarm(messages: Sequence[Message]) -> str:
+    names = {"user": "Human", "assistant": "Assistant", "system": "System"}
+    return "\n".join(f"{names[m['role']]}: {m['content']}" for m in messages)
+
+
+def render_prompt(messages: Sequence[Message], style: str, tokenizer: Any = None) -> str:
+    """Render a conversation ending in a user turn, followed by the assistant's generation prefix."""
+    eos = getattr(tokenizer, "eos_token", None) or "</s>"
+    if style == "tulu":
+        return _tulu(messages, eos) + "<|assistant|>\n"
+    if style == "mistral":
+        return _mistral(messages, eos)
+    if style == "ultrarm":
+        return _ultrarm(messages) + "\nAssistant:"
+    if style == "tokenizer":
+        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+            raise ValueError("chat_template 'tokenizer' needs a tokenizer that has a chat_template")
+        text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+        bos = getattr(tokenizer, "bos_token", None)
+        return text[len(bos):] if bos and text.startswith(bos) else text
+    raise ValueError(f"unknown chat template style {style!r}")
+
+
+def render_conversation(messages: Sequence[Message], response: str, style: str, tokenizer: Any = None) -> str:
+    """Render prompt + response as one text (for scoring with a reward model in its own template)."""
+    prompt = render_prompt(messages, style, tokenizer)
+    if style == "ultrarm":
+        return f"{prompt} {response}"
+    return prompt + response
+
+
+def last_user_text(messages: Sequence[Message]) -> str:
+    """The instruction a judge such as PairRM sees: the last user turn."""
+    for m in reversed(messages):
+        if m["role"] == "user":
+            return m["content"]
+    raise ValueError("no user message")
