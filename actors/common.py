@@ -25,9 +25,22 @@ def timed(column: str) -> Callable:
             out = call(self, batch)
             rows = len(out["prompt_id"])
             out[column] = np.full(rows, (time.perf_counter() - started) / max(rows, 1))
-            return out
+            return to_table(out)
         return inner
     return wrap
+
+
+def to_table(batch: dict[str, Any]) -> Any:
+    """A batch of columns as a pyarrow Table, so list-valued columns get proper Arrow list types
+    (Ray Data would otherwise fall back to pickling object arrays)."""
+    import pyarrow as pa
+
+    def as_list(values: Any) -> list:
+        if isinstance(values, np.ndarray) and values.dtype != object:
+            return values.tolist()
+        return [v.tolist() if isinstance(v, np.ndarray) else v for v in values]
+
+    return pa.Table.from_pydict({name: as_list(values) for name, values in batch.items()})
 
 
 def object_column(values: list) -> np.ndarray:

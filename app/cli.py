@@ -1,0 +1,112 @@
+"""The ``prefloop`` command line.
+
+    prefloop rollout RECIPE [--round R] [--set key=value ...]   sample, score and select one round's data
+    prefloop assets build [DIR] [--seed S] [--force]            build the tiny offline models
+    prefloop recipe check RECIPE [--set key=value ...]          validate a recipe and print it resolved
+
+Recipes may use ``{assets}`` (the tiny assets dir, $PREFLOOP_ASSETS or ~/.cache/prefloop/assets) and
+``{data}`` (the prompt files shipped with prefloop) in paths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from prefloop.core.config import Recipe, RecipeError, dump_recipe, load_recipe
+from prefloop.core.prompts import InputError
+
+log = logging.getLogger("prefloop")
+DATA_DIR = Path(__file__).parent / "data"
+
+
+def resolve_recipe(path: str, overrides: list[str]) -> Recipe:
+    """Load and validate a recipe; build the tiny assets first if it asks for them."""
+    from prefloop.app.assets import build_assets, default_assets_dir
+
+    assets_dir = default_assets_dir()
+    recipe = load_recipe(path, overrides, {"assets": str(assets_dir), "data": str(DATA_DIR)})
+    if recipe.assets == "tiny":
+        build_assets(assets_dir)
+    return recipe
+
+
+def save_resolved(recipe: Recipe) -> None:
+    from prefloop.app.rundir import RunDir
+
+    RunDir(recipe.run_dir).save_text("recipe.yaml", dump_recipe(recipe))
+
+
+def cmd_rollout(args: argparse.Namespace) -> int:
+    from prefloop.app.rollout import run_rollout
+
+    recipe = resolve_recipe(args.recipe, args.set)
+    save_resolved(recipe)
+    folder = run_rollout(recipe, round_idx=args.round)
+    print(f"rollout committed: {folder}")
+    return 0
+
+
+def cmd_assets(args: argparse.Namespace) -> int:
+    from prefloop.app.assets import build_assets, default_assets_dir
+
+    assets = build_assets(Path(args.dir) if args.dir else default_assets_dir(), seed=args.seed, force=args.force)
+    print(f"policy:  {assets.policy}\npairrm:  {assets.pairrm}\nreward:  {assets.reward}")
+    return 0
+
+
+def cmd_recipe_check(args: argparse.Namespace) -> int:
+    from prefloop.app.assets import default_assets_dir
+
+    recipe = load_recipe(args.recipe, args.set, {"assets": str(default_assets_dir()), "data": str(DATA_DIR)})
+    print(dump_recipe(recipe), end="")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prefloop", description="Align chat models in rounds on Ray.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_recipe(p: argparse.ArgumentParser) -> None:
+        p.add_argument("recipe", help="recipe YAML file")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a recipe value, e.g. --set rollout.num_samples=8 (repeatable)")
+
+    p = sub.add_parser("rollout", help="sample, score and select one round's preference data")
+    with_recipe(p)
+    p.add_argument("--round", type=int, default=0, help="round index (default 0)")
+    p.set_defaults(func=cmd_rollout)
+
+    assets = sub.add_parser("assets", help="tiny offline models").add_subparsers(dest="action", required=True)
+    p = assets.add_parser("build", help="build the tiny policy, PairRM and reward model")
+    p.add_argument("dir", nargs="?", help="target directory (default $PREFLOOP_ASSETS or ~/.cache/prefloop/assets)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="rebuild even if cached")
+    p.set_defaults(func=cmd_assets)
+
+    recipe = sub.add_parser("recipe", help="recipes").add_subparsers(dest="action", required=True)
+    p = recipe.add_parser("check", help="validate a recipe and print it resolved")
+    with_recipe(p)
+    p.set_defaults(func=cmd_recipe_check)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        return args.func(args)
+    except (RecipeError, InputError, FileNotFoundError) as err:
+        # User errors: a clear message naming the file / key, no traceback.
+        print(f"prefloop: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
