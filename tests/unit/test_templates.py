@@ -1,0 +1,60 @@
+"""Chat templates render the exact formats of the public recipes, and BOS is never doubled."""
+
+import pytest
+
+from prefloop.core.templates import last_user_text, render_conversation, render_prompt, validate_messages
+
+CHAT = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+        {"role": "user", "content": "Name a fruit."}]
+
+
+def test_tulu():
+    assert render_prompt([{"role": "user", "content": "Hi"}], "tulu") == "<|user|>\nHi\n<|assistant|>\n"
+    assert render_prompt(CHAT, "tulu") == ("<|user|>\nHi\n<|assistant|>\nHello</s>\n"
+                                           "<|user|>\nName a fruit.\n<|assistant|>\n")
+
+
+def test_mistral():
+    assert render_prompt([{"role": "user", "content": "Hi"}], "mistral") == "[INST] Hi [/INST]"
+    assert render_prompt(CHAT, "mistral") == "[INST] Hi [/INST]Hello</s>[INST] Name a fruit. [/INST]"
+    with_system = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    assert render_prompt(with_system, "mistral") == "[INST] Be brief.\n\nHi [/INST]"
+
+
+def test_ultrarm_prompt_and_conversation():
+    msgs = [{"role": "user", "content": "Hi"}]
+    assert render_prompt(msgs, "ultrarm") == "Human: Hi\nAssistant:"
+    assert render_conversation(msgs, "Hello", "ultrarm") == "Human: Hi\nAssistant: Hello"
+
+
+class FakeTokenizer:
+    """Only what render_prompt reads: a chat_template and apply_chat_template (isolates the BOS rule)."""
+    bos_token, eos_token, chat_template = "<s>", "</s>", "x"
+
+    def apply_chat_template(self, messages, tokenize, add_generation_prompt):
+        return "<s>" + "".join(m["content"] for m in messages) + ("|gen|" if add_generation_prompt else "")
+
+
+def test_tokenizer_template_strips_bos():
+    assert render_prompt([{"role": "user", "content": "Hi"}], "tokenizer", FakeTokenizer()) == "Hi|gen|"
+
+
+def test_tokenizer_template_needs_a_template():
+    with pytest.raises(ValueError, match="chat_template"):
+        render_prompt(CHAT, "tokenizer", None)
+
+
+@pytest.mark.parametrize("bad, match", [
+    ([], "non-empty"),
+    ([{"role": "user"}], "'role' and 'content'"),
+    ([{"role": "robot", "content": "x"}], "not one of"),
+    ([{"role": "user", "content": 3}], "string"),
+    ([{"role": "assistant", "content": "x"}], "last message"),
+])
+def test_validate_messages(bad, match):
+    with pytest.raises(ValueError, match=match):
+        validate_messages(bad)
+
+
+def test_last_user_text():
+    assert last_user_text(CHAT) == "Name a fruit."
