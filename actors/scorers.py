@@ -21,6 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from prefloop.actors.common import check_model_dir, object_column, timed
+from prefloop.core.config import RecipeError
 
 log = logging.getLogger(__name__)
 
@@ -109,9 +110,9 @@ def load_function(spec: str) -> Callable[[str, str], float]:
     try:
         fn = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as err:
-        raise ValueError(f"scorer.function {spec!r} cannot be imported: {err}") from None
+        raise RecipeError(f"scorer.function {spec!r} cannot be imported: {err}") from None
     if not callable(fn):
-        raise ValueError(f"scorer.function {spec!r} is not callable")
+        raise RecipeError(f"scorer.function {spec!r} is not callable")
     return fn
 
 

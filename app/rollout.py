@@ -73,6 +73,20 @@ def _scorer_stage(recipe: Recipe) -> tuple[type, dict[str, Any], float, float]:
     return FunctionScorer, {"function": sc.function}, res.scorer_cpus, 0.0
 
 
+def preflight(recipe: Recipe, policy_dir: str) -> None:
+    """Check every path and import on the driver, so a typo fails in a second, not inside an actor."""
+    from prefloop.actors.scorers import load_function
+
+    check_model_dir(policy_dir, "policy.model")
+    sc = recipe.scorer
+    if sc.kind == "pairrm" and not Path(sc.model, "config.json").is_file():
+        raise FileNotFoundError(f"scorer.model {sc.model!r}: not a PairRM ranker directory (no config.json)")
+    if sc.kind == "reward_model":
+        check_model_dir(sc.model, "scorer.model")
+    if sc.kind == "function":
+        load_function(sc.function)
+
+
 def generate_and_score(recipe: Recipe, policy_dir: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Stream rows through the generator and scorer actor pools; return one result per prompt."""
     import ray
@@ -142,7 +156,7 @@ def run_rollout(recipe: Recipe, round_idx: int = 0, policy_dir: str | None = Non
         log.info("round %d %s already committed: skipping", round_idx, STAGE)
         return run.stage_dir(round_idx, STAGE)
     policy_dir = policy_dir or recipe.policy.model
-    check_model_dir(policy_dir, "policy.model")
+    preflight(recipe, policy_dir)
     from transformers import AutoTokenizer
 
     started = time.perf_counter()

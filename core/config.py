@@ -120,6 +120,14 @@ class Recipe(_Strict):
     selection: SelectionConfig = SelectionConfig()
     resources: ResourcesConfig = ResourcesConfig()
 
+    @model_validator(mode="after")
+    def _lengths_fit(self) -> "Recipe":
+        need = self.data.max_prompt_tokens + self.rollout.max_tokens
+        if need > self.rollout.max_model_len:
+            raise ValueError(f"data.max_prompt_tokens + rollout.max_tokens = {need} exceeds "
+                             f"rollout.max_model_len = {self.rollout.max_model_len}")
+        return self
+
 
 def apply_override(raw: dict[str, Any], assignment: str) -> None:
     """Apply one ``dotted.key=value`` override in place; the value is parsed as YAML (``8``, ``true``, ``null``)."""

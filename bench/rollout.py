@@ -1,0 +1,128 @@
+"""Rollout throughput: the Ray Data stages against bare loops, measured in one run on the same inputs.
+
+    python bench/rollout.py [--prompts 256] [--samples 4] [--max-tokens 48] [--repeats 3]
+
+Generation: tokens/s of the Ray Data generator stage (``VLLMGenerator`` in an actor pool) against a bare
+``vllm.LLM.generate`` loop over the same batches with the same sampling settings. Scoring: PairRM pairs/s
+(each prompt's N x (N-1) comparisons) of the Ray Data scorer stage against a bare ``Blender.rank`` loop.
+
+"After start-up": the bare loops are timed after their engine / ranker is built; a Ray stage is timed from
+the start of its first batch call (recorded by the actor) to the arrival of its last row at the driver, so
+engine start-up is excluded but Ray's scheduling, serialisation and transfer costs are included.
+Each measurement is repeated; medians and the ratio Ray / bare are printed (the machine is noisy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def load_rows(policy: str, n_prompts: int) -> list[dict]:
+    from transformers import AutoTokenizer
+
+    from prefloop.app.cli import DATA_DIR
+    from prefloop.core.prompts import read_prompts
+    from prefloop.core.templates import render_prompt
+
+    tok = AutoTokenizer.from_pretrained(policy)
+    records = read_prompts(DATA_DIR / "prompts.jsonl").accepted
+    records = (records * (n_prompts // len(records) + 1))[:n_prompts]
+    return [{"prompt_id": f"{r.prompt_id}-{i}", "prompt": r.prompt, "messages": json.dumps(r.messages),
+             "prompt_token_ids": tok(render_prompt(r.messages, "tokenizer", tok))["input_ids"]}
+            for i, r in enumerate(records)]
+
+
+def bare_generation(gen, rows: list[dict], batch: int) -> tuple[float, list[list]]:
+    started, tokens, samples = time.perf_counter(), 0, []
+    for i in range(0, len(rows), batch):
+        chunk = rows[i:i + batch]
+        out = gen.generate([r["prompt_id"] for r in chunk], [r["prompt_token_ids"] for r in chunk])
+        tokens += sum(len(s.token_ids) for per in out for s in per)
+        samples.extend([s.text for s in per] for per in out)
+    return tokens / (time.perf_counter() - started), samples
+
+
+def bare_scoring(scorer, rows: list[dict], candidates: list[list[str]], batch: int) -> float:
+    started = time.perf_counter()
+    for i in range(0, len(rows), batch):
+        scorer.score([r["prompt"] for r in rows[i:i + batch]], candidates[i:i + batch])
+    n = len(candidates[0])
+    return len(rows) * n * (n - 1) / (time.perf_counter() - started)
+
+
+def ray_stage(cls, kwargs: dict, rows: list[dict], batch: int, column: str, cpus: float) -> tuple[float, list]:
+    """Run one actor-pool stage over ``rows``; return (rows/s after the first call started, output rows)."""
+    import ray
+
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows) // batch))
+    ds = ds.map_batches(cls, fn_constructor_kwargs=kwargs, batch_size=batch,
+                        compute=ray.data.ActorPoolStrategy(size=1), num_cpus=cpus)
+    out = list(ds.iter_rows())
+    window = time.time() - min(r[f"{column}_t0"] for r in out)
+    return window, out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--prompts", type=int, default=256)
+    parser.add_argument("--samples", type=int, default=4)
+    parser.add_argument("--max-tokens", type=int, default=48)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    import ray
+
+    from prefloop.actors.generator import VLLMGenerator
+    from prefloop.actors.scorers import PairRMScorer
+    from prefloop.app.assets import build_assets, default_assets_dir
+    from prefloop.app.runtime import init_ray
+    from prefloop.core.config import ResourcesConfig
+    from prefloop.core.sampling import SampleSpec
+
+    assets = build_assets(default_assets_dir())
+    rows = load_rows(str(assets.policy), args.prompts)
+    spec = SampleSpec(args.samples, 1.0, 1.0, args.max_tokens, 0)
+    gen_kwargs = dict(model=str(assets.policy), spec=spec, max_model_len=256)
+    n, b = args.samples, args.batch
+
+    gen = VLLMGenerator(**gen_kwargs)
+    bare_gen, candidates = [], []
+    for _ in range(args.repeats):
+        tps, candidates = bare_generation(gen, rows, b)
+        bare_gen.append(tps)
+    del gen
+    scorer = PairRMScorer(str(assets.pairrm), batch_size=b)
+    bare_score = [bare_scoring(scorer, rows, candidates, b) for _ in range(args.repeats)]
+    del scorer
+
+    init_ray(ResourcesConfig())
+    ray_gen, ray_score = [], []
+    scored_rows = [dict(r, candidates=c) for r, c in zip(rows, candidates)]
+    for _ in range(args.repeats):
+        window, out = ray_stage(VLLMGenerator, gen_kwargs, rows, b, "generate_s", 1.0)
+        ray_gen.append(sum(sum(r["num_tokens"]) for r in out) / window)
+        window, _ = ray_stage(PairRMScorer, {"ranker_dir": str(assets.pairrm), "batch_size": b},
+                              scored_rows, b, "score_s", 1.0)
+        ray_score.append(len(rows) * n * (n - 1) / window)
+    ray.shutdown()
+
+    med = statistics.median
+    print(f"\nrollout bench: {args.prompts} prompts x {n} samples, max_tokens {args.max_tokens}, batch {b}, "
+          f"{args.repeats} repeats (medians)")
+    print(f"  generation tokens/s   bare vLLM {med(bare_gen):9.1f}   Ray Data stage {med(ray_gen):9.1f}   "
+          f"ratio {med(ray_gen) / med(bare_gen):.2f}   runs bare={[round(x) for x in bare_gen]} "
+          f"ray={[round(x) for x in ray_gen]}")
+    print(f"  PairRM pairs/s        bare rank {med(bare_score):9.1f}   Ray Data stage {med(ray_score):9.1f}   "
+          f"ratio {med(ray_score) / med(bare_score):.2f}   runs bare={[round(x) for x in bare_score]} "
+          f"ray={[round(x) for x in ray_score]}")
+
+
+if __name__ == "__main__":
+    main()

