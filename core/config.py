@@ -119,6 +119,7 @@ class Recipe(_Strict):
     scorer: ScorerConfig
     selection: SelectionConfig = SelectionConfig()
     resources: ResourcesConfig = ResourcesConfig()
+    train: "TrainConfig | None" = None  # noqa: F821 - resolved by core/train_config.py (imported at the end)
 
     @model_validator(mode="after")
     def _lengths_fit(self) -> "Recipe":
@@ -189,3 +190,7 @@ def load_recipe(path: str | Path, overrides: list[str] = (), placeholders: dict[
 def dump_recipe(recipe: Recipe) -> str:
     """The resolved recipe as YAML, saved into the run directory."""
     return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+
+
+# TrainConfig subclasses _Strict from this module, so it is imported last; it completes Recipe.train.
+import prefloop.core.train_config  # noqa: E402,F401
