@@ -1,0 +1,48 @@
+"""Scorer classes on the real tiny models, without Ray: the reward model in its own template, user functions."""
+
+import numpy as np
+import pytest
+
+from prefloop.actors.common import object_column
+from prefloop.actors.scorers import FunctionScorer, RewardModelScorer, load_function
+from prefloop.core.config import RecipeError
+from prefloop.core.templates import render_conversation
+
+
+def batch(prompts, candidates):
+    msgs = [f'[{{"role": "user", "content": "{p}"}}]' for p in prompts]
+    return {"prompt_id": np.array([f"p{i}" for i in range(len(prompts))]), "prompt": np.array(prompts),
+            "messages": np.array(msgs, dtype=object), "candidates": object_column(candidates)}
+
+
+def length_reward(prompt, completion):
+    return float(len(completion))
+
+
+def test_function_scorer_scores_every_candidate():
+    out = FunctionScorer(f"{__name__}:length_reward")(batch(["q1", "q2"], [["a", "bbb"], ["cc", ""]]))
+    assert out.column("scores").to_pylist() == [[1.0, 3.0], [2.0, 0.0]]
+    assert all(s >= 0 for s in out.column("score_s").to_pylist())
+
+
+def test_bad_function_spec_is_named():
+    with pytest.raises(RecipeError, match="no_such_module"):
+        load_function("no_such_module:f")
+
+
+def test_reward_model_scores_in_its_own_template(tiny_assets):
+    scorer = RewardModelScorer(str(tiny_assets.reward), chat_template="ultrarm", batch_size=3)
+    prompts = ["Write a short note about cats.", "Explain rivers."]
+    cands = [["Cats are soft.", "Trains are loud.", "x"], ["Rivers flow to the sea.", "Bread is baked."]]
+    out = scorer(batch(prompts, cands)).column("scores").to_pylist()
+    # The same numbers as scoring the rendered texts directly, one by one: batching and padding change nothing.
+    texts = [render_conversation([{"role": "user", "content": p}], c, "ultrarm") for p, cs in zip(prompts, cands)
+             for c in cs]
+    assert texts[0] == "Human: Write a short note about cats.\nAssistant: Cats are soft."
+    single = [scorer.score_texts([t])[0] for t in texts]
+    np.testing.assert_allclose([s for row in out for s in row], single, rtol=1e-4, atol=1e-4)
+
+
+def test_reward_model_missing_dir(tmp_path):
+    with pytest.raises(FileNotFoundError, match="reward model"):
+        RewardModelScorer(str(tmp_path / "nope"))
