@@ -1,0 +1,418 @@
+"""What runs inside Ray: the per-worker train loop (``train_loop`` for TorchTrainer) and the reference pass.
+
+Thin on purpose: tokenisation is ``core.batching``, log-probs ``core.logprobs``, losses ``core.losses``, the
+schedule ``core.train_config``. This file wires them to a model, an optimizer, Ray Data shards, DDP/FSDP and
+checkpoints. One small step function per method (``STEPS``) turns a micro-batch into a loss and metrics.
+
+One loop for all methods:
+- every worker reads its shard with ``iter_batches``; before each micro-batch the workers agree (an all-reduce
+  of a flag) that all of them still have one, so an uneven shard can never leave DDP waiting forever;
+- gradient accumulation uses ``no_sync`` on all but the last micro-batch of a step (one all-reduce per step);
+- rank 0 writes a checkpoint every ``checkpoint_every_steps`` (trainable weights, optimizer, scheduler, the
+  step counter and the metrics so far); a restarted group restores it and skips the micro-batches of the
+  current epoch that were already trained, so training resumes from that step, not from step 0;
+- the last report carries the final model: LoRA merged, ``save_pretrained`` + tokenizer (with its chat
+  template and any control tokens), a directory that transformers and vLLM load as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from prefloop.core.batching import encode_pairs
+from prefloop.core.logprobs import sequence_logps
+from prefloop.core.losses import dpo_loss, kto_loss, sft_loss
+from prefloop.core.train_config import TrainConfig, lr_factor, warmup_steps
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------- model and batches (shared with the ref pass)
+
+def wants_bos(tokenizer: Any) -> bool:
+    """Whether tokenisation with special tokens starts with BOS (the templates' rule: tokenisation adds it)."""
+    bos = tokenizer.bos_token_id
+    return bos is not None and tokenizer("x", add_special_tokens=True)["input_ids"][:1] == [bos]
+
+
+def encode(tokenizer: Any, prompts: Any, responses: Any, cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    return encode_pairs(tokenizer, [str(p) for p in prompts], [str(r) for r in responses], cfg.max_prompt_len,
+                        cfg.max_response_len, add_bos=wants_bos(tokenizer), padding_side="right")
+
+
+def autocast(cfg: TrainConfig, device: torch.device) -> Any:
+    if not cfg.bf16:
+        return nullcontext()
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        log.warning("bf16 asked for but this GPU has no bfloat16: training in float32")
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def seq_logps(model: Any, enc: dict[str, torch.Tensor], cfg: TrainConfig, device: torch.device) -> torch.Tensor:
+    """Summed (IPO: averaged) response log-probs [B] of an encoded batch."""
+    ids, attn, mask = (enc[k].to(device) for k in ("input_ids", "attention_mask", "loss_mask"))
+    with autocast(cfg, device):
+        logits = model(input_ids=ids, attention_mask=attn).logits
+    return sequence_logps(logits, ids, mask, average=cfg.ipo)
+
+
+def load_model(model_dir: str, device: torch.device, trainable: bool, cfg: TrainConfig | None = None) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    if not trainable:
+        return model.to(device).eval().requires_grad_(False)
+    if cfg.gradient_checkpointing:
+        model.config.use_cache = False
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.lora is not None:
+        from peft import LoraConfig, get_peft_model
+
+        lora = cfg.lora
+        model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                                 target_modules=list(lora.target_modules), task_type="CAUSAL_LM"))
+        if cfg.method == "csft":
+            # the new control-token embeddings start random: train the embedding and head rows with the adapters
+            for name, p in model.named_parameters():
+                if "embed_tokens" in name or "lm_head" in name:
+                    p.requires_grad_(True)
+    return model.train()
+
+
+class ReferenceLogps:
+    """Ray Data actor: the frozen reference's log-probs of every example, computed once per round, no grad.
+
+    Adds ``ref_chosen``/``ref_rejected`` (DPO) or ``ref_logps``/``ref_kl_logps`` (KTO) to each batch.
+    """
+
+    def __init__(self, model_dir: str, tokenizer_dir: str, train: dict[str, Any]):
+        from transformers import AutoTokenizer
+
+        self.cfg = TrainConfig.model_validate(train)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        self.model = load_model(model_dir, self.device, trainable=False)
+
+    @torch.no_grad()
+    def _logps(self, prompts: Any, responses: Any) -> np.ndarray:
+        enc = encode(self.tokenizer, prompts, responses, self.cfg)
+        return seq_logps(self.model, enc, self.cfg, self.device).float().cpu().numpy()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        prompts = batch["prompt_text"]
+        if self.cfg.method == "dpo":
+            batch["ref_chosen"] = self._logps(prompts, batch["chosen"])
+            batch["ref_rejected"] = self._logps(prompts, batch["rejected"])
+        else:
+            batch["ref_logps"] = self._logps(prompts, batch["completion"])
+            batch["ref_kl_logps"] = self._logps(prompts, batch["kl_completion"])
+        return batch
+
+
+# ---------------------------------------------------------------- one micro-batch per method
+
+class Stats(dict):
+    """name -> [sum, count] over micro-batches and workers; reduced to means for the metrics."""
+
+    def add(self, name: str, total: torch.Tensor | float, count: torch.Tensor | float) -> None:
+        entry = self.setdefault(name, [0.0, 0.0])
+        entry[0] += float(total)
+        entry[1] += float(count)
+
+
+def _ref(batch: dict[str, np.ndarray], key: str, device: torch.device) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(batch[key], dtype=np.float32), device=device)
+
+
+def dpo_step(w: "Worker", batch: dict[str, np.ndarray], stats: Stats) -> tuple[torch.Tensor, int]:
+    n, cfg = len(batch["prompt_text"]), w.cfg
+    prompts = list(batch["prompt_text"]) * 2
+    enc = encode(w.tokenizer, prompts, list(batch["chosen"]) + list(batch["rejected"]), cfg)
+    logps = seq_logps(w.model, enc, cfg, w.device)  # chosen and rejected in one forward pass
+    if w.ref_model is not None:
+        with torch.no_grad():
+            ref = seq_logps(w.ref_model, enc, cfg, w.device)
+        ref_c, ref_r = ref[:n], ref[n:]
+    else:
+        ref_c, ref_r = _ref(batch, "ref_chosen", w.device), _ref(batch, "ref_rejected", w.device)
+    out = dpo_loss(logps[:n], logps[n:], ref_c, ref_r, cfg.beta, cfg.label_smoothing, cfg.ipo)
+    stats.add("loss", out.losses.detach().sum(), n)
+    stats.add("reward_chosen", out.chosen_rewards.sum(), n)
+    stats.add("reward_rejected", out.rejected_rewards.sum(), n)
+    stats.add("reward_accuracy", (out.chosen_rewards > out.rejected_rewards).float().sum(), n)
+    stats.add("reward_margin", (out.chosen_rewards - out.rejected_rewards).sum(), n)
+    return out.losses.mean(), int(enc["attention_mask"].sum())
+
+
+def kto_step(w: "Worker", batch: dict[str, np.ndarray], stats: Stats) -> tuple[torch.Tensor, int]:
+    cfg, prompts = w.cfg, list(batch["prompt_text"])
+    kl_enc = encode(w.tokenizer, prompts, batch["kl_completion"], cfg)
+    with torch.no_grad():  # z is detached: the mismatched pairs need no graph
+        kl_logps = seq_logps(w.model, kl_enc, cfg, w.device)
+    enc = encode(w.tokenizer, prompts, batch["completion"], cfg)
+    logps = seq_logps(w.model, enc, cfg, w.device)
+    if w.ref_model is not None:
+        with torch.no_grad():
+            ref, ref_kl = (seq_logps(w.ref_model, e, cfg, w.device) for e in (enc, kl_enc))
+    else:
+        ref, ref_kl = _ref(batch, "ref_logps", w.device), _ref(batch, "ref_kl_logps", w.device)
+    desirable = torch.as_tensor(np.asarray(batch["label"], dtype=bool), device=w.device)
+    out = kto_loss(logps, ref, desirable, kl_logps, ref_kl, cfg.beta, cfg.desirable_weight,
+                   cfg.undesirable_weight, reduce_fn=w.all_mean)
+    n, good = len(prompts), desirable.float()
+    stats.add("loss", out.losses.detach().sum(), n)
+    stats.add("kto_z", out.z, 1)
+    stats.add("reward_chosen", (out.rewards * good).sum(), good.sum())
+    stats.add("reward_rejected", (out.rewards * (1 - good)).sum(), (1 - good).sum())
+    # KTO "accuracy": the implicit reward sits on the label's side of the reference point beta * z
+    right = torch.where(desirable, out.rewards > cfg.beta * out.z, out.rewards < cfg.beta * out.z)
+    stats.add("reward_accuracy", right.float().sum(), n)
+    return out.losses.mean(), int(enc["attention_mask"].sum())
+
+
+def sft_step(w: "Worker", batch: dict[str, np.ndarray], stats: Stats) -> tuple[torch.Tensor, int]:
+    enc = encode(w.tokenizer, batch["prompt_text"], batch["completion"], w.cfg)
+    ids, attn, mask = (enc[k].to(w.device) for k in ("input_ids", "attention_mask", "loss_mask"))
+    with autocast(w.cfg, w.device):
+        logits = w.model(input_ids=ids, attention_mask=attn).logits
+    out = sft_loss(logits, ids, mask)
+    stats.add("loss", out.nll_sum.detach().sum(), out.n_tokens.sum())  # per-token NLL
+    return out.token_mean(), int(attn.sum())
+
+
+STEPS = {"dpo": dpo_step, "kto": kto_step, "sft": sft_step, "csft": sft_step}
+
+
+# ---------------------------------------------------------------- the worker: state, steps, checkpoints
+
+def unwrap(model: Any) -> Any:
+    return model.module if hasattr(model, "module") else model
+
+
+class Worker:
+    """One Ray Train worker: model, optimizer, schedule, and the step counter that checkpoints carry."""
+
+    def __init__(self, config: dict[str, Any]):
+        import ray.train
+        import ray.train.torch
+        from transformers import AutoTokenizer
+
+        self.config, self.cfg = config, TrainConfig.model_validate(config["train"])
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.device = ray.train.torch.get_device()
+        self.total_steps = int(config["total_steps"])
+        torch.manual_seed(int(config["seed"]))  # the same LoRA init on every rank
+        self.tokenizer = AutoTokenizer.from_pretrained(config["model_dir"])
+        model = load_model(config["model_dir"], self.device, True, self.cfg)
+        self.state: dict[str, Any] = {"step": 0, "epoch": 0, "micro_in_epoch": 0, "restored_from": []}
+        self.history: list[dict[str, Any]] = []
+        checkpoint = ray.train.get_checkpoint()
+        optim_state = self._restore(model, checkpoint) if checkpoint else None
+        self.model = ray.train.torch.prepare_model(model, parallel_strategy=self.cfg.strategy)
+        live = self.cfg.reference_mode == "live" and config.get("ref_dir")
+        self.ref_model = load_model(config["ref_dir"], self.device, False) if live else None
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(self.params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        warm, total, schedule = warmup_steps(self.cfg, self.total_steps), self.total_steps, self.cfg.schedule
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, total, warm, schedule))
+        if optim_state is not None:
+            self.opt.load_state_dict(optim_state["optimizer"])
+            self.sched.load_state_dict(optim_state["scheduler"])
+
+    # -- collectives (identity on one worker)
+    def _all_reduce(self, t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        if self.world == 1:
+            return t
+        import torch.distributed as dist
+
+        t = t.detach().clone().to(self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN if op == "min" else dist.ReduceOp.SUM)
+        return t
+
+    def all_mean(self, t: torch.Tensor) -> torch.Tensor:
+        return self._all_reduce(t.float()) / self.world
+
+    def _agree(self, have: bool) -> bool:
+        return bool(self._all_reduce(torch.tensor([float(have)]), "min").item())
+
+    def micro_batches(self, shard: Any) -> Iterator[tuple[dict[str, np.ndarray], bool]]:
+        """(batch, is_last) while every worker still has a batch; the rest of an uneven shard is drained."""
+        it = iter(shard.iter_batches(batch_size=self.cfg.micro_batch_size, batch_format="numpy"))
+
+        def pull() -> Any:
+            batch = next(it, None)
+            return batch if self._agree(batch is not None) else None
+
+        current = pull()
+        while current is not None:
+            upcoming = pull()
+            yield current, upcoming is None
+            current = upcoming
+        for _ in it:  # Ray Data's split iterators expect every consumer to finish its epoch
+            pass
+
+    # -- training
+    def run(self, shard: Any) -> None:
+        cfg, step_fn = self.cfg, STEPS[self.cfg.method]
+        while self.state["epoch"] < cfg.epochs:
+            skip, micro, pending = self.state["micro_in_epoch"], 0, 0
+            stats, tokens, started = Stats(), 0, time.perf_counter()
+            for batch, last in self.micro_batches(shard):
+                micro += 1
+                if micro <= skip:  # trained before the restart this resumes from
+                    continue
+                pending += 1
+                sync = last or pending == cfg.grad_accum
+                no_sync = getattr(self.model, "no_sync", None)
+                with nullcontext() if sync or no_sync is None else no_sync():
+                    loss, n_tokens = step_fn(self, batch, stats)
+                    (loss / cfg.grad_accum).backward()
+                tokens += n_tokens
+                if sync:
+                    self.state["micro_in_epoch"] = micro
+                    self.optimizer_step(stats, tokens, time.perf_counter() - started, last)
+                    pending, stats, tokens, started = 0, Stats(), 0, time.perf_counter()
+            if self.state["micro_in_epoch"]:  # an epoch that had no step at all still ends
+                self.state["epoch"], self.state["micro_in_epoch"] = self.state["epoch"] + 1, 0
+            elif micro == 0:
+                raise RuntimeError(f"worker {self.rank}: its data shard is empty")
+
+    def optimizer_step(self, stats: Stats, tokens: int, elapsed: float, last: bool) -> None:
+        clip = self.cfg.max_grad_norm or float("inf")
+        if hasattr(self.model, "clip_grad_norm_"):  # FSDP: the norm of the sharded gradients
+            grad_norm = self.model.clip_grad_norm_(clip)
+        else:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip)
+        lr = self.opt.param_groups[0]["lr"]
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.state["step"] += 1
+        if last:
+            self.state["epoch"], self.state["micro_in_epoch"] = self.state["epoch"] + 1, 0
+        metrics = self._reduce(stats, tokens, elapsed)
+        metrics.update(step=self.state["step"], epoch=self.state["epoch"], lr=lr, grad_norm=float(grad_norm))
+        self.history.append(metrics)
+        step = self.state["step"]
+        checkpoint_due = step % self.cfg.checkpoint_every_steps == 0 and step < self.total_steps
+        if checkpoint_due or step % self.cfg.log_every_steps == 0:
+            self.report(metrics, checkpoint=checkpoint_due)
+        self._maybe_die()
+
+    def _reduce(self, stats: Stats, tokens: int, elapsed: float) -> dict[str, Any]:
+        names = sorted(stats)
+        flat = [v for name in names for v in stats[name]] + [float(tokens), elapsed]
+        total = self._all_reduce(torch.tensor(flat, dtype=torch.float64)).tolist()
+        out = {name: total[2 * i] / total[2 * i + 1] if total[2 * i + 1] else None for i, name in enumerate(names)}
+        out["tokens_per_s"] = total[-2] / max(total[-1] / self.world, 1e-9)
+        out["step_time_s"] = total[-1] / self.world
+        return out
+
+    # -- checkpoints and the final model
+    def _trainable_state(self) -> dict[str, torch.Tensor]:
+        """Weights to checkpoint: LoRA adapters (+ csft embedding rows) or the whole model. FSDP gathers
+        the full state on rank 0 (a collective: every rank calls this)."""
+        if self.cfg.strategy == "fsdp" and self.world > 1:
+            from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+            full = FullStateDictConfig(offload_to_cpu=True, rank0_only=True)
+            with FSDP.state_dict_type(self.model, StateDictType.FULL_STATE_DICT, full):
+                return self.model.state_dict()
+        inner = unwrap(self.model)
+        names = {n for n, p in inner.named_parameters() if p.requires_grad}
+        return {k: v.detach().cpu() for k, v in inner.state_dict().items() if k in names}
+
+    def _write_state(self, folder: Path, weights: dict[str, torch.Tensor]) -> None:
+        torch.save(weights, folder / "trainable.pt")
+        if self.cfg.strategy != "fsdp":  # FSDP optimizer state is sharded: an FSDP resume restarts the moments
+            torch.save({"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict()}, folder / "optim.pt")
+        (folder / "state.json").write_text(json.dumps(self.state))
+        with open(folder / "metrics.jsonl", "w") as fh:
+            fh.writelines(json.dumps(m) + "\n" for m in self.history)
+
+    def _restore(self, model: Any, checkpoint: Any) -> dict[str, Any] | None:
+        with checkpoint.as_directory() as d:
+            folder = Path(d)
+            weights = torch.load(folder / "trainable.pt", map_location="cpu")
+            result = model.load_state_dict(weights, strict=False)
+            if result.unexpected_keys:
+                raise RuntimeError(f"checkpoint does not fit the model: {result.unexpected_keys[:5]}")
+            self.state = json.loads((folder / "state.json").read_text())
+            self.history = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+            optim = folder / "optim.pt"
+            optim_state = torch.load(optim, map_location="cpu") if optim.exists() else None
+        self.state["restored_from"].append(self.state["step"])
+        log.warning("worker %d: resumed from the checkpoint of step %d", self.rank, self.state["step"])
+        return optim_state
+
+    def report(self, metrics: dict[str, Any], checkpoint: bool = False, final: bool = False) -> None:
+        """``ray.train.report`` on every worker (a barrier); rank 0 attaches the checkpoint."""
+        import ray.train
+
+        weights = self._trainable_state() if checkpoint or final else None
+        if self.rank != 0 or not (checkpoint or final):
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory(prefix="prefloop-ckpt-") as tmp:
+            folder = Path(tmp)
+            self._write_state(folder, weights)
+            if final:
+                self._save_model(folder / "model", weights)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+    def _save_model(self, out: Path, weights: dict[str, torch.Tensor]) -> None:
+        """The round's model as a plain HF directory: LoRA merged, tokenizer and chat template alongside."""
+        if self.cfg.strategy == "fsdp" and self.world > 1:
+            model = load_model(self.config["model_dir"], torch.device("cpu"), trainable=False)
+            model.load_state_dict(weights, strict=False)
+        else:
+            model = unwrap(self.model)
+            if self.cfg.lora is not None:
+                model = model.merge_and_unload()
+        model.config.use_cache = True  # gradient checkpointing turned it off for training only
+        model.save_pretrained(out, safe_serialization=True)
+        self.tokenizer.save_pretrained(out)
+
+    def finish(self) -> None:
+        metrics = dict(self.history[-1]) if self.history else {"step": self.state["step"]}
+        metrics["done"] = True
+        self.report(metrics, final=True)
+
+    def _maybe_die(self) -> None:
+        """Test-only fault injection: the last rank exits once at ``kill_at_step`` (a marker file says once)."""
+        kill_at, marker = self.config.get("kill_at_step"), self.config.get("fault_marker")
+        if kill_at and self.state["step"] == kill_at and self.rank == self.world - 1 and not os.path.exists(marker):
+            Path(marker).touch()
+            # The controller polls reports every ~2 s: wait, so the step's checkpoint is registered before the
+            # death (a real crash within that window resumes from the checkpoint before).
+            time.sleep(5)
+            log.warning("worker %d: fault injection, exiting at step %d", self.rank, kill_at)
+            os._exit(1)
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    """TorchTrainer's ``train_loop_per_worker``; ``config`` is built by ``app.train``."""
+    import ray.train
+
+    logging.basicConfig(level=logging.INFO)
+    started = time.perf_counter()
+    worker = Worker(config)
+    ready = time.perf_counter()
+    worker.run(ray.train.get_dataset_shard("train"))
+    trained = time.perf_counter()
+    worker.finish()
+    log.info("worker %d: set-up %.1f s, %d steps in %.1f s, final save %.1f s", worker.rank, ready - started,
+             worker.state["step"], trained - ready, time.perf_counter() - trained)
