@@ -1,0 +1,190 @@
+"""The training stage on real Ray Train (2 CPU workers, gloo) with a tiny Llama: one fit per method.
+
+DPO trains LoRA, KTO and SFT full weights, conditional SFT LoRA with trainable control-token embeddings. The
+SFT fit has one worker killed mid-round. Each fit runs 4 epochs over 32 pairs (64 KTO rows).
+"""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from prefloop.app.rundir import RunDir, write_manifest
+from prefloop.app.tables import write_parquet
+from prefloop.app.train import run_train
+from prefloop.core.config import parse_recipe
+from prefloop.core.train_data import BAD, GOOD, TrainDataError
+
+pytestmark = pytest.mark.ray
+LORA = {"r": 8, "alpha": 16}
+TOPICS = ["cats", "rivers", "bread", "trains", "music", "gardens", "stars", "boats", "tea", "maps", "birds", "snow",
+          "clocks", "shoes", "lamps", "books"]
+
+
+def pairs():
+    out = []
+    for i, topic in enumerate(TOPICS * 2):
+        prompt = f"Tell me about {topic} {i}."
+        out.append({"prompt_id": f"p{i}", "prompt": prompt, "messages": [{"role": "user", "content": prompt}],
+                    "chosen": f"{topic} is good and kind.", "rejected": "no no bad.",
+                    "score_chosen": 1.0, "score_rejected": 0.0, "margin": 1.0})
+    return out
+
+
+def make_run(tmp, model, method, **train):
+    """A run directory whose round 0 already has a committed rollout (pairs.parquet, kto.parquet)."""
+    run = RunDir(tmp / "run")
+    kto = [{"prompt_id": p["prompt_id"], "prompt": p["prompt"], "messages": p["messages"], "completion": p[k],
+            "label": label, "score": 0.0} for p in pairs() for k, label in (("chosen", True), ("rejected", False))]
+    with run.stage(0, "rollout") as out:
+        write_parquet(out / "pairs.parquet", pairs())
+        write_parquet(out / "kto.parquet", kto)
+        write_manifest(out, {"stage": "rollout"})
+    settings = {"method": method, "lr": 5e-3, "epochs": 4, "micro_batch_size": 4, "max_prompt_len": 32,
+                "max_response_len": 16, "checkpoint_every_steps": 100, "log_every_steps": 100, **train}
+    return parse_recipe({"name": f"t-{method}", "run_dir": str(run.root), "seed": 0,
+                         "policy": {"model": str(model), "chat_template": "tokenizer"}, "data": {"train": "unused"},
+                         "scorer": {"kind": "function", "function": "m:f"}, "train": settings}, "test")
+
+
+@pytest.fixture(scope="module")
+def trained(ray_cluster, tiny_llama, tmp_path_factory):
+    """Lazily train each method once for the module: trained(method) -> (recipe, model folder)."""
+    cache = {}
+    plans = {"dpo": {"lora": LORA}, "kto": {}, "csft": {"lora": LORA},
+             "sft": {"checkpoint_every_steps": 4, "kill": 6}}
+
+    def get(method):
+        if method not in cache:
+            plan = dict(plans[method])
+            kill = plan.pop("kill", None)
+            recipe = make_run(tmp_path_factory.mktemp(method), tiny_llama, method, **plan)
+            cache[method] = recipe, run_train(recipe, 0, kill_at_step=kill)
+        return cache[method]
+    return get
+
+
+def logps(model_dir, prompts, responses):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from prefloop.core.batching import encode_pairs
+    from prefloop.core.logprobs import sequence_logps
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    enc = encode_pairs(tok, prompts, responses, 32, 16, padding_side="right")
+    with torch.no_grad():
+        logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+    return sequence_logps(logits, enc["input_ids"], enc["loss_mask"])
+
+
+def pair_accuracy(start, model):
+    """Implicit-reward accuracy on the training pairs: log-ratio(chosen) > log-ratio(rejected)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model)
+    rows = pairs()
+    prompts = [tok.apply_chat_template(r["messages"], tokenize=False, add_generation_prompt=True) for r in rows]
+    ratio = {k: logps(model, prompts, [r[k] for r in rows]) - logps(start, prompts, [r[k] for r in rows])
+             for k in ("chosen", "rejected")}
+    return (ratio["chosen"] > ratio["rejected"]).float().mean().item()
+
+
+def metrics(folder):
+    return [json.loads(line) for line in (folder / "train_metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("method", ["dpo", "kto"])
+def test_preference_methods_learn(trained, tiny_llama, method):
+    recipe, folder = trained(method)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    steps = 16 if method == "dpo" else 32  # 32 pairs or 64 KTO rows, 2 workers, micro-batch 4, 4 epochs
+    assert manifest["steps"]["done"] == manifest["steps"]["planned"] == steps
+    history = metrics(folder)
+    assert history[0]["reward_accuracy"] <= 0.5  # step 1 is measured before any update: all rewards are 0
+    assert sum(m["reward_accuracy"] for m in history[-4:]) / 4 > 0.9
+    assert all(m["grad_norm"] >= 0 and m["tokens_per_s"] > 0 for m in history)
+    assert pair_accuracy(tiny_llama, folder) >= 0.9  # learning, measured independently of the trainer
+    lines = (RunDir(recipe.run_dir).root / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == len(history) and json.loads(lines[0])["stage"] == "train"
+    if method == "kto":
+        assert all("kto_z" in m for m in history)
+
+
+def test_sft_resumes_from_checkpoint_after_a_worker_dies(trained):
+    _, folder = trained("sft")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["steps"]["restored_from"] and manifest["steps"]["restored_from"][0] >= 4
+    assert manifest["steps"]["done"] == manifest["steps"]["planned"] == 16
+    history = metrics(folder)
+    assert [m["step"] for m in history] == list(range(1, 17))  # no step lost or done twice
+    assert history[-1]["loss"] < history[0]["loss"] / 2
+
+
+def test_csft_control_tokens_condition_the_answer(trained):
+    from transformers import AutoTokenizer
+
+    _, folder = trained("csft")
+    tok = AutoTokenizer.from_pretrained(folder)
+    assert all(len(tok(t, add_special_tokens=False)["input_ids"]) == 1 for t in (GOOD, BAD))
+    rows = pairs()[:8]
+    base = [tok.apply_chat_template(r["messages"], tokenize=False, add_generation_prompt=True) for r in rows]
+    good = [r["chosen"] for r in rows]
+    assert (logps(folder, [p + GOOD for p in base], good) > logps(folder, [p + BAD for p in base], good)).all()
+
+
+def test_committed_round_is_skipped(trained):
+    recipe, folder = trained("dpo")
+    assert run_train(recipe, 0) == folder
+
+
+def test_models_load_in_vllm_lora_merged_and_full(trained, tmp_path):
+    (_, lora_model), (_, full_model) = trained("dpo"), trained("kto")
+    script = tmp_path / "gen.py"
+    script.write_text(textwrap.dedent("""
+        import json, sys
+        if __name__ == "__main__":
+            from vllm import LLM, SamplingParams
+            llm = LLM(model=sys.argv[1], dtype="float32", max_model_len=128, enforce_eager=True,
+                      kv_cache_memory_bytes=64 * 1024**2)
+            prompt = llm.get_tokenizer().apply_chat_template([{"role": "user", "content": "Tell me about cats 1."}],
+                                                             tokenize=False, add_generation_prompt=True)
+            params = SamplingParams(max_tokens=8, temperature=0.0)
+            first = llm.generate([prompt], params)[0].outputs[0]
+            llm.collective_rpc("reload_weights", kwargs={"weights_path": sys.argv[2]})
+            llm.reset_prefix_cache()
+            second = llm.generate([prompt], params)[0].outputs[0]
+            print("RESULT " + json.dumps([len(first.token_ids), len(second.token_ids), first.text, second.text]))
+    """))
+    proc = subprocess.run([sys.executable, str(script), str(lora_model), str(full_model)], capture_output=True,
+                          text=True, timeout=400)
+    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    assert proc.returncode == 0 and line, proc.stderr[-3000:]
+    n_first, n_second, _, _ = json.loads(line[0][len("RESULT "):])
+    assert n_first > 0 and n_second > 0
+
+
+def test_bad_inputs_fail_early_with_clear_errors(tiny_llama, tmp_path):
+    recipe = make_run(tmp_path / "a", tmp_path / "no-such-model", "dpo")
+    with pytest.raises(FileNotFoundError, match="no-such-model"):
+        run_train(recipe, 0)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    recipe = make_run(tmp_path / "b", tiny_llama, "dpo", data=str(empty))
+    with pytest.raises(TrainDataError, match="no rows"):
+        run_train(recipe, 0)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "q", "chosen": "same", "rejected": "same"}) + "\n")
+    recipe = make_run(tmp_path / "c", tiny_llama, "dpo", data=str(bad))
+    with pytest.raises(TrainDataError, match="line 1 rejected: identical"):
+        run_train(recipe, 0)
+    kto_file = tmp_path / "kto.jsonl"
+    kto_file.write_text(json.dumps({"prompt": "q", "completion": "a", "label": True}) + "\n")
+    recipe = make_run(tmp_path / "d", tiny_llama, "dpo", data=str(kto_file))
+    with pytest.raises(TrainDataError, match="cannot train on kto"):
+        run_train(recipe, 0)
+    with pytest.raises(FileNotFoundError, match="round 0's model"):
+        run_train(make_run(tmp_path / "e", tiny_llama, "dpo"), 1)
