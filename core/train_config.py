@@ -72,7 +72,6 @@ class TrainConfig(_Strict):
     seed: int | None = Field(None, description="Seed for data order and LoRA init; null = the recipe's seed.")
     log_every_steps: int = Field(10, ge=1, description="ray.train.report every N optimizer steps (each report can "
                                  "wait for the controller's poll, ~2 s); every step is in the metrics file anyway.")
-    timeout_s: float = Field(3600.0, gt=0, description="The whole fit fails after this many seconds.")
 
     @model_validator(mode="after")
     def _consistent(self) -> "TrainConfig":
