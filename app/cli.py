@@ -1,6 +1,7 @@
 """The ``prefloop`` command line.
 
     prefloop rollout RECIPE [--round R] [--set key=value ...]   sample, score and select one round's data
+    prefloop train RECIPE [--round R] [--set key=value ...]     train that round's model on Ray Train
     prefloop assets build [DIR] [--seed S] [--force]            build the tiny offline models
     prefloop recipe check RECIPE [--set key=value ...]          validate a recipe and print it resolved
 
@@ -50,6 +51,12 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from prefloop.app.train import cmd_train
+
+    return cmd_train(args)
+
+
 def cmd_assets(args: argparse.Namespace) -> int:
     from prefloop.app.assets import build_assets, default_assets_dir
 
@@ -80,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     with_recipe(p)
     p.add_argument("--round", type=int, default=0, help="round index (default 0)")
     p.set_defaults(func=cmd_rollout)
+
+    p = sub.add_parser("train", help="train one round's model on Ray Train (DPO / KTO / SFT / cSFT)")
+    with_recipe(p)
+    p.add_argument("--round", type=int, default=0, help="round index (default 0)")
+    p.set_defaults(func=_train)
 
     assets = sub.add_parser("assets", help="tiny offline models").add_subparsers(dest="action", required=True)
     p = assets.add_parser("build", help="build the tiny policy, PairRM and reward model")
