@@ -1,0 +1,299 @@
+"""OpenAI chat-completions shapes for the Serve deployment: parse and validate a request, build the responses.
+
+Pure (no ray, no vllm): the deployment in ``actors/serve.py`` is a thin shell around these functions.
+
+A request body is the OpenAI ``/v1/chat/completions`` body. Supported fields: ``messages`` (text content, or
+a list of ``{"type": "text"}`` parts), ``model``, ``n``, ``max_tokens`` / ``max_completion_tokens``,
+``temperature``, ``top_p``, ``seed``, ``stop``, ``presence_penalty``, ``frequency_penalty``, ``stream``.
+Fields that would change the meaning of the answer and are not implemented (``tools``, ``response_format``,
+``logprobs`` ...) are refused; other unknown fields (``user``, ``stream_options`` ...) are ignored, as
+OpenAI-compatible servers commonly do.
+
+Best-of-N with PairRM, two spellings (extensions to the OpenAI body):
+
+- ``"best_of": B`` draws B samples, PairRM ranks them, and the ``n`` best (default 1) are returned, best first.
+- ``"n": N, "rerank": "pairrm"`` draws N samples and returns the single best one (the Snorkel card's
+  "PairRM best-of-16" is ``{"n": 16, "rerank": "pairrm"}``).
+
+A reranked response carries ``prefloop_rerank``: each sample's PairRM score and the chosen indices, plus the
+sample texts when the request sets ``"return_candidates": true``. Every response carries ``prefloop_round``,
+the round whose weights produced it, and ``model`` names it too (``prefloop-round-3``; ``prefloop-base`` for
+the base model). Errors are ``RequestError`` naming the offending field (``param``), returned as HTTP 400.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from prefloop.core.templates import validate_messages
+
+RERANKERS = ("pairrm",)
+REFUSED = ("tools", "tool_choice", "functions", "function_call", "response_format", "logprobs", "top_logprobs",
+           "logit_bias")
+
+
+class RequestError(ValueError):
+    """A request the server refuses (HTTP 400); ``param`` names the field."""
+
+    def __init__(self, param: str | None, message: str):
+        super().__init__(message)
+        self.param = param
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Server-side bounds on a request."""
+
+    max_samples: int = 16
+    default_max_tokens: int = 64
+    max_tokens: int = 4096
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """A validated chat request: what to render, how many samples to draw and how many to return."""
+
+    messages: list[dict[str, str]]
+    model: str | None = None
+    num_samples: int = 1
+    num_return: int = 1
+    rerank: str | None = None
+    max_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    stream: bool = False
+    return_candidates: bool = False
+
+    def sampling_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``vllm.SamplingParams``."""
+        kwargs: dict[str, Any] = dict(n=self.num_samples, temperature=self.temperature, top_p=self.top_p,
+                                      max_tokens=self.max_tokens, presence_penalty=self.presence_penalty,
+                                      frequency_penalty=self.frequency_penalty)
+        if self.stop:
+            kwargs["stop"] = list(self.stop)
+        if self.seed is not None:
+            kwargs["seed"] = self.seed
+        return kwargs
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One generated sample."""
+
+    text: str
+    finish_reason: str
+    num_tokens: int
+
+
+def parse_json_body(raw: bytes | str) -> Any:
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise RequestError(None, f"request body is not valid JSON: {err}") from None
+
+
+def _int(body: dict, key: str, default: int | None, lo: int, hi: int | None = None) -> int | None:
+    value = body.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RequestError(key, f"'{key}' must be an integer, got {value!r}")
+    if value < lo or (hi is not None and value > hi):
+        bound = f">= {lo}" if hi is None else f"between {lo} and {hi}"
+        raise RequestError(key, f"'{key}' must be {bound}, got {value}")
+    return value
+
+
+def _number(body: dict, key: str, default: float, lo: float, hi: float, lo_open: bool = False) -> float:
+    value = body.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise RequestError(key, f"'{key}' must be a number, got {value!r}")
+    if value > hi or value < lo or (lo_open and value == lo):
+        raise RequestError(key, f"'{key}' must be in {'(' if lo_open else '['}{lo}, {hi}], got {value}")
+    return float(value)
+
+
+def _bool(body: dict, key: str) -> bool:
+    value = body.get(key, False)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise RequestError(key, f"'{key}' must be true or false, got {value!r}")
+    return value
+
+
+def _content_text(messages: Any) -> Any:
+    """OpenAI lets ``content`` be a list of parts; only text parts can be served by a text model."""
+    if not isinstance(messages, list):
+        return messages
+    out = []
+    for i, m in enumerate(messages):
+        if isinstance(m, dict) and isinstance(m.get("content"), list):
+            parts = m["content"]
+            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+                       for p in parts):
+                raise RequestError("messages", f"messages[{i}].content: only text parts are supported")
+            m = {**m, "content": "".join(p["text"] for p in parts)}
+        out.append(m)
+    return out
+
+
+def _messages(body: dict) -> list[dict[str, str]]:
+    if "messages" not in body:
+        raise RequestError("messages", "'messages' is required")
+    try:
+        return validate_messages(_content_text(body["messages"]))
+    except ValueError as err:
+        raise RequestError("messages", str(err)) from None
+
+
+def _stop(body: dict) -> list[str]:
+    value = body.get("stop")
+    if value is None:
+        return []
+    stops = [value] if isinstance(value, str) else value
+    if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops) or len(stops) > 16:
+        raise RequestError("stop", "'stop' must be a non-empty string or a list of up to 16 of them")
+    return list(stops)
+
+
+def _max_tokens(body: dict, limits: Limits) -> int:
+    a = _int(body, "max_tokens", None, 1, limits.max_tokens)
+    b = _int(body, "max_completion_tokens", None, 1, limits.max_tokens)
+    if a is not None and b is not None and a != b:
+        raise RequestError("max_tokens", "'max_tokens' and 'max_completion_tokens' disagree")
+    return a or b or limits.default_max_tokens
+
+
+def _sample_counts(body: dict, limits: Limits) -> tuple[int, int, str | None]:
+    """(samples to draw, choices to return, reranker) from ``n``, ``best_of`` and ``rerank``."""
+    n = _int(body, "n", 1, 1, limits.max_samples)
+    best_of = _int(body, "best_of", None, 1, limits.max_samples)
+    rerank = body.get("rerank")
+    if rerank is not None and rerank not in RERANKERS:
+        raise RequestError("rerank", f"'rerank' must be one of {list(RERANKERS)}, got {rerank!r}")
+    if best_of is not None:
+        if best_of < n:
+            raise RequestError("best_of", f"'best_of' ({best_of}) must be >= 'n' ({n})")
+        if rerank is not None:
+            raise RequestError("rerank", "give either 'best_of' or 'n' with 'rerank', not both")
+        return best_of, n, "pairrm"
+    if rerank is not None:
+        return n, 1, rerank
+    return n, n, None
+
+
+def parse_chat_request(body: Any, limits: Limits = Limits()) -> ChatRequest:
+    """Validate an OpenAI chat-completions body; raise RequestError naming the field."""
+    if not isinstance(body, dict):
+        raise RequestError(None, "request body must be a JSON object")
+    for key in REFUSED:
+        if body.get(key) not in (None, False, [], {}):
+            raise RequestError(key, f"'{key}' is not supported by this server")
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise RequestError("model", "'model' must be a string")
+    num_samples, num_return, rerank = _sample_counts(body, limits)
+    seed = _int(body, "seed", None, 0, 2**63 - 1)
+    return ChatRequest(
+        messages=_messages(body), model=model, num_samples=num_samples, num_return=num_return, rerank=rerank,
+        max_tokens=_max_tokens(body, limits), temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
+        top_p=_number(body, "top_p", 1.0, 0.0, 1.0, lo_open=True), seed=seed, stop=_stop(body),
+        presence_penalty=_number(body, "presence_penalty", 0.0, -2.0, 2.0),
+        frequency_penalty=_number(body, "frequency_penalty", 0.0, -2.0, 2.0),
+        stream=_bool(body, "stream"), return_candidates=_bool(body, "return_candidates"))
+
+
+def check_length(prompt_tokens: int, max_tokens: int, max_model_len: int) -> None:
+    """Refuse a request the engine cannot fit (vLLM would otherwise fail the whole batch it lands in)."""
+    if prompt_tokens >= max_model_len:
+        raise RequestError("messages", f"the prompt is {prompt_tokens} tokens; this model takes at most "
+                                       f"{max_model_len} tokens in all")
+    if prompt_tokens + max_tokens > max_model_len:
+        raise RequestError("max_tokens", f"prompt ({prompt_tokens} tokens) + max_tokens ({max_tokens}) exceeds "
+                                         f"the model's {max_model_len} tokens; ask for at most "
+                                         f"{max_model_len - prompt_tokens}")
+
+
+def served_model_id(name: str, round_idx: int | None) -> str:
+    """``prefloop-round-3``, or ``prefloop-base`` for the base model (no round)."""
+    return f"{name}-base" if round_idx is None else f"{name}-round-{round_idx}"
+
+
+def check_model_name(requested: str | None, name: str) -> None:
+    """Accept the app name or any of its round ids: a client that listed ``/v1/models`` before a swap keeps
+    working after it. Anything else is another server's model."""
+    if requested is None or requested == name or requested.startswith(f"{name}-"):
+        return
+    raise RequestError("model", f"model {requested!r} is not served here; use {name!r} (see /v1/models)")
+
+
+def best_indices(scores: Sequence[float], k: int) -> list[int]:
+    """The indices of the ``k`` highest scores, best first; ties go to the earlier sample."""
+    return sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:k]
+
+
+def _finish_reason(reason: str) -> str:
+    return reason if reason in ("stop", "length") else "stop"
+
+
+def chat_completion(request: ChatRequest, *, model_id: str, round_idx: int | None, candidates: Sequence[Candidate],
+                    prompt_tokens: int, chosen: Sequence[int] | None = None, scores: Sequence[float] | None = None,
+                    created: int | None = None) -> dict[str, Any]:
+    """An OpenAI ``chat.completion`` object; ``chosen`` picks (and orders) the returned candidates."""
+    chosen = list(range(len(candidates))) if chosen is None else list(chosen)
+    choices = [{"index": i, "message": {"role": "assistant", "content": candidates[c].text},
+                "finish_reason": _finish_reason(candidates[c].finish_reason)} for i, c in enumerate(chosen)]
+    completion_tokens = sum(c.num_tokens for c in candidates)  # every sample drawn was paid for
+    out: dict[str, Any] = {
+        "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
+        "created": int(time.time()) if created is None else created, "model": model_id, "choices": choices,
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                  "total_tokens": prompt_tokens + completion_tokens},
+        "prefloop_round": round_idx,
+    }
+    if scores is not None:
+        rerank: dict[str, Any] = {"method": request.rerank, "scores": [float(s) for s in scores], "chosen": chosen}
+        if request.return_candidates:
+            rerank["candidates"] = [c.text for c in candidates]
+        out["prefloop_rerank"] = rerank
+    return out
+
+
+def stream_events(completion: dict[str, Any]) -> list[str]:
+    """A finished completion as OpenAI ``chat.completion.chunk`` server-sent events (role, content, finish,
+    ``[DONE]``). The text is generated whole, so it arrives as one content chunk per choice."""
+    base = {k: completion[k] for k in ("id", "created", "model", "prefloop_round")}
+    base["object"] = "chat.completion.chunk"
+    events = []
+    for choice in completion["choices"]:
+        i = choice["index"]
+        for delta, finish in (({"role": "assistant"}, None), ({"content": choice["message"]["content"]}, None),
+                              ({}, choice["finish_reason"])):
+            chunk = {**base, "choices": [{"index": i, "delta": delta, "finish_reason": finish}]}
+            events.append(f"data: {json.dumps(chunk)}\n\n")
+    events.append("data: [DONE]\n\n")
+    return events
+
+
+def models_list(name: str, round_idx: int | None, model_dir: str, created: int) -> dict[str, Any]:
+    """``/v1/models``: the current round's id first, then the stable alias ``name``."""
+    entry = {"object": "model", "created": created, "owned_by": "prefloop", "root": model_dir,
+             "prefloop_round": round_idx}
+    return {"object": "list", "data": [{"id": served_model_id(name, round_idx), **entry}, {"id": name, **entry}]}
+
+
+def error_body(err: Exception, param: str | None = None, kind: str = "invalid_request_error") -> dict[str, Any]:
+    """OpenAI's error envelope."""
+    return {"error": {"message": str(err), "type": kind, "param": getattr(err, "param", param), "code": None}}
