@@ -1,0 +1,232 @@
+"""The policy behind an OpenAI-compatible HTTP API: the Ray Serve deployment class (a thin shell).
+
+One ``PolicyServer`` replica holds one ``vllm.LLM`` engine (CPU settings as in ``VLLMGenerator``) and, loaded on
+first use, a PairRM ranker for best-of-N. Request parsing and response shapes live in ``core/openai_api.py``.
+
+Routes: ``POST /v1/chat/completions`` (``"stream": true`` gets server-sent events), ``GET /v1/models``,
+``GET /health``. Concurrent requests are batched (``serve.batch``) into one ``LLM.generate`` call.
+
+Switching rounds: Serve calls ``reconfigure(user_config)`` with ``{"model_dir", "round"}`` on every replica in
+place. The new weights replace the old inside the running engine (``collective_rpc("reload_weights")``, ~0.02 s
+for the tiny model) while holding the engine lock, so a request runs wholly on the old or wholly on the new
+weights and none fails: those arriving meanwhile wait for the lock. A model whose config differs (say cSFT grew
+the vocabulary) cannot be reloaded in place: a new engine is built first, outside the lock, and then switched to.
+Each response says which round produced it, read under the same lock as the generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ray import serve
+
+from prefloop.actors.common import check_model_dir
+from prefloop.core import openai_api as api
+from prefloop.core.templates import last_user_text, render_prompt
+
+log = logging.getLogger(__name__)
+
+# config.json keys that may differ between two rounds without changing the engine's shapes.
+_RELOADABLE_KEYS = {"transformers_version", "dtype", "torch_dtype", "_name_or_path", "use_cache"}
+
+
+def same_shapes(old_dir: str, new_dir: str) -> bool:
+    """Whether ``new_dir``'s weights fit the engine built for ``old_dir`` (same config.json up to bookkeeping)."""
+    def load(d: str) -> dict[str, Any]:
+        cfg = json.loads(Path(d, "config.json").read_text(encoding="utf-8"))
+        return {k: v for k, v in cfg.items() if k not in _RELOADABLE_KEYS}
+    return load(old_dir) == load(new_dir)
+
+
+@dataclass
+class Engine:
+    """One vLLM engine and the tokenizer that renders prompts for it."""
+
+    llm: Any
+    tokenizer: Any
+    model_dir: str
+
+
+def load_tokenizer(model_dir: str) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir)
+
+
+def build_engine(model_dir: str, spec: dict[str, Any]) -> Engine:
+    check_model_dir(model_dir, "served policy")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from vllm import LLM
+
+    kwargs: dict[str, Any] = dict(model=model_dir, dtype=spec["dtype"], max_model_len=spec["max_model_len"],
+                                  enforce_eager=spec["enforce_eager"], seed=0,
+                                  # any request may carry a seed, and seeded sampling crashes with chunked
+                                  # prefill on the CPU build (STACK.md)
+                                  enable_chunked_prefill=False)
+    if spec.get("kv_cache_gb") is not None:
+        kwargs["kv_cache_memory_bytes"] = int(spec["kv_cache_gb"] * 1024**3)  # vLLM-CPU refuses otherwise
+    started = time.perf_counter()
+    llm = LLM(**kwargs)
+    log.info("serving engine for %s ready in %.1f s", model_dir, time.perf_counter() - started)
+    return Engine(llm, load_tokenizer(model_dir), model_dir)
+
+
+class PolicyServer:
+    """A Serve replica: ``spec`` is the whole serving setup (see ``app/serve.py``); ``user_config`` the round."""
+
+    def __init__(self, spec: dict[str, Any]):
+        self.spec = spec
+        self.name = spec["name"]
+        self.limits = api.Limits(max_samples=spec["max_samples"], default_max_tokens=spec["default_max_tokens"],
+                                 max_tokens=spec["max_model_len"])
+        self.replica_id = uuid.uuid4().hex[:8]
+        self._lock = threading.Lock()  # held by every generate and by the weight switch
+        self._ranker_lock = threading.Lock()
+        self._ranker: Any = None
+        self.engine = build_engine(spec["model_dir"], spec)
+        self.round: int | None = spec["round"]
+        self.created = int(time.time())
+        self.swaps: list[dict[str, Any]] = []
+
+    # ---- switching rounds -------------------------------------------------------------------------------
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        model_dir, round_idx = user_config.get("model_dir"), user_config.get("round")
+        if not model_dir or (model_dir == self.engine.model_dir and round_idx == self.round):
+            return
+        check_model_dir(model_dir, f"round {round_idx} model")
+        await asyncio.to_thread(self._switch, model_dir, round_idx)
+
+    def _switch(self, model_dir: str, round_idx: int | None) -> None:
+        started = time.perf_counter()
+        in_place = same_shapes(self.engine.model_dir, model_dir)
+        tokenizer = load_tokenizer(model_dir)
+        new = None if in_place else build_engine(model_dir, self.spec)  # load first, then switch
+        if not self._lock.acquire(timeout=self.spec["request_timeout_s"]):
+            raise TimeoutError(f"replica {self.replica_id}: engine busy for {self.spec['request_timeout_s']} s; "
+                               f"round {round_idx} not switched in")
+        try:
+            locked = time.perf_counter()
+            if in_place:
+                self.engine.llm.collective_rpc("reload_weights", kwargs={"weights_path": model_dir})
+                self.engine.llm.reset_prefix_cache()
+                self.engine = Engine(self.engine.llm, tokenizer, model_dir)
+            else:
+                old, self.engine = self.engine, new
+            self.round = round_idx
+            paused = time.perf_counter() - locked
+        finally:
+            self._lock.release()
+        if not in_place:
+            del old  # the old engine's memory goes back once nothing refers to it
+        record = {"round": round_idx, "model_dir": model_dir, "in_place": in_place, "swap_s": paused,
+                  "total_s": time.perf_counter() - started, "at": time.time()}
+        self.swaps.append(record)
+        log.info("replica %s now serves round %s (%s, requests paused %.3f s)", self.replica_id, round_idx,
+                 "weights reloaded in place" if in_place else "new engine", paused)
+
+    def state(self) -> dict[str, Any]:
+        """What this replica serves, and its swaps so far (``publish`` reads the last one's timing)."""
+        return {"replica": self.replica_id, "round": self.round, "model_dir": self.engine.model_dir,
+                "swaps": list(self.swaps)}
+
+    def serving_spec(self) -> dict[str, Any]:
+        return dict(self.spec)
+
+    # ---- generation ---------------------------------------------------------------------------------------
+    def _generate_locked(self, requests: list[api.ChatRequest]) -> list[Any]:
+        """Render, check and generate a batch under the engine lock; per request a result dict or an error."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        if not self._lock.acquire(timeout=self.spec["request_timeout_s"]):
+            err = TimeoutError(f"engine busy for {self.spec['request_timeout_s']} s")
+            return [err] * len(requests)
+        try:
+            engine, round_idx = self.engine, self.round
+            results: list[Any] = [None] * len(requests)
+            todo, prompts, params = [], [], []
+            for i, req in enumerate(requests):
+                try:
+                    text = render_prompt(req.messages, self.spec["chat_template"], engine.tokenizer)
+                    ids = engine.tokenizer(text, add_special_tokens=True)["input_ids"]
+                    api.check_length(len(ids), req.max_tokens, self.spec["max_model_len"])
+                except (api.RequestError, ValueError) as err:
+                    results[i] = err if isinstance(err, api.RequestError) else api.RequestError("messages", str(err))
+                    continue
+                todo.append(i)
+                prompts.append(TokensPrompt(prompt_token_ids=ids))
+                params.append(SamplingParams(**req.sampling_kwargs()))
+            outputs = engine.llm.generate(prompts, params, use_tqdm=False) if prompts else []
+        except Exception as err:  # an engine failure fails this batch, not the replica
+            log.exception("generation failed")
+            return [err] * len(requests)
+        finally:
+            self._lock.release()
+        for i, out in zip(todo, outputs):
+            cands = [api.Candidate(c.text, c.finish_reason or "stop", len(c.token_ids)) for c in out.outputs]
+            results[i] = {"candidates": cands, "prompt_tokens": len(out.prompt_token_ids), "round": round_idx}
+        return results
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    async def _generate(self, requests: list[api.ChatRequest]) -> list[Any]:
+        return await asyncio.to_thread(self._generate_locked, requests)
+
+    def _rank(self, req: api.ChatRequest, cands: list[api.Candidate]) -> list[float]:
+        with self._ranker_lock:  # llm-blender is not thread-safe; it is loaded on first use
+            if self._ranker is None:
+                from prefloop.actors.scorers import PairRMScorer
+
+                self._ranker = PairRMScorer(self.spec["pairrm_dir"], batch_size=16)
+            return self._ranker.score([last_user_text(req.messages)], [[c.text for c in cands]])[0]
+
+    async def complete(self, body: Any) -> dict[str, Any]:
+        """One chat completion from a parsed JSON body (also callable through a Serve handle)."""
+        req = api.parse_chat_request(body, self.limits)
+        api.check_model_name(req.model, self.name)
+        if req.rerank and not self.spec.get("pairrm_dir"):
+            raise api.RequestError("rerank", "this server has no PairRM ranker (start it with a pairrm_dir)")
+        result = await self._generate(req)
+        if isinstance(result, Exception):
+            raise result
+        cands, chosen, scores = result["candidates"], None, None
+        if req.rerank:
+            scores = await asyncio.to_thread(self._rank, req, cands)
+            chosen = api.best_indices(scores, req.num_return)
+        return api.chat_completion(req, model_id=api.served_model_id(self.name, result["round"]),
+                                   round_idx=result["round"], candidates=cands,
+                                   prompt_tokens=result["prompt_tokens"], chosen=chosen, scores=scores)
+
+    # ---- HTTP ---------------------------------------------------------------------------------------------
+    async def __call__(self, request: Any) -> Any:
+        from starlette.responses import JSONResponse, StreamingResponse
+
+        path, method = request.url.path.rstrip("/"), request.method
+        routes = {"/v1/chat/completions": "POST", "/v1/models": "GET", "/health": "GET"}
+        if path not in routes:
+            return JSONResponse(api.error_body(f"no route {path}", kind="not_found_error"), status_code=404)
+        if method != routes[path]:
+            return JSONResponse(api.error_body(f"{path} takes {routes[path]}"), status_code=405)
+        if path == "/v1/models":
+            return JSONResponse(api.models_list(self.name, self.round, self.engine.model_dir, self.created))
+        if path == "/health":
+            return JSONResponse({"status": "ok", **self.state()})
+        try:
+            body = api.parse_json_body(await request.body())
+            completion = await self.complete(body)
+        except api.RequestError as err:
+            return JSONResponse(api.error_body(err), status_code=400)
+        except Exception as err:
+            log.exception("chat completion failed")
+            return JSONResponse(api.error_body(err, kind="server_error"), status_code=500)
+        if body.get("stream") is True:  # validated by complete()
+            return StreamingResponse(iter(api.stream_events(completion)), media_type="text/event-stream")
+        return JSONResponse(completion)

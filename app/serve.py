@@ -1,0 +1,227 @@
+"""Serving the policy on Ray Serve with an OpenAI-compatible API, and switching it to each new round in place.
+
+    served = start_serving(policy_dir, round_idx=None, pairrm_dir=..., port=8000, replicas=1)
+    publish(round_model_dir, round_idx=r)         # after round r commits: replicas reload weights in place
+    serve_run_dir(run_dir, round_idx=None)        # `prefloop serve RUN_DIR [--round R]`
+
+How the in-place switch works: the app is deployed with a fixed code version (a hash of its serving spec),
+so a later deploy that changes only ``user_config`` ({"model_dir", "round"}) is a light update: Serve calls
+``reconfigure`` on the running replicas instead of replacing them (a plain ``serve.run`` picks a random
+version and would restart every replica, ~20 s of vLLM start-up each). ``publish`` reads the spec back from a
+replica, so it works from any driver, and then waits until every replica reports the new round.
+
+Resources: each replica asks for ``SERVE_REPLICA_CPUS`` logical CPUs (a fraction: on a 2-core laptop the local
+cluster has 8 logical CPUs, shared with generators, scorers and trainers; Serve's controller and proxy ask for
+none). The base model has no round: its responses say ``prefloop_round: null`` and ``model: prefloop-base``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from prefloop.actors.common import check_model_dir
+
+log = logging.getLogger(__name__)
+
+SERVE_REPLICA_CPUS = 0.5
+START_TIMEOUT_S = 600.0   # vLLM start-up is ~20 s a replica here; minutes for a 7B model on a GPU
+CALL_TIMEOUT_S = 60.0
+MODEL_STAGE = "model"
+
+
+@dataclass
+class Served:
+    """A running app: its name, base URL (``{url}/v1/chat/completions``) and a Serve handle."""
+
+    name: str
+    url: str
+    handle: Any
+
+
+def _with_timeout(fn: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    """Run a blocking Serve call in a thread; raise TimeoutError naming ``what`` if it does not return."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as err:  # handed back to the caller
+            box["error"] = err
+
+    thread = threading.Thread(target=target, daemon=True, name=what)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        raise TimeoutError(f"{what}: no result after {timeout_s:.0f} s (see `serve status`; replicas may be "
+                           "waiting for CPUs or failing to start)")
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+def _application(spec: dict[str, Any], model_dir: str, round_idx: int | None) -> Any:
+    from ray import serve
+
+    from prefloop.actors.serve import PolicyServer
+
+    # Same spec -> same version -> a user_config change reconfigures the replicas in place.
+    version = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+    deployment = serve.deployment(PolicyServer, name="PolicyServer")
+    return deployment.options(
+        num_replicas=spec["replicas"], ray_actor_options={"num_cpus": spec["replica_cpus"]},
+        max_ongoing_requests=32, user_config={"model_dir": model_dir, "round": round_idx},
+        version=version, _internal=True,
+    ).bind(spec)
+
+
+def start_serving(policy_dir: str, round_idx: int | None = None, *, pairrm_dir: str | None = None,
+                  chat_template: str = "tokenizer", port: int = 8000, replicas: int = 1, name: str = "prefloop",
+                  host: str = "127.0.0.1", dtype: str = "float32", max_model_len: int = 512,
+                  kv_cache_gb: float | None = 0.25, enforce_eager: bool = True, max_samples: int = 16,
+                  default_max_tokens: int = 64, replica_cpus: float = SERVE_REPLICA_CPUS,
+                  request_timeout_s: float = 300.0, timeout_s: float = START_TIMEOUT_S) -> Served:
+    """Deploy (or redeploy) the app ``name`` serving ``policy_dir``; returns once every replica is up."""
+    from ray import serve
+
+    from prefloop.app.runtime import init_ray
+    from prefloop.core.config import ResourcesConfig
+
+    check_model_dir(policy_dir, "policy to serve")
+    if pairrm_dir:
+        from prefloop.actors.blender_compat import check_ranker_dir
+
+        check_ranker_dir(pairrm_dir)
+        pairrm_dir = str(Path(pairrm_dir).resolve())
+    init_ray(ResourcesConfig())  # a no-op when Ray is already up
+    policy_dir = str(Path(policy_dir).resolve())
+    spec = dict(name=name, model_dir=policy_dir, round=round_idx, pairrm_dir=pairrm_dir, chat_template=chat_template,
+                dtype=dtype, max_model_len=max_model_len, kv_cache_gb=kv_cache_gb, enforce_eager=enforce_eager,
+                max_samples=max_samples, default_max_tokens=default_max_tokens, replicas=replicas,
+                replica_cpus=replica_cpus, request_timeout_s=request_timeout_s)
+    serve.start(http_options={"host": host, "port": port})  # ignored when Serve already runs (keeps its port)
+    started = time.perf_counter()
+    handle = _with_timeout(lambda: serve.run(_application(spec, policy_dir, round_idx), name=name,
+                                             route_prefix="/"), timeout_s, f"starting Serve app {name!r}")
+    log.info("serving %s (round %s) as %r on http://%s:%d in %.1f s", policy_dir, round_idx, name, host, port,
+             time.perf_counter() - started)
+    return Served(name=name, url=f"http://{host}:{port}", handle=handle)
+
+
+def replica_states(name: str = "prefloop", want: int | None = None, timeout_s: float = CALL_TIMEOUT_S,
+                   until: Callable[[dict], bool] = lambda s: True) -> dict[str, dict]:
+    """Ask the app's replicas for their state until ``want`` distinct replicas satisfy ``until``.
+
+    A handle call reaches one replica (chosen by Serve), so this polls until it has heard from enough of them.
+    """
+    from ray import serve
+
+    handle = serve.get_app_handle(name)
+    want = want or handle.serving_spec.remote().result(timeout_s=timeout_s)["replicas"]
+    deadline, seen = time.monotonic() + timeout_s, {}
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"Serve app {name!r}: {len(seen)}/{want} replicas reached the wanted state within "
+                               f"{timeout_s:.0f} s; seen: {seen}")
+        state = handle.state.remote().result(timeout_s=left)
+        if until(state):
+            seen[state["replica"]] = state
+            if len(seen) >= want:
+                return seen
+        else:
+            seen.pop(state["replica"], None)
+            time.sleep(0.05)
+
+
+def publish(model_dir: str, round_idx: int | None, name: str = "prefloop",
+            timeout_s: float = START_TIMEOUT_S) -> dict[str, Any]:
+    """Switch the running app ``name`` to ``model_dir`` (round ``round_idx``) in place, on every replica.
+
+    Returns ``{"round", "model_dir", "publish_s" (deploy to all replicas switched), "swap_s" (the longest time
+    a replica held requests back while its weights changed), "replicas"}``.
+    """
+    from ray import serve
+
+    check_model_dir(model_dir, f"round {round_idx} model")
+    model_dir = str(Path(model_dir).resolve())
+    started = time.perf_counter()
+    spec = serve.get_app_handle(name).serving_spec.remote().result(timeout_s=CALL_TIMEOUT_S)
+    _with_timeout(lambda: serve.run(_application(spec, model_dir, round_idx), name=name, route_prefix="/"),
+                  timeout_s, f"publishing round {round_idx} to Serve app {name!r}")
+    states = replica_states(name, spec["replicas"], timeout_s,
+                            until=lambda s: s["round"] == round_idx and s["model_dir"] == model_dir)
+    swaps = [s["swaps"][-1] for s in states.values() if s["swaps"]]
+    result = {"round": round_idx, "model_dir": model_dir, "publish_s": time.perf_counter() - started,
+              "swap_s": max((s["swap_s"] for s in swaps), default=0.0),
+              "in_place": all(s["in_place"] for s in swaps), "replicas": len(states)}
+    log.info("published round %s to %r: %s", round_idx, name, result)
+    return result
+
+
+def resolve_served_model(run_dir: str | Path, round_idx: int | None = None) -> tuple[str, int | None]:
+    """(model dir, round) to serve from a run: round ``round_idx``'s committed model, else the latest
+    committed round's, else the base model of the run's recipe (round None)."""
+    from prefloop.app.rundir import RunDir
+    from prefloop.core.config import load_recipe
+
+    run = RunDir(run_dir)
+    committed = sorted(int(p.name.split("_", 1)[1]) for p in run.root.glob("round_*")
+                       if p.name.split("_", 1)[1].isdigit() and run.is_committed(int(p.name.split("_", 1)[1]),
+                                                                                 MODEL_STAGE))
+    if round_idx is not None:
+        if round_idx not in committed:
+            raise FileNotFoundError(f"{run.stage_dir(round_idx, MODEL_STAGE)}: round {round_idx} has no committed "
+                                    f"model (committed rounds: {committed or 'none'})")
+        return str(run.stage_dir(round_idx, MODEL_STAGE)), round_idx
+    if committed:
+        return str(run.stage_dir(committed[-1], MODEL_STAGE)), committed[-1]
+    recipe_path = run.root / "recipe.yaml"
+    if not recipe_path.is_file():
+        raise FileNotFoundError(f"{run.root}: no committed round and no recipe.yaml: not a prefloop run directory")
+    return load_recipe(recipe_path).policy.model, None
+
+
+def serve_run_dir(run_dir: str | Path, round_idx: int | None = None, **kwargs: Any) -> Served:
+    """Serve one round of a run (see ``resolve_served_model``) with the run's chat template, ranker and sizes."""
+    from prefloop.app.runtime import init_ray
+    from prefloop.core.config import load_recipe
+
+    model_dir, round_idx = resolve_served_model(run_dir, round_idx)
+    recipe_path = Path(run_dir) / "recipe.yaml"
+    if recipe_path.is_file():
+        recipe = load_recipe(recipe_path)
+        init_ray(recipe.resources)
+        ro = recipe.rollout
+        defaults = dict(chat_template=recipe.policy.chat_template, dtype=recipe.policy.dtype,
+                        max_model_len=ro.max_model_len, kv_cache_gb=ro.kv_cache_gb, enforce_eager=ro.enforce_eager,
+                        pairrm_dir=recipe.scorer.model if recipe.scorer.kind == "pairrm" else None)
+        kwargs = {**defaults, **kwargs}
+    return start_serving(model_dir, round_idx, **kwargs)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """``prefloop serve RUN_DIR [--round R] [--port P] [--host H] [--replicas K] [--duration S]``."""
+    from ray import serve
+
+    served = serve_run_dir(args.run_dir, args.round, port=args.port, host=args.host, replicas=args.replicas)
+    state = next(iter(replica_states(served.name, want=1).values()))
+    print(f"serving round {state['round']} ({state['model_dir']}) at {served.url}/v1/chat/completions", flush=True)
+    try:
+        if args.duration is not None:
+            time.sleep(args.duration)
+        else:
+            while True:
+                time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        serve.shutdown()
+    return 0
