@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(VENV)/bin/prefloop rollout recipes/demo.yaml
+	$(VENV)/bin/prefloop demo
 
 test: setup
 	$(PY) -m pytest -q

@@ -83,3 +83,7 @@ class VLLMGenerator:
         self.llm.reset_prefix_cache()
         self.model = model_dir
         return time.perf_counter() - started
+
+    def shutdown(self) -> None:
+        """Stop the engine's background process now (it otherwise keeps a core busy until garbage collection)."""
+        self.llm.llm_engine.engine_core.shutdown()

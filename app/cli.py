@@ -1,5 +1,7 @@
 """The ``prefloop`` command line.
 
+    prefloop demo [--set key=value ...]                         the demo recipe, end to end, on tiny models
+    prefloop run RECIPE [--set key=value ...]                   the round loop (resumes a stopped run)
     prefloop rollout RECIPE [--round R] [--set key=value ...]   sample, score and select one round's data
     prefloop train RECIPE [--round R] [--set key=value ...]     train that round's model on Ray Train
     prefloop assets build [DIR] [--seed S] [--force]            build the tiny offline models
@@ -51,6 +53,24 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from prefloop.app.loop import run_loop
+    from prefloop.app.report import format_table
+
+    recipe = resolve_recipe(args.recipe, args.set)
+    rows = run_loop(recipe)
+    print(format_table(rows))
+    print(f"report: {Path(recipe.run_dir).resolve() / 'report.md'}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The demo recipe on the local Ray and the tiny models: rounds, a served answer, the table."""
+    from prefloop.app.demo import run_demo
+
+    return run_demo(args.set)
+
+
 def _train(args: argparse.Namespace) -> int:
     from prefloop.app.train import cmd_train
 
@@ -87,6 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
     with_recipe(p)
     p.add_argument("--round", type=int, default=0, help="round index (default 0)")
     p.set_defaults(func=cmd_rollout)
+
+    p = sub.add_parser("run", help="the round loop: rollout -> train -> publish -> evaluate, every round")
+    with_recipe(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("demo", help="run recipes/demo.yaml on the tiny models and serve the result")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a demo value")
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("train", help="train one round's model on Ray Train (DPO / KTO / SFT / cSFT)")
     with_recipe(p)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -61,55 +61,76 @@ def prepare_prompts(recipe: Recipe, source: str, tokenizer: Any) -> PreparedProm
     return PreparedPrompts(read, rows)
 
 
-def _scorer_stage(recipe: Recipe) -> tuple[type, dict[str, Any], float, float]:
+@dataclass
+class Stage:
+    """One Ray Data ``map_batches`` stage: a class, its constructor kwargs, pool size and resources."""
+
+    cls: type
+    kwargs: dict[str, Any]
+    size: int
+    batch_size: int
+    num_cpus: float
+    num_gpus: float = 0.0
+
+
+def scorer_stage(recipe: Recipe) -> Stage:
     from prefloop.actors.scorers import FunctionScorer, PairRMScorer, RewardModelScorer
 
     sc, res = recipe.scorer, recipe.resources
     if sc.kind == "pairrm":
-        return PairRMScorer, {"ranker_dir": sc.model, "batch_size": sc.batch_size}, res.scorer_cpus, res.scorer_gpus
-    if sc.kind == "reward_model":
-        return (RewardModelScorer, {"model_dir": sc.model, "chat_template": sc.chat_template,
-                                    "batch_size": sc.batch_size}, res.scorer_cpus, res.scorer_gpus)
-    return FunctionScorer, {"function": sc.function}, res.scorer_cpus, 0.0
+        cls, kwargs = PairRMScorer, {"ranker_dir": sc.model, "batch_size": sc.batch_size}
+    elif sc.kind == "reward_model":
+        cls, kwargs = RewardModelScorer, {"model_dir": sc.model, "chat_template": sc.chat_template,
+                                          "batch_size": sc.batch_size}
+    else:
+        cls, kwargs = FunctionScorer, {"function": sc.function}
+    gpus = res.scorer_gpus if sc.kind != "function" else 0.0
+    return Stage(cls, kwargs, sc.num_scorers, sc.batch_size, res.scorer_cpus, gpus)
 
 
-def preflight(recipe: Recipe, policy_dir: str) -> None:
-    """Check every path and import on the driver, so a typo fails in a second, not inside an actor."""
-    from prefloop.actors.scorers import load_function
-
-    check_model_dir(policy_dir, "policy.model")
-    sc = recipe.scorer
-    if sc.kind == "pairrm" and not Path(sc.model, "config.json").is_file():
-        raise FileNotFoundError(f"scorer.model {sc.model!r}: not a PairRM ranker directory (no config.json)")
-    if sc.kind == "reward_model":
-        check_model_dir(sc.model, "scorer.model")
-    if sc.kind == "function":
-        load_function(sc.function)
+def sample_spec(recipe: Recipe) -> SampleSpec:
+    ro = recipe.rollout
+    return SampleSpec(ro.num_samples, ro.temperature, ro.top_p, ro.max_tokens, ro.seed)
 
 
-def generate_and_score(recipe: Recipe, policy_dir: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Stream rows through the generator and scorer actor pools; return one result per prompt."""
-    import ray
-    from prefloop.actors.generator import VLLMGenerator
+def engine_kwargs(recipe: Recipe) -> dict[str, Any]:
+    ro = recipe.rollout
+    return dict(dtype=recipe.policy.dtype, max_model_len=ro.max_model_len, kv_cache_gb=ro.kv_cache_gb,
+                enforce_eager=ro.enforce_eager, tensor_parallel_size=ro.tensor_parallel_size)
 
+
+def generator_stage(recipe: Recipe, policy_dir: str, pool: Any = None, spec: SampleSpec | None = None) -> Stage:
+    """A fresh vLLM actor pool, or (in the round loop) a forwarder to the long-lived ``GeneratorPool``."""
     ro, res = recipe.rollout, recipe.resources
-    spec = SampleSpec(ro.num_samples, ro.temperature, ro.top_p, ro.max_tokens, ro.seed)
-    generator_kwargs = dict(model=policy_dir, spec=spec, dtype=recipe.policy.dtype, max_model_len=ro.max_model_len,
-                            kv_cache_gb=ro.kv_cache_gb, enforce_eager=ro.enforce_eager,
-                            tensor_parallel_size=ro.tensor_parallel_size)
-    scorer_cls, scorer_kwargs, scorer_cpus, scorer_gpus = _scorer_stage(recipe)
-    ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows) // ro.batch_size))
-    ds = ds.map_batches(VLLMGenerator, fn_constructor_kwargs=generator_kwargs, batch_size=ro.batch_size,
-                        compute=ray.data.ActorPoolStrategy(size=ro.num_generators),
-                        num_cpus=res.generator_cpus, num_gpus=res.generator_gpus)
-    ds = ds.map_batches(scorer_cls, fn_constructor_kwargs=scorer_kwargs, batch_size=recipe.scorer.batch_size,
-                        compute=ray.data.ActorPoolStrategy(size=recipe.scorer.num_scorers),
-                        num_cpus=scorer_cpus, num_gpus=scorer_gpus)
-    results = []
-    rows_iter = iterate_with_timeout(ds.iter_rows(), res.stage_timeout_s, STAGE)
-    for row in tqdm(rows_iter, total=len(rows), desc=f"{STAGE}: prompts", unit="prompt"):
-        results.append(row)
-    return results
+    if pool is None:
+        from prefloop.actors.generator import VLLMGenerator
+
+        kwargs = dict(model=policy_dir, spec=spec or sample_spec(recipe), **engine_kwargs(recipe))
+        return Stage(VLLMGenerator, kwargs, ro.num_generators, ro.batch_size, res.generator_cpus,
+                     res.generator_gpus)
+    from prefloop.actors.generator_pool import PooledGenerator
+
+    kwargs = {"names": pool.names, "timeout_s": res.stage_timeout_s, "spec": asdict(spec) if spec else None}
+    return Stage(PooledGenerator, kwargs, len(pool.names), ro.batch_size, 0.0)
+
+
+def run_stages(rows: list[dict[str, Any]], stages: list[Stage], timeout_s: float, desc: str) -> list[dict]:
+    """Stream rows through the stages' actor pools; return every output row (with a progress bar)."""
+    import ray
+
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows) // stages[0].batch_size))
+    for st in stages:
+        ds = ds.map_batches(st.cls, fn_constructor_kwargs=st.kwargs, batch_size=st.batch_size,
+                            compute=ray.data.ActorPoolStrategy(size=st.size), num_cpus=st.num_cpus,
+                            num_gpus=st.num_gpus)
+    rows_iter = iterate_with_timeout(ds.iter_rows(), timeout_s, desc)
+    return list(tqdm(rows_iter, total=len(rows), desc=desc, unit="prompt"))
+
+
+def generate_and_score(recipe: Recipe, policy_dir: str, rows: list[dict[str, Any]], pool: Any = None) -> list[dict]:
+    """Stream rows through the generator and scorer actor pools; return one result per prompt."""
+    stages = [generator_stage(recipe, policy_dir, pool), scorer_stage(recipe)]
+    return run_stages(rows, stages, recipe.resources.stage_timeout_s, f"{STAGE}: prompts")
 
 
 def check_complete(rows: list[dict[str, Any]], results: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
@@ -149,8 +170,10 @@ def select(recipe: Recipe, results: list[dict[str, Any]]) -> tuple[list, list, l
     return candidates, pairs, kto
 
 
-def run_rollout(recipe: Recipe, round_idx: int = 0, policy_dir: str | None = None) -> Path:
-    """Run (or skip, if committed) the rollout stage of one round; return its folder."""
+def run_rollout(recipe: Recipe, round_idx: int = 0, policy_dir: str | None = None, pool: Any = None) -> Path:
+    """Run (or skip, if committed) the rollout stage of one round; return its folder.
+
+    ``pool``: a running ``GeneratorPool`` already holding ``policy_dir``'s weights (the round loop's)."""
     run = RunDir(recipe.run_dir)
     if run.is_committed(round_idx, STAGE):
         log.info("round %d %s already committed: skipping", round_idx, STAGE)
@@ -169,7 +192,7 @@ def run_rollout(recipe: Recipe, round_idx: int = 0, policy_dir: str | None = Non
                            f"first reason: {read.rejected[0].reason if read.rejected else 'empty file'})")
     t_read = time.perf_counter() - started
     init_ray(recipe.resources)
-    results = check_complete(prepared.rows, generate_and_score(recipe, policy_dir, prepared.rows),
+    results = check_complete(prepared.rows, generate_and_score(recipe, policy_dir, prepared.rows, pool),
                              recipe.rollout.num_samples)
     prepared.results = results
     t_stream = time.perf_counter() - started - t_read

@@ -6,9 +6,11 @@ Generation: tokens/s of the Ray Data generator stage (``VLLMGenerator`` in an ac
 ``vllm.LLM.generate`` loop over the same batches with the same sampling settings. Scoring: PairRM pairs/s
 (each prompt's N x (N-1) comparisons) of the Ray Data scorer stage against a bare ``Blender.rank`` loop.
 
-"After start-up": the bare loops are timed after their engine / ranker is built; a Ray stage is timed from
-the start of its first batch call (recorded by the actor) to the arrival of its last row at the driver, so
-engine start-up is excluded but Ray's scheduling, serialisation and transfer costs are included.
+"After start-up": the bare loops are timed after their engine / ranker is built (their first repeat is the
+cold one); a Ray stage is timed from the start of its second batch call (recorded by the actor) to the
+arrival of its last row at the driver, so engine start-up and first-call warm-up are excluded but Ray's
+scheduling, serialisation and transfer costs are included. Both sides get the same CPU budget: one intra-op
+thread for the PairRM loop, as Ray gives a ``num_cpus=1`` actor.
 Each measurement is repeated; medians and the ratio Ray / bare are printed (the machine is noisy).
 """
 
@@ -23,7 +25,7 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def load_rows(policy: str, n_prompts: int) -> list[dict]:
+def load_rows(policy: str, n_prompts: int, source: str | None) -> list[dict]:
     from transformers import AutoTokenizer
 
     from prefloop.app.cli import DATA_DIR
@@ -31,7 +33,7 @@ def load_rows(policy: str, n_prompts: int) -> list[dict]:
     from prefloop.core.templates import render_prompt
 
     tok = AutoTokenizer.from_pretrained(policy)
-    records = read_prompts(DATA_DIR / "prompts.jsonl").accepted
+    records = read_prompts(source or DATA_DIR / "prompts.jsonl").accepted
     records = (records * (n_prompts // len(records) + 1))[:n_prompts]
     return [{"prompt_id": f"{r.prompt_id}-{i}", "prompt": r.prompt, "messages": json.dumps(r.messages),
              "prompt_token_ids": tok(render_prompt(r.messages, "tokenizer", tok))["input_ids"]}
@@ -56,16 +58,28 @@ def bare_scoring(scorer, rows: list[dict], candidates: list[list[str]], batch: i
     return len(rows) * n * (n - 1) / (time.perf_counter() - started)
 
 
+def bare_generation_runs(gen, rows: list[dict], batch: int, repeats: int) -> tuple[list, list]:
+    runs = [bare_generation(gen, rows, batch) for _ in range(repeats)]
+    return [tps for tps, _ in runs], runs[-1][1]
+
+
 def ray_stage(cls, kwargs: dict, rows: list[dict], batch: int, column: str, cpus: float) -> tuple[float, list]:
-    """Run one actor-pool stage over ``rows``; return (rows/s after the first call started, output rows)."""
+    """Run one actor-pool stage over ``rows``; return (seconds, rows) measured from the second batch call on.
+
+    The first call of a fresh actor pays one-off warm-up (as the bare loops' first repeat does), so it is
+    left out: the window runs from the start of the second batch call to the arrival of the last row."""
     import ray
 
     ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows) // batch))
     ds = ds.map_batches(cls, fn_constructor_kwargs=kwargs, batch_size=batch,
                         compute=ray.data.ActorPoolStrategy(size=1), num_cpus=cpus)
     out = list(ds.iter_rows())
-    window = time.time() - min(r[f"{column}_t0"] for r in out)
-    return window, out
+    end = time.time()
+    starts = sorted({r[f"{column}_t0"] for r in out})
+    if len(starts) < 2:
+        raise SystemExit("bench: need at least two batches (raise --prompts or lower --batch)")
+    measured = [r for r in out if r[f"{column}_t0"] >= starts[1]]
+    return end - starts[1], measured
 
 
 def main() -> None:
@@ -75,9 +89,11 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--data", help="prompt file (default: the shipped prompts)")
     args = parser.parse_args()
 
     import ray
+    import torch
 
     from prefloop.actors.generator import VLLMGenerator
     from prefloop.actors.scorers import PairRMScorer
@@ -87,17 +103,16 @@ def main() -> None:
     from prefloop.core.sampling import SampleSpec
 
     assets = build_assets(default_assets_dir())
-    rows = load_rows(str(assets.policy), args.prompts)
+    rows = load_rows(str(assets.policy), args.prompts, args.data)
     spec = SampleSpec(args.samples, 1.0, 1.0, args.max_tokens, 0)
     gen_kwargs = dict(model=str(assets.policy), spec=spec, max_model_len=256)
     n, b = args.samples, args.batch
 
     gen = VLLMGenerator(**gen_kwargs)
-    bare_gen, candidates = [], []
-    for _ in range(args.repeats):
-        tps, candidates = bare_generation(gen, rows, b)
-        bare_gen.append(tps)
-    del gen
+    bare_gen, candidates = bare_generation_runs(gen, rows, b, args.repeats)
+    gen.shutdown()  # its engine process would otherwise keep one of the cores busy during the PairRM loop
+    # Ray gives an actor with num_cpus=1 one intra-op thread (OMP_NUM_THREADS=1); the bare loop gets the same.
+    torch.set_num_threads(1)
     scorer = PairRMScorer(str(assets.pairrm), batch_size=b)
     bare_score = [bare_scoring(scorer, rows, candidates, b) for _ in range(args.repeats)]
     del scorer
@@ -108,9 +123,9 @@ def main() -> None:
     for _ in range(args.repeats):
         window, out = ray_stage(VLLMGenerator, gen_kwargs, rows, b, "generate_s", 1.0)
         ray_gen.append(sum(sum(r["num_tokens"]) for r in out) / window)
-        window, _ = ray_stage(PairRMScorer, {"ranker_dir": str(assets.pairrm), "batch_size": b},
-                              scored_rows, b, "score_s", 1.0)
-        ray_score.append(len(rows) * n * (n - 1) / window)
+        window, out = ray_stage(PairRMScorer, {"ranker_dir": str(assets.pairrm), "batch_size": b},
+                                scored_rows, b, "score_s", 1.0)
+        ray_score.append(len(out) * n * (n - 1) / window)
     ray.shutdown()
 
     med = statistics.median

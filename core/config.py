@@ -94,6 +94,17 @@ class SelectionConfig(_Strict):
     length_penalty: float = Field(0.0, ge=0.0, description="Score minus this x response tokens, against length bias.")
 
 
+class LoopConfig(_Strict):
+    """The round loop (``prefloop run``): how many rounds, how each round is evaluated, what is served."""
+
+    rounds: int = Field(3, ge=1, description="Rounds of rollout -> train -> publish -> evaluate.")
+    eval_limit: int | None = Field(64, ge=1, description="Held-out prompts judged per round (data.eval).")
+    eval_temperature: float = Field(0.0, ge=0.0, description="Sampling temperature of the evaluated answers "
+                                    "(0 = greedy, the model's single best answer).")
+    serve: bool = Field(False, description="Run the Ray Serve app and hot-swap each committed round into it.")
+    serve_port: int = Field(8000, ge=1, le=65535)
+
+
 class ResourcesConfig(_Strict):
     """Ray resources, decided here once so nothing waits forever for a CPU on a small machine."""
 
@@ -118,6 +129,7 @@ class Recipe(_Strict):
     rollout: RolloutConfig = RolloutConfig()
     scorer: ScorerConfig
     selection: SelectionConfig = SelectionConfig()
+    loop: LoopConfig = LoopConfig()
     resources: ResourcesConfig = ResourcesConfig()
     train: "TrainConfig | None" = None  # noqa: F821 - resolved by core/train_config.py (imported at the end)
 

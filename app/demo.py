@@ -1,0 +1,44 @@
+"""``prefloop demo``: the demo recipe end to end on the embedded local Ray and the tiny offline models.
+
+Builds the tiny assets if absent, runs the round loop of ``recipes/demo.yaml``, serves the final round for a
+moment to show one answer, and prints the per-round table and where the report is.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+DEMO_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "demo.yaml"
+
+
+def show_one_answer(run_dir: str, prompt: str) -> str | None:
+    """Serve the last committed round briefly and ask it one question; None when serving is unavailable."""
+    try:
+        from prefloop.app.serve import ask, serve_run_dir, stop_serving
+    except ImportError:
+        return None
+    serve_run_dir(run_dir)
+    try:
+        return ask(prompt)
+    finally:
+        stop_serving()
+
+
+def run_demo(overrides: list[str]) -> int:
+    from prefloop.app.cli import resolve_recipe
+    from prefloop.app.loop import run_loop
+    from prefloop.app.report import format_table
+
+    started = time.perf_counter()
+    recipe = resolve_recipe(str(DEMO_RECIPE), overrides)
+    rows = run_loop(recipe)
+    prompt = "Write a short note about rivers."
+    answer = show_one_answer(recipe.run_dir, prompt)
+    print("\n" + format_table(rows))
+    if answer is not None:
+        print(f"\nserved round {rows[-1]['round']} model, asked {prompt!r}:\n  {answer}")
+    print(f"\nreport: {Path(recipe.run_dir).resolve() / 'report.md'}   ({time.perf_counter() - started:.0f} s)")
+    return 0

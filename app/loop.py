@@ -1,0 +1,96 @@
+"""The round loop (``prefloop run RECIPE``): rollout -> train -> publish -> evaluate, round after round.
+
+For round r: the generators hold the round's starting policy (base, or round r-1's model); rollout samples
+and judges; training makes ``round_r/model`` against the previous round as reference; the new weights are
+swapped into the same vLLM engines (no restart; the swap time is reported) and, when ``loop.serve`` is on,
+into the Ray Serve app; the held-out prompts are answered and judged against the base model; the round's
+``eval`` stage commits last. Every stage commits atomically, so running the same command again after a crash
+continues from the last committed stage: no round is lost, none is trained twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from prefloop.app import evaluate, report
+from prefloop.app.rollout import engine_kwargs, run_rollout, sample_spec
+from prefloop.app.rundir import RunDir
+from prefloop.app.runtime import init_ray
+from prefloop.app.train import run_train, start_model
+from prefloop.core.config import Recipe, dump_recipe
+
+log = logging.getLogger(__name__)
+
+
+def start_pool(recipe: Recipe, model: str) -> Any:
+    from prefloop.actors.generator_pool import GeneratorPool
+
+    res = recipe.resources
+    return GeneratorPool.start(model, sample_spec(recipe), engine_kwargs(recipe), recipe.rollout.num_generators,
+                               res.generator_cpus, res.generator_gpus, res.stage_timeout_s)
+
+
+def ensure_model(pool: Any, model: str) -> float:
+    """Make the pool hold ``model``; returns the swap seconds (0 if it already does)."""
+    return 0.0 if pool.model == model else pool.reload(model)
+
+
+def publish(recipe: Recipe, model_dir: str, round_idx: int) -> float | None:
+    """Hot-swap the served model (when serving is on); returns the swap seconds."""
+    if not recipe.loop.serve:
+        return None
+    from prefloop.app.serve import publish as serve_publish
+
+    started = time.perf_counter()
+    serve_publish(model_dir, round_idx + 1)
+    return time.perf_counter() - started
+
+
+def run_round(recipe: Recipe, run: RunDir, r: int, pool: Any, eval_rows: list[dict], base: list[dict]) -> dict:
+    started = time.perf_counter()
+    swap_in = ensure_model(pool, start_model(run, recipe, r))
+    rollout_dir = run_rollout(recipe, r, pool.model, pool)
+    t_rollout = time.perf_counter() - started
+    model_dir = str(run_train(recipe, r))
+    t_train = time.perf_counter() - started - t_rollout
+    swap_s = ensure_model(pool, model_dir)
+    serve_swap_s = publish(recipe, model_dir, r)
+    counts = run.manifest(r, "rollout")["counts"]
+    extra = {"pairs": counts["pairs"], "prompts": counts["used"], "swap_s": swap_s or swap_in,
+             "serve_swap_s": serve_swap_s,
+             "timings_s": {"rollout": t_rollout, "train": t_train}, "rollout_dir": str(rollout_dir)}
+    manifest = evaluate.evaluate_round(recipe, run, r, eval_rows, base, pool, extra)
+    manifest["timings_s"]["round"] = time.perf_counter() - started
+    return manifest
+
+
+def run_loop(recipe: Recipe) -> list[dict]:
+    """Run every round not yet committed; return the per-round eval manifests."""
+    from transformers import AutoTokenizer
+
+    if recipe.train is None:
+        raise ValueError("train: the round loop needs a train section in the recipe")
+    run = RunDir(recipe.run_dir)
+    run.save_text("recipe.yaml", dump_recipe(recipe))
+    rounds = range(recipe.loop.rounds)
+    if all(run.is_committed(r, evaluate.EVAL_STAGE) for r in rounds):
+        log.info("all %d rounds already committed", len(rounds))
+        return report.write_report(recipe, run)
+    init_ray(recipe.resources)
+    eval_rows = evaluate.eval_prompts(recipe, AutoTokenizer.from_pretrained(recipe.policy.model)).rows
+    pool = start_pool(recipe, recipe.policy.model)
+    try:
+        base = evaluate.base_answers(recipe, run, eval_rows, pool)
+        for r in rounds:
+            if run.is_committed(r, evaluate.EVAL_STAGE):
+                log.info("round %d already committed: skipping", r)
+                continue
+            m = run_round(recipe, run, r, pool, eval_rows, base)
+            log.info("round %d: %d pairs, win rate vs base %.3f (+-%.3f), mean length %.1f, swap %.3f s",
+                     r, m["pairs"], m["win_rate"], m["win_rate_stderr"], m["mean_length"], m["swap_s"])
+            report.write_report(recipe, run)
+    finally:
+        pool.shutdown()
+    return report.write_report(recipe, run)
