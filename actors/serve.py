@@ -10,7 +10,8 @@ Switching rounds: Serve calls ``reconfigure(user_config)`` with ``{"model_dir", 
 place. The new weights replace the old inside the running engine (``collective_rpc("reload_weights")``, ~0.02 s
 for the tiny model) while holding the engine lock, so a request runs wholly on the old or wholly on the new
 weights and none fails: those arriving meanwhile wait for the lock. A model whose config differs (say cSFT grew
-the vocabulary) cannot be reloaded in place: a new engine is built first, outside the lock, and then switched to.
+the vocabulary), or one with tied input/output embeddings (vLLM's reload misses the tied LM head), is not
+reloaded in place: a new engine is built first, outside the lock, then switched to (no pause, ~20 s of load).
 Each response says which round produced it, read under the same lock as the generation.
 """
 
@@ -39,12 +40,20 @@ log = logging.getLogger(__name__)
 _RELOADABLE_KEYS = {"transformers_version", "dtype", "torch_dtype", "_name_or_path", "use_cache"}
 
 
-def same_shapes(old_dir: str, new_dir: str) -> bool:
-    """Whether ``new_dir``'s weights fit the engine built for ``old_dir`` (same config.json up to bookkeeping)."""
-    def load(d: str) -> dict[str, Any]:
+def reloadable_in_place(old_dir: str, new_dir: str) -> bool:
+    """Whether ``new_dir``'s weights can be loaded into the engine built for ``old_dir``.
+
+    The configs must match (up to bookkeeping keys), and the output embeddings must be untied: with
+    ``tie_word_embeddings`` vLLM's in-place reload leaves the LM head on the old weights ("ParallelLMHead:
+    Failed to load weights"), so the model answers with a mix of old and new weights. A missing key counts as
+    tied. Mistral-7B and most large models are untied; small ones often are not.
+    """
+    def shapes(d: str) -> dict[str, Any]:
         cfg = json.loads(Path(d, "config.json").read_text(encoding="utf-8"))
         return {k: v for k, v in cfg.items() if k not in _RELOADABLE_KEYS}
-    return load(old_dir) == load(new_dir)
+
+    new = shapes(new_dir)
+    return shapes(old_dir) == new and new.get("tie_word_embeddings") is False
 
 
 @dataclass
@@ -80,6 +89,14 @@ def build_engine(model_dir: str, spec: dict[str, Any]) -> Engine:
     return Engine(llm, load_tokenizer(model_dir), model_dir)
 
 
+def close_engine(engine: Engine) -> None:
+    """Stop a replaced engine's core process now rather than whenever it is garbage-collected."""
+    try:
+        engine.llm.llm_engine.engine_core.shutdown()
+    except Exception:  # vLLM internals: best effort, the process goes with the replica anyway
+        log.warning("could not shut down the replaced engine for %s", engine.model_dir, exc_info=True)
+
+
 class PolicyServer:
     """A Serve replica: ``spec`` is the whole serving setup (see ``app/serve.py``); ``user_config`` the round."""
 
@@ -107,7 +124,7 @@ class PolicyServer:
 
     def _switch(self, model_dir: str, round_idx: int | None) -> None:
         started = time.perf_counter()
-        in_place = same_shapes(self.engine.model_dir, model_dir)
+        in_place = reloadable_in_place(self.engine.model_dir, model_dir)
         tokenizer = load_tokenizer(model_dir)
         new = None if in_place else build_engine(model_dir, self.spec)  # load first, then switch
         if not self._lock.acquire(timeout=self.spec["request_timeout_s"]):
@@ -126,7 +143,7 @@ class PolicyServer:
         finally:
             self._lock.release()
         if not in_place:
-            del old  # the old engine's memory goes back once nothing refers to it
+            close_engine(old)
         record = {"round": round_idx, "model_dir": model_dir, "in_place": in_place, "swap_s": paused,
                   "total_s": time.perf_counter() - started, "at": time.time()}
         self.swaps.append(record)

