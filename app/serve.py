@@ -213,7 +213,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     served = serve_run_dir(args.run_dir, args.round, port=args.port, host=args.host, replicas=args.replicas)
     state = next(iter(replica_states(served.name, want=1).values()))
-    print(f"serving round {state['round']} ({state['model_dir']}) at {served.url}/v1/chat/completions", flush=True)
+    what = "the base model" if state["round"] is None else f"round {state['round']}"
+    print(f"serving {what} ({state['model_dir']}) at {served.url}/v1/chat/completions", flush=True)
     try:
         if args.duration is not None:
             time.sleep(args.duration)
