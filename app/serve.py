@@ -3,6 +3,7 @@
     served = start_serving(policy_dir, round_idx=None, pairrm_dir=..., port=8000, replicas=1)
     publish(round_model_dir, round_idx=r)         # after round r commits: replicas reload weights in place
     serve_run_dir(run_dir, round_idx=None)        # `prefloop serve RUN_DIR [--round R]`
+    ask("a question"); stop_serving()             # one answer through a handle; delete the app
 
 How the in-place switch works: the app is deployed with a fixed code version (a hash of its serving spec),
 so a later deploy that changes only ``user_config`` ({"model_dir", "round"}) is a light update: Serve calls
@@ -164,6 +165,23 @@ def publish(model_dir: str, round_idx: int | None, name: str = "prefloop",
               "in_place": all(s["in_place"] for s in swaps), "replicas": len(states)}
     log.info("published round %s to %r: %s", round_idx, name, result)
     return result
+
+
+def ask(prompt: str, name: str = "prefloop", max_tokens: int = 64, temperature: float = 0.0,
+        timeout_s: float = CALL_TIMEOUT_S) -> str:
+    """One user question to the running app through a Serve handle (no HTTP); returns the answer text."""
+    from ray import serve
+
+    body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens, "temperature": temperature}
+    out = serve.get_app_handle(name).complete.remote(body).result(timeout_s=timeout_s)
+    return out["choices"][0]["message"]["content"]
+
+
+def stop_serving(name: str = "prefloop", timeout_s: float = CALL_TIMEOUT_S) -> None:
+    """Delete the app ``name`` (Serve itself keeps running for any other app)."""
+    from ray import serve
+
+    _with_timeout(lambda: serve.delete(name), timeout_s, f"deleting Serve app {name!r}")
 
 
 def resolve_served_model(run_dir: str | Path, round_idx: int | None = None) -> tuple[str, int | None]:

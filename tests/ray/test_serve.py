@@ -18,7 +18,7 @@ import pytest
 
 from prefloop.actors.serve import reloadable_in_place
 from prefloop.app.rundir import RunDir, write_manifest
-from prefloop.app.serve import publish, replica_states, resolve_served_model, serve_run_dir
+from prefloop.app.serve import ask, publish, replica_states, resolve_served_model, serve_run_dir, stop_serving
 from prefloop.core.config import dump_recipe, parse_recipe
 
 pytestmark = pytest.mark.ray
@@ -106,6 +106,7 @@ def served(ray_cluster, tiny_assets, tmp_path_factory):
     run = make_run(tmp / "run", tiny_assets, model=model_copy(tiny_assets.policy, tmp / "untied", tied=False))
     served = serve_run_dir(run.root, port=free_port(), timeout_s=300)
     yield served
+    stop_serving(served.name)
     serve.shutdown()
 
 
@@ -135,6 +136,7 @@ def test_chat_completion_and_stream(served):
     assert out["object"] == "chat.completion" and out["model"] == "prefloop-round-0" and out["prefloop_round"] == 0
     assert len(out["choices"]) == 1 and out["choices"][0]["message"]["role"] == "assistant"
     assert 1 <= out["usage"]["completion_tokens"] <= 12
+    assert ask(PROMPTS[0], max_tokens=12) == out["choices"][0]["message"]["content"]  # handle, no HTTP
     status, text = chat(served, PROMPTS[0], max_tokens=12, temperature=0, stream=True)
     assert status == 200 and text.rstrip().endswith("data: [DONE]")
     chunks = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: {")]
