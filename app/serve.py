@@ -111,9 +111,22 @@ def start_serving(policy_dir: str, round_idx: int | None = None, *, pairrm_dir: 
     started = time.perf_counter()
     handle = _with_timeout(lambda: serve.run(_application(spec, policy_dir, round_idx), name=name,
                                              route_prefix="/"), timeout_s, f"starting Serve app {name!r}")
-    log.info("serving %s (round %s) as %r on http://%s:%d in %.1f s", policy_dir, round_idx, name, host, port,
+    url = _http_url(host, port)
+    log.info("serving %s (round %s) as %r at %s in %.1f s", policy_dir, round_idx, name, url,
              time.perf_counter() - started)
-    return Served(name=name, url=f"http://{host}:{port}", handle=handle)
+    return Served(name=name, url=url, handle=handle)
+
+
+def _http_url(host: str, port: int) -> str:
+    """The proxies' real address: Serve keeps the HTTP options it was first started with."""
+    try:
+        from ray.serve.context import _get_global_client  # private, so only trusted when it answers
+
+        config = _get_global_client().http_config
+        host, port = config.host, config.port
+    except Exception:
+        log.debug("could not read Serve's HTTP options; assuming %s:%d", host, port, exc_info=True)
+    return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
 
 
 def replica_states(name: str = "prefloop", want: int | None = None, timeout_s: float = CALL_TIMEOUT_S,
