@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -51,3 +52,22 @@ def object_column(values: list) -> np.ndarray:
     for i, value in enumerate(values):
         arr[i] = value
     return arr
+
+
+_RELOADABLE_KEYS = {"transformers_version", "dtype", "torch_dtype", "_name_or_path", "use_cache"}
+
+
+def reloadable_in_place(old_dir: str, new_dir: str) -> bool:
+    """Whether ``new_dir``'s weights can be loaded into the engine built for ``old_dir``.
+
+    The configs must match (up to bookkeeping keys), and the output embeddings must be untied: with
+    ``tie_word_embeddings`` vLLM's in-place reload leaves the LM head on the old weights ("ParallelLMHead:
+    Failed to load weights"), so the model answers with a mix of old and new weights. A missing key counts as
+    tied. Mistral-7B and most large models are untied; small ones often are not.
+    """
+    def shapes(d: str) -> dict[str, Any]:
+        cfg = json.loads(Path(d, "config.json").read_text(encoding="utf-8"))
+        return {k: v for k, v in cfg.items() if k not in _RELOADABLE_KEYS}
+
+    new = shapes(new_dir)
+    return shapes(old_dir) == new and new.get("tie_word_embeddings") is False

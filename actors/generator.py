@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from prefloop.actors.common import check_model_dir, object_column, timed
+from prefloop.actors.common import check_model_dir, object_column, reloadable_in_place, timed
 from prefloop.core.sampling import Sample, SampleSpec, flatten_samples
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,8 @@ class VLLMGenerator:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from vllm import LLM
 
+        self.engine_kwargs = dict(dtype=dtype, max_model_len=max_model_len, kv_cache_gb=kv_cache_gb,
+                                  enforce_eager=enforce_eager, tensor_parallel_size=tensor_parallel_size)
         kwargs: dict[str, Any] = dict(model=model, dtype=dtype, max_model_len=max_model_len,
                                       enforce_eager=enforce_eager, tensor_parallel_size=tensor_parallel_size,
                                       seed=spec.seed or 0)
@@ -76,12 +78,22 @@ class VLLMGenerator:
         return out
 
     def reload_weights(self, model_dir: str) -> float:
-        """Load new weights into the running engine; returns the seconds it took."""
+        """Load new weights into the running engine; returns the seconds it took.
+
+        In place (no restart) when the architectures match and the embeddings are untied; otherwise vLLM's
+        reload would leave a tied LM head on the old weights, so a new engine is built instead (slower, right).
+        """
         check_model_dir(model_dir, "new policy weights")
         started = time.perf_counter()
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_path": model_dir})
-        self.llm.reset_prefix_cache()
-        self.model = model_dir
+        if reloadable_in_place(self.model, model_dir):
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_path": model_dir})
+            self.llm.reset_prefix_cache()
+            self.model = model_dir
+        else:
+            log.warning("%s cannot take new weights in place (tied embeddings or another shape): rebuilding "
+                        "the engine", model_dir)
+            self.shutdown()
+            self.__init__(model_dir, self.spec, **self.engine_kwargs)
         return time.perf_counter() - started
 
     def shutdown(self) -> None:

@@ -30,32 +30,13 @@ from typing import Any
 
 from ray import serve
 
-from prefloop.actors.common import check_model_dir
+from prefloop.actors.common import check_model_dir, reloadable_in_place
 from prefloop.core import openai_api as api
 from prefloop.core.templates import last_user_text, render_prompt
 
 log = logging.getLogger(__name__)
 
 # config.json keys that may differ between two rounds without changing the engine's shapes.
-_RELOADABLE_KEYS = {"transformers_version", "dtype", "torch_dtype", "_name_or_path", "use_cache"}
-
-
-def reloadable_in_place(old_dir: str, new_dir: str) -> bool:
-    """Whether ``new_dir``'s weights can be loaded into the engine built for ``old_dir``.
-
-    The configs must match (up to bookkeeping keys), and the output embeddings must be untied: with
-    ``tie_word_embeddings`` vLLM's in-place reload leaves the LM head on the old weights ("ParallelLMHead:
-    Failed to load weights"), so the model answers with a mix of old and new weights. A missing key counts as
-    tied. Mistral-7B and most large models are untied; small ones often are not.
-    """
-    def shapes(d: str) -> dict[str, Any]:
-        cfg = json.loads(Path(d, "config.json").read_text(encoding="utf-8"))
-        return {k: v for k, v in cfg.items() if k not in _RELOADABLE_KEYS}
-
-    new = shapes(new_dir)
-    return shapes(old_dir) == new and new.get("tie_word_embeddings") is False
-
-
 @dataclass
 class Engine:
     """One vLLM engine and the tokenizer that renders prompts for it."""

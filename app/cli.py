@@ -2,6 +2,7 @@
 
     prefloop demo [--set key=value ...]                         the demo recipe, end to end, on tiny models
     prefloop run RECIPE [--set key=value ...]                   the round loop (resumes a stopped run)
+    prefloop serve RUN_DIR [--round R] [--port P]               serve a committed round (OpenAI-compatible API)
     prefloop rollout RECIPE [--round R] [--set key=value ...]   sample, score and select one round's data
     prefloop train RECIPE [--round R] [--set key=value ...]     train that round's model on Ray Train
     prefloop assets build [DIR] [--seed S] [--force]            build the tiny offline models
@@ -71,6 +72,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.set)
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from prefloop.app.serve import cmd_serve
+
+    return cmd_serve(args)
+
+
 def _train(args: argparse.Namespace) -> int:
     from prefloop.app.train import cmd_train
 
@@ -115,6 +122,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run recipes/demo.yaml on the tiny models and serve the result")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a demo value")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("serve", help="serve a run's round with an OpenAI-compatible API (Ray Serve)")
+    p.add_argument("run_dir", help="run directory (RUN_DIR/recipe.yaml, RUN_DIR/round_R/model/)")
+    p.add_argument("--round", type=int, default=None, help="round to serve (default: latest committed; "
+                   "the base model if none)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default="127.0.0.1", help="HTTP host (0.0.0.0 to listen on all interfaces)")
+    p.add_argument("--replicas", type=int, default=1)
+    p.add_argument("--duration", type=float, default=None, help="stop after S seconds (default: until Ctrl-C)")
+    p.set_defaults(func=_serve)
 
     p = sub.add_parser("train", help="train one round's model on Ray Train (DPO / KTO / SFT / cSFT)")
     with_recipe(p)

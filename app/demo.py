@@ -14,12 +14,10 @@ log = logging.getLogger(__name__)
 DEMO_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "demo.yaml"
 
 
-def show_one_answer(run_dir: str, prompt: str) -> str | None:
-    """Serve the last committed round briefly and ask it one question; None when serving is unavailable."""
-    try:
-        from prefloop.app.serve import ask, serve_run_dir, stop_serving
-    except ImportError:
-        return None
+def show_one_answer(run_dir: str, prompt: str) -> str:
+    """Serve the last committed round briefly (Ray Serve) and ask it one question."""
+    from prefloop.app.serve import ask, serve_run_dir, stop_serving
+
     serve_run_dir(run_dir)
     try:
         return ask(prompt)
@@ -38,7 +36,6 @@ def run_demo(overrides: list[str]) -> int:
     prompt = "Write a short note about rivers."
     answer = show_one_answer(recipe.run_dir, prompt)
     print("\n" + format_table(rows))
-    if answer is not None:
-        print(f"\nserved round {rows[-1]['round']} model, asked {prompt!r}:\n  {answer}")
+    print(f"\nserved round {rows[-1]['round']} model, asked {prompt!r}:\n  {answer}")
     print(f"\nreport: {Path(recipe.run_dir).resolve() / 'report.md'}   ({time.perf_counter() - started:.0f} s)")
     return 0

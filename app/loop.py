@@ -37,15 +37,21 @@ def ensure_model(pool: Any, model: str) -> float:
     return 0.0 if pool.model == model else pool.reload(model)
 
 
+def start_serving(recipe: Recipe, run: RunDir) -> None:
+    """Serve the run's latest committed round (or the base model) when ``loop.serve`` is on."""
+    if recipe.loop.serve:
+        from prefloop.app.serve import serve_run_dir
+
+        serve_run_dir(run.root, port=recipe.loop.serve_port)
+
+
 def publish(recipe: Recipe, model_dir: str, round_idx: int) -> float | None:
-    """Hot-swap the served model (when serving is on); returns the swap seconds."""
+    """Hot-swap round ``round_idx``'s model into the Serve app (when serving is on); returns the seconds."""
     if not recipe.loop.serve:
         return None
     from prefloop.app.serve import publish as serve_publish
 
-    started = time.perf_counter()
-    serve_publish(model_dir, round_idx + 1)
-    return time.perf_counter() - started
+    return serve_publish(model_dir, round_idx)["publish_s"]
 
 
 def run_round(recipe: Recipe, run: RunDir, r: int, pool: Any, eval_rows: list[dict], base: list[dict]) -> dict:
@@ -81,6 +87,7 @@ def run_loop(recipe: Recipe) -> list[dict]:
     init_ray(recipe.resources)
     eval_rows = evaluate.eval_prompts(recipe, AutoTokenizer.from_pretrained(recipe.policy.model)).rows
     pool = start_pool(recipe, recipe.policy.model)
+    start_serving(recipe, run)
     try:
         base = evaluate.base_answers(recipe, run, eval_rows, pool)
         for r in rounds:

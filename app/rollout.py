@@ -61,6 +61,20 @@ def prepare_prompts(recipe: Recipe, source: str, tokenizer: Any) -> PreparedProm
     return PreparedPrompts(read, rows)
 
 
+def preflight(recipe: Recipe, policy_dir: str) -> None:
+    """Check every path and import on the driver, so a typo fails in a second, not inside an actor."""
+    from prefloop.actors.scorers import load_function
+
+    check_model_dir(policy_dir, "policy.model")
+    sc = recipe.scorer
+    if sc.kind == "pairrm" and not Path(sc.model, "config.json").is_file():
+        raise FileNotFoundError(f"scorer.model {sc.model!r}: not a PairRM ranker directory (no config.json)")
+    if sc.kind == "reward_model":
+        check_model_dir(sc.model, "scorer.model")
+    if sc.kind == "function":
+        load_function(sc.function)
+
+
 @dataclass
 class Stage:
     """One Ray Data ``map_batches`` stage: a class, its constructor kwargs, pool size and resources."""
