@@ -27,12 +27,12 @@ log = logging.getLogger("prefloop")
 DATA_DIR = Path(__file__).parent / "data"
 
 
-def resolve_recipe(path: str, overrides: list[str]) -> Recipe:
-    """Load and validate a recipe; build the tiny assets first if it asks for them."""
+def resolve_recipe(path: str, overrides: list[str], tiny: bool = False) -> Recipe:
+    """Load and validate a recipe (``tiny``: with its tiny section); build the tiny assets if it asks for them."""
     from prefloop.app.assets import build_assets, default_assets_dir
 
     assets_dir = default_assets_dir()
-    recipe = load_recipe(path, overrides, {"assets": str(assets_dir), "data": str(DATA_DIR)})
+    recipe = load_recipe(path, overrides, {"assets": str(assets_dir), "data": str(DATA_DIR)}, tiny=tiny)
     if recipe.assets == "tiny":
         build_assets(assets_dir)
     return recipe
@@ -47,7 +47,7 @@ def save_resolved(recipe: Recipe) -> None:
 def cmd_rollout(args: argparse.Namespace) -> int:
     from prefloop.app.rollout import run_rollout
 
-    recipe = resolve_recipe(args.recipe, args.set)
+    recipe = resolve_recipe(args.recipe, args.set, args.tiny)
     save_resolved(recipe)
     folder = run_rollout(recipe, round_idx=args.round)
     print(f"rollout committed: {folder}")
@@ -58,7 +58,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from prefloop.app.loop import run_loop
     from prefloop.app.report import format_table
 
-    recipe = resolve_recipe(args.recipe, args.set)
+    recipe = resolve_recipe(args.recipe, args.set, args.tiny)
     rows = run_loop(recipe)
     print(format_table(rows))
     print(f"report: {Path(recipe.run_dir).resolve() / 'report.md'}")
@@ -95,7 +95,8 @@ def cmd_assets(args: argparse.Namespace) -> int:
 def cmd_recipe_check(args: argparse.Namespace) -> int:
     from prefloop.app.assets import default_assets_dir
 
-    recipe = load_recipe(args.recipe, args.set, {"assets": str(default_assets_dir()), "data": str(DATA_DIR)})
+    recipe = load_recipe(args.recipe, args.set, {"assets": str(default_assets_dir()), "data": str(DATA_DIR)},
+                         tiny=args.tiny)
     print(dump_recipe(recipe), end="")
     return 0
 
@@ -109,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("recipe", help="recipe YAML file")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a recipe value, e.g. --set rollout.num_samples=8 (repeatable)")
+        p.add_argument("--tiny", action="store_true",
+                       help="apply the recipe's tiny: section (tiny offline models, small sizes, CPU)")
 
     p = sub.add_parser("rollout", help="sample, score and select one round's preference data")
     with_recipe(p)

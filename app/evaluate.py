@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -66,14 +67,19 @@ def base_answers(recipe: Recipe, run: RunDir, rows: list[dict], pool: Any) -> li
 
 
 def evaluate_round(recipe: Recipe, run: RunDir, round_idx: int, rows: list[dict], base: list[dict], pool: Any,
-                   extra: dict[str, Any]) -> dict[str, Any]:
-    """Answer, judge against the base, commit ``round_R/eval``; return its manifest."""
+                   extra: dict[str, Any], round_started: float) -> dict[str, Any]:
+    """Answer, judge against the base, commit ``round_R/eval``; return its manifest.
+
+    ``round_started`` (``time.perf_counter()`` at the round's start) dates the round's total time."""
+    started = time.perf_counter()
     answers = generate_answers(recipe, rows, pool)
     scores = judge(recipe, answers, base)
     summary = summarize_comparison(scores, [a["num_tokens"] for a in answers], [b["num_tokens"] for b in base])
     for a, (mine, theirs) in zip(answers, scores):
         a.update(score=mine, base_score=theirs, outcome="win" if mine > theirs else "tie" if mine == theirs else "loss")
     manifest = {"stage": EVAL_STAGE, "round": round_idx, "model": pool.model, **summary, **extra}
+    manifest.setdefault("timings_s", {}).update(eval=time.perf_counter() - started,
+                                                round=time.perf_counter() - round_started)
     with run.stage(round_idx, EVAL_STAGE) as out:
         write_parquet(out / "answers.parquet", answers)
         write_alpaca_eval(out / "alpaca_eval.json", answers, f"{recipe.name}-round-{round_idx}")

@@ -54,22 +54,32 @@ def publish(recipe: Recipe, model_dir: str, round_idx: int) -> float | None:
     return serve_publish(model_dir, round_idx)["publish_s"]
 
 
+def round_recipe(recipe: Recipe, r: int) -> Recipe:
+    """The recipe as round ``r`` sees it: ``loop.methods[r]`` replaces ``train.method`` when given."""
+    if recipe.loop.methods is None:
+        return recipe
+    return recipe.model_copy(update={"train": recipe.train.model_copy(update={"method": recipe.loop.methods[r]})})
+
+
 def run_round(recipe: Recipe, run: RunDir, r: int, pool: Any, eval_rows: list[dict], base: list[dict]) -> dict:
+    """One round. Online (no ``train.data``): rollout with the current policy, then train on its pairs.
+    Offline (``train.data`` given, e.g. the Snorkel partitions): train on that file, no rollout."""
     started = time.perf_counter()
+    recipe = round_recipe(recipe, r)
     swap_in = ensure_model(pool, start_model(run, recipe, r))
-    rollout_dir = run_rollout(recipe, r, pool.model, pool)
+    if recipe.train.data is None:
+        run_rollout(recipe, r, pool.model, pool)
     t_rollout = time.perf_counter() - started
     model_dir = str(run_train(recipe, r))
     t_train = time.perf_counter() - started - t_rollout
     swap_s = ensure_model(pool, model_dir)
     serve_swap_s = publish(recipe, model_dir, r)
-    counts = run.manifest(r, "rollout")["counts"]
-    extra = {"pairs": counts["pairs"], "prompts": counts["used"], "swap_s": swap_s or swap_in,
-             "serve_swap_s": serve_swap_s,
-             "timings_s": {"rollout": t_rollout, "train": t_train}, "rollout_dir": str(rollout_dir)}
-    manifest = evaluate.evaluate_round(recipe, run, r, eval_rows, base, pool, extra)
-    manifest["timings_s"]["round"] = time.perf_counter() - started
-    return manifest
+    trained = run.manifest(r, "model").get("counts", {})
+    pairs = (run.manifest(r, "rollout")["counts"]["pairs"] if recipe.train.data is None
+             else trained.get("accepted", 0))
+    extra = {"pairs": pairs, "method": recipe.train.method, "swap_s": swap_s or swap_in,
+             "serve_swap_s": serve_swap_s, "timings_s": {"rollout": t_rollout, "train": t_train}}
+    return evaluate.evaluate_round(recipe, run, r, eval_rows, base, pool, extra, started)
 
 
 def run_loop(recipe: Recipe) -> list[dict]:

@@ -227,7 +227,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     """``prefloop train RECIPE --round R [--set key=value ...]`` (registered by app/cli.py)."""
     from prefloop.app.cli import resolve_recipe, save_resolved
 
-    recipe = resolve_recipe(args.recipe, args.set)
+    recipe = resolve_recipe(args.recipe, args.set, args.tiny)
     save_resolved(recipe)
     folder = run_train(recipe, round_idx=args.round)
     print(f"model committed: {folder}")

@@ -101,6 +101,8 @@ class LoopConfig(_Strict):
     eval_limit: int | None = Field(64, ge=1, description="Held-out prompts judged per round (data.eval).")
     eval_temperature: float = Field(0.0, ge=0.0, description="Sampling temperature of the evaluated answers "
                                     "(0 = greedy, the model's single best answer).")
+    methods: list[Literal["dpo", "kto", "sft", "csft"]] | None = Field(
+        None, description="Training method per round (e.g. Archangel's [sft, kto]); null = train.method always.")
     serve: bool = Field(False, description="Run the Ray Serve app and hot-swap each committed round into it.")
     serve_port: int = Field(8000, ge=1, le=65535)
 
@@ -135,6 +137,8 @@ class Recipe(_Strict):
 
     @model_validator(mode="after")
     def _lengths_fit(self) -> "Recipe":
+        if self.loop.methods is not None and len(self.loop.methods) != self.loop.rounds:
+            raise ValueError(f"loop.methods has {len(self.loop.methods)} entries for loop.rounds = {self.loop.rounds}")
         need = self.data.max_prompt_tokens + self.rollout.max_tokens
         if need > self.rollout.max_model_len:
             raise ValueError(f"data.max_prompt_tokens + rollout.max_tokens = {need} exceeds "
@@ -147,13 +151,18 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
     if "=" not in assignment:
         raise RecipeError(f"--set {assignment!r}: expected dotted.key=value")
     key, text = assignment.split("=", 1)
-    parts = key.strip().split(".")
+    set_dotted(raw, key.strip(), yaml.safe_load(text))
+
+
+def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    """``raw["a"]["b"] = value`` for ``key`` ``"a.b"``, creating sections as needed."""
+    parts = key.split(".")
     node = raw
     for part in parts[:-1]:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise RecipeError(f"--set {key}: '{part}' is not a section")
-    node[parts[-1]] = yaml.safe_load(text)
+            raise RecipeError(f"{key}: '{part}' is not a section")
+    node[parts[-1]] = value
 
 
 def _expand(value: Any, placeholders: dict[str, str]) -> Any:
@@ -185,8 +194,21 @@ def parse_recipe(raw: dict[str, Any], source: str, placeholders: dict[str, str] 
         raise RecipeError(_format_errors(source, err)) from None
 
 
-def load_recipe(path: str | Path, overrides: list[str] = (), placeholders: dict[str, str] | None = None) -> Recipe:
-    """Read a YAML recipe, apply ``--set`` overrides, validate."""
+def apply_tiny(raw: dict[str, Any], source: str) -> None:
+    """Apply the recipe's own ``tiny:`` section (dotted key -> value), the ``--tiny`` switch that runs a real
+    cluster recipe end to end on CPU with the tiny offline models and small sizes."""
+    tiny = raw.get("tiny")
+    if tiny is None and raw.get("assets") == "tiny":
+        return  # already a tiny recipe (the demo)
+    if not isinstance(tiny, dict) or not tiny:
+        raise RecipeError(f"{source}: --tiny needs a 'tiny:' section of dotted.key: value overrides")
+    for key, value in tiny.items():
+        set_dotted(raw, str(key), value)
+
+
+def load_recipe(path: str | Path, overrides: list[str] = (), placeholders: dict[str, str] | None = None,
+                tiny: bool = False) -> Recipe:
+    """Read a YAML recipe, apply its ``tiny:`` section (with ``tiny``), then ``--set`` overrides; validate."""
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"{path}: recipe file not found")
@@ -194,6 +216,11 @@ def load_recipe(path: str | Path, overrides: list[str] = (), placeholders: dict[
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
         raise RecipeError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path}: a recipe must be a YAML mapping, got {type(raw).__name__}")
+    if tiny:
+        apply_tiny(raw, str(path))
+    raw.pop("tiny", None)
     for assignment in overrides:
         apply_override(raw, assignment)
     return parse_recipe(raw, str(path), placeholders)

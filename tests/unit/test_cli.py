@@ -23,3 +23,15 @@ def test_recipe_typo_is_a_clear_error(tmp_path, capsys):
 
 def test_shipped_demo_recipe_is_valid(capsys):
     assert main(["recipe", "check", "recipes/demo.yaml"]) == 0
+
+
+def test_every_shipped_recipe_is_valid_with_and_without_tiny(capsys):
+    from pathlib import Path
+
+    recipes = sorted(Path("recipes").glob("*.yaml"))
+    assert len(recipes) >= 4
+    for recipe in recipes:
+        assert main(["recipe", "check", str(recipe)]) == 0, recipe
+        assert main(["recipe", "check", str(recipe), "--tiny"]) == 0, recipe
+        out = capsys.readouterr().out
+        assert "{assets}" not in out and "assets: tiny" in out, recipe
