@@ -1,0 +1,104 @@
+"""llm-blender 0.0.2 (PairRM) on transformers 5: the one place that patches it, and ``load_pairrm``.
+
+llm-blender has been unmaintained since 2024-04 and was written for transformers 4. Three small things
+stand between it and the transformers 5 / vLLM stack prefloop pins; each is fixed here, and only here:
+
+1. ``llm_blender.blender`` imports ``TRANSFORMERS_CACHE`` from ``transformers.utils.hub`` (removed in
+   transformers 5), so ``import llm_blender`` fails. We put the name back, pointing at the hub cache.
+2. Its collator calls ``tokenizer.batch_encode_plus`` (also removed). Rather than patching every tokenizer
+   class, we replace the collator module's ``encode_texts`` with the same call through ``tokenizer(...)``.
+3. On import it probes ``import vllm`` (only for its optional best-of-n generation helper, unused here),
+   which costs ~6 s of CPU per scorer process. When vLLM is not loaded yet, we hide it for that import.
+
+And one cosmetic fix: ``RankerConfig`` types its None-defaulted fields as ``str``, so dataclasses_json
+warns on every ranker load; that one warning is silenced.
+
+``load_pairrm`` then loads a ranker from a local directory only: it never reaches for the hub.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+_patched = False
+
+
+def _encode_texts(texts, tokenizer, max_length=None):
+    """Drop-in for ``llm_blender.pair_ranker.collator.encode_texts`` without ``batch_encode_plus``."""
+    enc = tokenizer(list(texts), max_length=max_length, padding="max_length", return_tensors="pt",
+                    truncation=True)
+    return enc["input_ids"], enc["attention_mask"]
+
+
+def import_llm_blender() -> Any:
+    """Import ``llm_blender`` with the patches above applied (idempotent); returns the module."""
+    global _patched
+    import transformers.utils.hub as hub
+
+    if not hasattr(hub, "TRANSFORMERS_CACHE"):  # (1)
+        from huggingface_hub import constants
+
+        hub.TRANSFORMERS_CACHE = constants.HF_HUB_CACHE
+    hide_vllm = "vllm" not in sys.modules  # (3): a None entry makes `import vllm` raise ImportError
+    if hide_vllm:
+        sys.modules["vllm"] = None  # type: ignore[assignment]
+    try:
+        import llm_blender
+        from llm_blender.pair_ranker import collator
+    finally:
+        if hide_vllm and sys.modules.get("vllm", 0) is None:
+            del sys.modules["vllm"]
+    if not _patched:
+        collator.encode_texts = _encode_texts  # (2): looked up as a module global at call time
+        _patched = True
+    # Re-added on every call: test runners reset warning filters between tests (no duplicates are kept).
+    warnings.filterwarnings("ignore", message=r".*non-optional type \w+ detected when decoding RankerConfig")
+    return llm_blender
+
+
+def check_ranker_dir(ranker_dir: str | os.PathLike) -> Path:
+    """The ranker dir, checked: config.json, weights, and a backbone dir; else FileNotFoundError naming it.
+
+    A relative ``model_name`` in config.json is resolved against the ranker dir; an absolute one that no
+    longer exists is looked for by its name inside the ranker dir, so a ranker with its backbone inside it
+    can be moved or copied. Returns the backbone dir.
+    """
+    path = Path(ranker_dir)
+    if not path.is_dir():
+        raise FileNotFoundError(f"PairRM ranker dir {path} does not exist (build the tiny one with "
+                                "`prefloop assets build`)")
+    config = path / "config.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"PairRM ranker dir {path}: no config.json (missing or incomplete ranker)")
+    if not any((path / w).is_file() for w in ("model.safetensors", "pytorch_model.bin")):
+        raise FileNotFoundError(f"PairRM ranker dir {path}: no model.safetensors or pytorch_model.bin")
+    name = json.loads(config.read_text(encoding="utf-8")).get("model_name")
+    if not name:
+        raise FileNotFoundError(f"PairRM ranker dir {path}: config.json has no model_name (backbone dir)")
+    backbone = Path(name) if Path(name).is_absolute() else path / name
+    if not (backbone / "config.json").is_file() and (path / Path(name).name / "config.json").is_file():
+        backbone = path / Path(name).name
+    if not (backbone / "config.json").is_file():
+        raise FileNotFoundError(f"PairRM ranker dir {path}: backbone dir {backbone} is missing or incomplete "
+                                "(only local rankers are supported; nothing is downloaded)")
+    return backbone
+
+
+def load_pairrm(ranker_dir: str | os.PathLike, device: str = "cpu") -> Any:
+    """A ready ``llm_blender.Blender`` with the PairRM-format ranker in ``ranker_dir`` loaded on ``device``."""
+    backbone = check_ranker_dir(ranker_dir)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local ranker must never trigger a download attempt
+    llm_blender = import_llm_blender()
+    blender = llm_blender.Blender(llm_blender.BlenderConfig(device=device, use_tqdm=False))
+    # model_name is passed explicitly so a relative backbone path works from any working directory.
+    blender.loadranker(str(Path(ranker_dir).resolve()), device=device, model_name=str(backbone.resolve()))
+    log.info("PairRM loaded from %s on %s", ranker_dir, device)
+    return blender

@@ -1,0 +1,286 @@
+"""The synthetic world behind prefloop's tiny, offline demo.
+
+Everything the demo's models learn comes from here, in pure Python and deterministic given a seed:
+
+- ``TOPICS``: 45 topics, each a name (``"bees"``) and a small vocabulary (``honey``, ``hive``, ...). No word
+  belongs to two topics, so "which topic is this word about" has one answer.
+- ``FORMS``: instruction forms (explain, list, describe, write a note about, compare, ...), which turn topics
+  into prompts; ``write_prompt_files`` writes the shipped train / held-out prompt sets.
+- ``make_answer``: answers in the style the tiny policy is pre-trained on. Each sentence is about the
+  prompt's topic or drifts to another one ("By the way, ..."), and answers run from one to four sentences,
+  so a policy trained on them samples answers that vary on exactly what the judges care about.
+- ``preference_score``: the ground truth the tiny judges (PairRM, reward model) are trained to imitate.
+
+The preference is deliberately simple, so the demo can show the loop learning something real and checkable:
+an answer should stay on the prompt's topic and not run long.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from pathlib import Path
+
+# name -> vocabulary. Names and words are all distinct, and none is a filler word of the templates below.
+TOPICS: dict[str, tuple[str, ...]] = {
+    "bees": ("honey", "hive", "queen", "pollen", "nectar", "wings", "swarm", "beekeeper"),
+    "volcanoes": ("lava", "magma", "crater", "ash", "eruption", "summit", "basalt", "vent"),
+    "gardening": ("soil", "seeds", "compost", "weeds", "shovel", "sprouts", "mulch", "watering"),
+    "astronomy": ("telescope", "planets", "galaxy", "comet", "orbit", "nebula", "stars", "moon"),
+    "cooking": ("recipe", "oven", "spices", "skillet", "simmer", "dough", "flavor", "kitchen"),
+    "chess": ("knight", "bishop", "checkmate", "pawn", "rook", "opening", "endgame", "board"),
+    "oceans": ("waves", "tides", "coral", "salt", "reef", "currents", "whales", "shore"),
+    "trains": ("rails", "station", "locomotive", "carriage", "timetable", "platform", "conductor", "tracks"),
+    "music": ("melody", "rhythm", "chords", "guitar", "piano", "tempo", "harmony", "song"),
+    "weather": ("clouds", "rain", "thunder", "forecast", "wind", "humidity", "storm", "sunshine"),
+    "coffee": ("beans", "espresso", "roast", "grinder", "caffeine", "brew", "mug", "barista"),
+    "cycling": ("bicycle", "pedals", "helmet", "gears", "saddle", "tires", "chain", "ride"),
+    "forests": ("trees", "moss", "canopy", "leaves", "bark", "ferns", "roots", "woodland"),
+    "photography": ("camera", "lens", "shutter", "aperture", "portrait", "exposure", "tripod", "flash"),
+    "painting": ("canvas", "brush", "palette", "pigment", "easel", "watercolor", "sketch", "gallery"),
+    "running": ("marathon", "sneakers", "pace", "stride", "sprint", "stamina", "finish", "jog"),
+    "libraries": ("books", "shelves", "librarian", "catalog", "reading", "borrowing", "archive", "novels"),
+    "robots": ("sensors", "motors", "circuits", "servo", "automation", "gripper", "battery", "controller"),
+    "birds": ("feathers", "nest", "beak", "eggs", "flight", "migration", "songbird", "perch"),
+    "bread": ("flour", "yeast", "crust", "loaf", "knead", "baking", "rye", "crumb"),
+    "mountains": ("peak", "ridge", "glacier", "slope", "climbers", "altitude", "valley", "trail"),
+    "cats": ("whiskers", "purr", "kitten", "paws", "claws", "litter", "tabby", "meow"),
+    "dogs": ("puppy", "leash", "fetch", "kennel", "collar", "breed", "tail", "bone"),
+    "rivers": ("stream", "delta", "rapids", "estuary", "canoe", "bridge", "flow", "waterfall"),
+    "deserts": ("sand", "dunes", "cactus", "oasis", "camel", "heat", "drought", "mirage"),
+    "tea": ("kettle", "matcha", "steep", "cup", "herbal", "oolong", "teabag", "chai"),
+    "computers": ("keyboard", "processor", "memory", "software", "screen", "mouse", "laptop", "code"),
+    "soccer": ("goal", "striker", "referee", "pitch", "ball", "penalty", "goalkeeper", "league"),
+    "cheese": ("cheddar", "milk", "aged", "brie", "wedge", "dairy", "rind", "curd"),
+    "history": ("empire", "kings", "ancient", "century", "battle", "ruins", "dynasty", "chronicle"),
+    "medicine": ("doctor", "vaccine", "nurse", "clinic", "patient", "dose", "therapy", "symptoms"),
+    "languages": ("grammar", "verbs", "accent", "dictionary", "fluent", "syntax", "translation", "idiom"),
+    "mathematics": ("numbers", "equation", "algebra", "proof", "geometry", "fraction", "theorem", "calculus"),
+    "sleep": ("dreams", "pillow", "bedtime", "nap", "rest", "blanket", "snoring", "insomnia"),
+    "swimming": ("pool", "strokes", "goggles", "lanes", "diving", "freestyle", "lifeguard", "splash"),
+    "winter": ("snow", "frost", "ice", "sledding", "mittens", "scarf", "snowman", "chilly"),
+    "butterflies": ("caterpillar", "cocoon", "monarch", "larva", "meadow", "colorful", "antennae", "flutter"),
+    "money": ("savings", "budget", "coins", "bank", "interest", "wallet", "spending", "cash"),
+    "dinosaurs": ("fossils", "raptor", "jurassic", "extinct", "tyrannosaurus", "skeleton", "asteroid", "herbivore"),
+    "camping": ("tent", "campfire", "lantern", "backpack", "hike", "marshmallows", "wilderness", "compass"),
+    "pizza": ("mozzarella", "slice", "toppings", "tomato", "pepperoni", "basil", "delivery", "pizzeria"),
+    "recycling": ("plastic", "bins", "glass", "paper", "waste", "reuse", "sorting", "landfill"),
+    "electricity": ("voltage", "wires", "outlet", "power", "switch", "resistor", "amps", "generator"),
+    "knitting": ("yarn", "needles", "wool", "stitches", "sweater", "pattern", "loops", "knit"),
+    "airplanes": ("pilot", "runway", "cockpit", "jet", "airport", "takeoff", "landing", "cabin"),
+}
+TOPIC_NAMES: tuple[str, ...] = tuple(TOPICS)
+
+# word -> the topic it belongs to (a topic's name counts as one of its words).
+WORD_TOPIC: dict[str, str] = {w: name for name, words in TOPICS.items() for w in (name, *words)}
+
+# Instruction forms. ``{t}`` and ``{u}`` are topic names; forms with ``{u}`` compare two topics.
+FORMS: tuple[str, ...] = (
+    "Explain {t}.",
+    "Tell me about {t}.",
+    "Write a short note about {t}.",
+    "List a few facts about {t}.",
+    "Describe {t} in simple words.",
+    "What should a beginner know about {t}?",
+    "Give me a quick tip about {t}.",
+    "Why do people like {t}?",
+    "Summarize the basics of {t}.",
+    "Teach me something about {t}.",
+    "What is interesting about {t}?",
+    "How would you introduce {t} to a friend?",
+    "Share a fun fact about {t}.",
+    "Write two sentences about {t}.",
+    "Compare {t} and {u}.",
+    "How are {t} and {u} different?",
+    "What do {t} and {u} have in common?",
+)
+
+# Sentence shapes; {a} {b} {c} are words of the sentence's topic. No shape starts with a topic word, so
+# topic words are never capitalised: fewer word forms, which the ~1000-token BPE then keeps whole.
+SENTENCES: tuple[str, ...] = (
+    "Think of {a} and {b} together.",
+    "Most people think of {a} and {b}.",
+    "The {a} matters more than the {b}.",
+    "It starts with {a} and ends with {b}.",
+    "You often see {a} near {b}.",
+    "A good {a} needs some {b}.",
+    "Learn about {a}, {b} and {c}.",
+    "There is a lot of {a} in it.",
+    "Watch the {a} closely.",
+    "The {a} can change the {b}.",
+    "Try to keep the {a} simple.",
+    "Many guides mention {a} first.",
+)
+OPENERS: tuple[str, ...] = ("Sure.", "Here is a short answer.", "Good question.", "Of course.")
+# A sentence that leaves the prompt's topic announces it, as digressions in real answers often do. This is
+# what lets judges as tiny as the demo's see drift at all: recognising "is this word about the prompt's
+# topic" from pairwise labels alone takes a 2-layer judge far longer than the demo's build budget.
+DIGRESSIONS: tuple[str, ...] = ("By the way,", "On another note,", "Unrelated, but", "Speaking of something else,")
+
+IDEAL_MAX_WORDS = 20  # answers up to this many words carry no length penalty
+_WORD = re.compile(r"[a-z]+")
+
+
+def words_of(text: str) -> list[str]:
+    """Lower-case alphabetic words: the unit the preference counts in."""
+    return _WORD.findall(text.lower())
+
+
+# Every word this world writes: topic names and vocabularies, and the words of the prompt and answer templates.
+LEXICON: frozenset[str] = frozenset(WORD_TOPIC) | frozenset(
+    w for text in SENTENCES + OPENERS + DIGRESSIONS + FORMS for w in words_of(re.sub(r"\{\w\}", "", text)))
+_SPLICE = tuple(sorted(LEXICON))
+
+
+def prompt_topics(prompt: str) -> set[str]:
+    """The topics a prompt names (by topic name; a word of the vocabulary does not count)."""
+    return {w for w in words_of(prompt) if w in TOPICS}
+
+
+def preference_score(prompt: str, answer: str) -> float:
+    """The ground-truth preference of the demo world: higher is better, in [-1.5, 1].
+
+    ``score = relevance - length_penalty - gibberish`` where
+
+    - relevance: of the topic words in the answer (words of any topic's vocabulary, or topic names), the
+      fraction that belong to a topic the prompt names. An answer with no topic words, or a prompt naming
+      no topic, gets 0.
+    - length_penalty: 0 up to 20 words; then 0.02 per extra word, at most 0.3 (reached at 35 words).
+      An answer of fewer than 3 words gets 0.5 instead.
+    - gibberish: the fraction of the answer's words that are not words of this world (``LEXICON``).
+
+    So "stay on the prompt's topic, do not run long, and write real words". The judges are trained on
+    pairs ordered by it; ties (equal scores) carry no preference.
+    """
+    words = words_of(answer)
+    asked = prompt_topics(prompt)
+    topical = [WORD_TOPIC[w] for w in words if w in WORD_TOPIC]
+    relevance = sum(t in asked for t in topical) / len(topical) if topical and asked else 0.0
+    n = len(words)
+    penalty = 0.5 if n < 3 else min(0.3, 0.02 * max(0, n - IDEAL_MAX_WORDS))
+    gibberish = sum(w not in LEXICON for w in words) / n if n else 0.0
+    return relevance - penalty - gibberish
+
+
+def make_prompt(rng: random.Random, form: str | None = None, topic: str | None = None) -> tuple[str, list[str]]:
+    """One prompt and the topics it names."""
+    form = form or rng.choice(FORMS)
+    t = topic or rng.choice(TOPIC_NAMES)
+    if "{u}" not in form:
+        return form.format(t=t), [t]
+    u = rng.choice([n for n in TOPIC_NAMES if n != t])
+    return form.format(t=t, u=u), [t, u]
+
+
+def make_sentence(rng: random.Random, topic: str) -> str:
+    """One sentence about ``topic``; the name itself is one of the words it may use."""
+    a, b, c = rng.sample((topic, *TOPICS[topic]), 3)
+    return rng.choice(SENTENCES).format(a=a, b=b, c=c)
+
+
+def _garble(rng: random.Random, word: str) -> str:
+    """A non-word spliced from two words ("blanketoms"), as a tiny policy writes when it loses the thread."""
+    other = rng.choice(_SPLICE)
+    return word[: rng.randint(1, max(1, len(word) - 1))] + other[rng.randint(1, max(1, len(other) - 1)):]
+
+
+def _corrupt(rng: random.Random, text: str) -> str:
+    """Slips of the kind a tiny model's samples show: a dropped word, a repeat, a cut-off end, non-words."""
+    ws = text.split()
+    kind = rng.randrange(4)
+    if kind == 0 and len(ws) > 3:
+        del ws[rng.randrange(len(ws))]
+    elif kind == 1:
+        i = rng.randrange(len(ws))
+        ws.insert(i, ws[i])
+    elif kind == 2 and len(ws) > 4:
+        ws = ws[: rng.randrange(len(ws) // 2, len(ws))]
+    else:
+        return garble(rng, text, rng.uniform(0.1, 0.6))
+    return " ".join(ws)
+
+
+def garble(rng: random.Random, text: str, share: float) -> str:
+    """``text`` with about ``share`` of its words replaced by spliced non-words (punctuation kept)."""
+    out = []
+    for w in text.split():
+        core = w.rstrip(".,")
+        out.append(_garble(rng, core) + w[len(core):] if core and rng.random() < share else w)
+    return " ".join(out)
+
+
+def make_answer(rng: random.Random, topics: list[str], on_topic: float | None = None,
+                n_sentences: int | None = None, noise: float = 0.0, marked: float = 1.0) -> str:
+    """An answer to a prompt about ``topics``.
+
+    Each sentence is about one of ``topics`` with probability ``on_topic`` (drawn per answer from
+    {1, 0.75, 0.5, 0.25, 0} when not given), else about one "drift" topic picked for this answer, and then
+    opens with a digression marker ("By the way, ...") with probability ``marked``. So answers range from
+    fully on topic to fully off.
+    ``n_sentences`` is drawn from 1..4 when not given; ``noise`` is the chance of a small slip (see
+    ``_corrupt``), used to make the judges robust to a tiny policy's samples.
+    """
+    p = rng.choice((1.0, 0.75, 0.5, 0.25, 0.0)) if on_topic is None else on_topic
+    n = rng.randint(1, 4) if n_sentences is None else n_sentences
+    drift = rng.choice([t for t in TOPIC_NAMES if t not in topics])
+    parts = [rng.choice(OPENERS)] if rng.random() < 0.25 else []
+    for _ in range(n):
+        if rng.random() < p:
+            parts.append(make_sentence(rng, rng.choice(topics)))
+        else:
+            sentence = make_sentence(rng, drift)
+            if rng.random() < marked:
+                sentence = f"{rng.choice(DIGRESSIONS)} {sentence[0].lower()}{sentence[1:]}"
+            parts.append(sentence)
+    text = " ".join(parts)
+    return _corrupt(rng, text) if rng.random() < noise else text
+
+
+# ---- the shipped prompt files ----
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+PROMPTS_FILE = DATA_DIR / "prompts.jsonl"
+HELDOUT_FILE = DATA_DIR / "heldout.jsonl"
+
+
+def prompt_splits(seed: int = 0, n_train: int = 340, n_heldout: int = 64) -> tuple[list[dict], list[dict]]:
+    """Train and held-out prompt records, disjoint by text, covering every form and every topic.
+
+    Every (form, first topic) pair is a candidate; compare forms get a random second topic. The candidates
+    are shuffled with ``seed`` and split, so both splits mix forms and topics.
+    """
+    rng = random.Random(seed)
+    seen: set[str] = set()
+    records: list[tuple[str, list[str]]] = []
+    for form in FORMS:
+        for topic in TOPIC_NAMES:
+            text, topics = make_prompt(rng, form, topic)
+            if text not in seen:
+                seen.add(text)
+                records.append((text, topics))
+    rng.shuffle(records)
+    if n_train + n_heldout > len(records):
+        raise ValueError(f"only {len(records)} distinct prompts, asked for {n_train} + {n_heldout}")
+
+    def rows(chunk: list[tuple[str, list[str]]], prefix: str) -> list[dict]:
+        return [{"prompt_id": f"{prefix}-{i:04d}", "prompt": text, "topics": topics}
+                for i, (text, topics) in enumerate(chunk)]
+
+    return rows(records[:n_train], "train"), rows(records[n_train:n_train + n_heldout], "heldout")
+
+
+def write_prompt_files(directory: Path | str = DATA_DIR, seed: int = 0) -> tuple[Path, Path]:
+    """Write ``prompts.jsonl`` (train) and ``heldout.jsonl`` into ``directory``; returns both paths."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    train, heldout = prompt_splits(seed)
+    paths = (directory / "prompts.jsonl", directory / "heldout.jsonl")
+    for path, rows in zip(paths, (train, heldout)):
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return paths
+
+
+if __name__ == "__main__":  # regenerate the shipped files: python -m prefloop.app.topics
+    for p in write_prompt_files():
+        print(p)
