@@ -30,7 +30,7 @@ from typing import Iterator
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2  # bump when what a build produces changes; older caches are then rebuilt
+FORMAT_VERSION = 3  # bump when what a build produces changes; older caches are then rebuilt
 MARKER = "prefloop-assets.json"
 PARTS = ("policy", "pairrm", "reward")
 

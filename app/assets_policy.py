@@ -148,7 +148,9 @@ def build_policy(out: Path, tok, seed: int, exclude: set[str], steps: int = 1000
     config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=512,
                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                         pad_token_id=tok.pad_token_id, tie_word_embeddings=True, dtype="float32")
+                         # untied: vLLM's in-place reload_weights leaves a tied LM head on the old weights,
+                         # and the round loop swaps each round's weights into the running engines
+                         pad_token_id=tok.pad_token_id, tie_word_embeddings=False, dtype="float32")
     model = LlamaForCausalLM(config)
     mask = ids != tok.pad_token_id
 
