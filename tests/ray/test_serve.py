@@ -42,7 +42,7 @@ def make_run(root, assets, rounds=(0,), model=None):
 
 
 def model_copy(src, out, noise=0.0, tied=None):
-    """A copy of ``src`` with optional Gaussian noise on every weight and optionally untied LM head."""
+    """A copy of ``src`` with optional Gaussian noise on every weight, its LM head untied (False) or tied (True)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -54,6 +54,9 @@ def model_copy(src, out, noise=0.0, tied=None):
     if tied is False:
         model.config.tie_word_embeddings = False
         model.lm_head.weight = torch.nn.Parameter(model.get_input_embeddings().weight.detach().clone())
+    if tied is True:
+        model.config.tie_word_embeddings = True
+        model.lm_head.weight = model.get_input_embeddings().weight
     model.save_pretrained(out)
     AutoTokenizer.from_pretrained(src).save_pretrained(out)
     return out
@@ -246,11 +249,13 @@ def test_switch_in_place_under_load_without_failures(served, tiny_assets, tmp_pa
           f"requests paused {info['swap_s'] * 1000:.1f} ms")
 
 
-def test_tied_embeddings_switch_to_a_new_engine_under_load(served, tiny_assets):
-    # The tiny policy ties its LM head to the input embeddings: vLLM's in-place reload would miss the head.
+def test_tied_embeddings_switch_to_a_new_engine_under_load(served, tiny_assets, tmp_path):
+    # A model that ties its LM head to the input embeddings: vLLM's in-place reload would miss the head.
+    tied = model_copy(tiny_assets.policy, tmp_path / "tied", noise=0.02, tied=True)
+    assert json.loads((tmp_path / "tied" / "config.json").read_text())["tie_word_embeddings"] is True
     expected = {1: hf_greedy(next(iter(replica_states(served.name, want=1).values()))["model_dir"]),
-                2: hf_greedy(tiny_assets.policy)}
-    info, results, t_publish, t_done = switch_under_load(served, tiny_assets.policy, 2)
+                2: hf_greedy(tied)}
+    info, results, t_publish, t_done = switch_under_load(served, tied, 2)
     assert info["round"] == 2 and not info["in_place"]
     check_switch(results, t_publish, t_done, 1, 2, expected)
     assert {p: greedy(served, p) for p in PROMPTS} == {p: (2, t) for p, t in expected[2].items()}
