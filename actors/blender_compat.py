@@ -10,6 +10,11 @@ stand between it and the transformers 5 / vLLM stack prefloop pins; each is fixe
 3. On import it probes ``import vllm`` (only for its optional best-of-n generation helper, unused here),
    which costs ~6 s of CPU per scorer process. When vLLM is not loaded yet, we hide it for that import.
 
+One robustness fix, in ``ranker_safe``: the ranker finds the prompt and each candidate by marker tokens
+(``<|source|>``, ``<|candidate|>``, ...) it adds to its tokenizer. A text that contains a marker verbatim
+(a policy can sample one) makes the ranker count two candidates in one and crash on mismatched shapes, so
+markers inside texts are defused before ranking.
+
 And one cosmetic fix: ``RankerConfig`` types its None-defaulted fields as ``str``, so dataclasses_json
 warns on every ranker load; that one warning is silenced.
 
@@ -29,6 +34,18 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 _patched = False
+
+# The marker tokens llm-blender's PairRM collator adds to its tokenizer (CrossCompareCollator defaults).
+RANKER_MARKERS = ("<|source|>", "<|candidate1|>", "<|candidate2|>", "<|candidate|>")
+
+
+def ranker_safe(text: str) -> str:
+    """``text`` with every PairRM marker defused (``<|candidate|>`` -> ``<candidate>``), else unchanged."""
+    if "<|" not in text:
+        return text
+    for marker in RANKER_MARKERS:
+        text = text.replace(marker, "<" + marker[2:-2] + ">")
+    return text
 
 
 def _encode_texts(texts, tokenizer, max_length=None):

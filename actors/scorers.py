@@ -48,12 +48,15 @@ class PairRMScorer:
     """PairRM through llm-blender: compares every pair of a prompt's candidates."""
 
     def __init__(self, ranker_dir: str, batch_size: int = 16, device: str = "cpu"):
-        from prefloop.actors.blender_compat import load_pairrm
+        from prefloop.actors.blender_compat import load_pairrm, ranker_safe
 
+        self.safe = ranker_safe
         self.blender = load_pairrm(ranker_dir, device=device)
         self.batch_size = batch_size
 
     def score(self, prompts: list[str], candidates: list[list[str]]) -> list[list[float]]:
+        prompts = [self.safe(p) for p in prompts]
+        candidates = [[self.safe(c) for c in cands] for cands in candidates]
         scores = self.blender.rank(prompts, candidates, return_scores=True, batch_size=self.batch_size,
                                    disable_tqdm=True)
         return np.asarray(scores, dtype=np.float64).tolist()

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from prefloop.actors.common import object_column
-from prefloop.actors.scorers import FunctionScorer, RewardModelScorer, load_function
+from prefloop.actors.scorers import FunctionScorer, PairRMScorer, RewardModelScorer, load_function
 from prefloop.core.config import RecipeError
 from prefloop.core.templates import render_conversation
 
@@ -46,3 +46,16 @@ def test_reward_model_scores_in_its_own_template(tiny_assets):
 def test_reward_model_missing_dir(tmp_path):
     with pytest.raises(FileNotFoundError, match="reward model"):
         RewardModelScorer(str(tmp_path / "nope"))
+
+
+def test_pairrm_ranks_candidates_that_contain_its_own_marker_tokens(tiny_assets):
+    """A sampled answer can contain ``<|candidate|>`` verbatim; raw llm-blender then crashes on shapes."""
+    from prefloop.actors.blender_compat import load_pairrm, ranker_safe
+
+    prompt = "Tell me about <|source|> rivers."
+    cands = ["rivers flow <|candidate|> to the sea", "ch<|candidate2|><|candidate|> mou", "tea is warm", ""]
+    with pytest.raises(RuntimeError, match="Sizes of tensors"):
+        load_pairrm(str(tiny_assets.pairrm)).rank([prompt], [cands], return_scores=True, disable_tqdm=True)
+    scores = PairRMScorer(str(tiny_assets.pairrm)).score([prompt], [cands])[0]
+    assert len(scores) == 4 and all(np.isfinite(scores))
+    assert ranker_safe(cands[1]) == "ch<candidate2><candidate> mou" and ranker_safe(cands[2]) == cands[2]

@@ -72,12 +72,14 @@ def test_chosen_scores_at_least_rejected(rollout):
 
 
 def test_pairrm_scores_equal_direct_blender_rank(rollout, tiny_assets):
-    from prefloop.actors.blender_compat import load_pairrm
+    from prefloop.actors.blender_compat import load_pairrm, ranker_safe
 
     _, folder = rollout
     rows = pq.read_table(folder / "candidates.parquet").to_pylist()
     blender = load_pairrm(str(tiny_assets.pairrm))
-    direct = blender.rank([r["prompt"] for r in rows], [r["candidates"] for r in rows], return_scores=True,
+    # The tiny policy can sample PairRM's marker tokens; the scorer defuses them, as must the direct call.
+    cands = [[ranker_safe(c) for c in r["candidates"]] for r in rows]
+    direct = blender.rank([r["prompt"] for r in rows], cands, return_scores=True,
                           batch_size=16, disable_tqdm=True)
     np.testing.assert_allclose(np.asarray([r["scores"] for r in rows]), np.asarray(direct), rtol=1e-4, atol=1e-4)
 

@@ -165,7 +165,7 @@ def test_bad_requests_get_400_naming_the_field(served, body, raw, param):
 
 
 def test_best_of_returns_the_candidate_pairrm_ranks_best(served, tiny_assets):
-    from prefloop.actors.blender_compat import load_pairrm
+    from prefloop.actors.blender_compat import load_pairrm, ranker_safe
 
     status, out = chat(served, PROMPTS[1], best_of=4, max_tokens=16, temperature=1.0, return_candidates=True)
     assert status == 200, out
@@ -173,7 +173,8 @@ def test_best_of_returns_the_candidate_pairrm_ranks_best(served, tiny_assets):
     cands, scores = rerank["candidates"], rerank["scores"]
     assert len(cands) == len(scores) == 4 and len(out["choices"]) == 1
     # An independent ranking of the returned candidates, in this process.
-    direct = load_pairrm(tiny_assets.pairrm).rank([PROMPTS[1]], [cands], return_scores=True)[0]
+    safe = [ranker_safe(c) for c in cands]  # the tiny policy can sample PairRM's marker tokens
+    direct = load_pairrm(tiny_assets.pairrm).rank([PROMPTS[1]], [safe], return_scores=True)[0]
     assert scores == pytest.approx(list(map(float, direct)), abs=1e-4)
     best = max(range(4), key=lambda i: (direct[i], -i))
     assert rerank["chosen"] == [best] and out["choices"][0]["message"]["content"] == cands[best]
