@@ -65,6 +65,9 @@ def reloadable_in_place(old_dir: str, new_dir: str) -> bool:
     Failed to load weights"), so the model answers with a mix of old and new weights. A missing key counts as
     tied. Mistral-7B and most large models are untied; small ones often are not.
     """
+    if not Path(old_dir, "config.json").is_file():  # the old folder is gone (e.g. a removed ReMax push)
+        return False
+
     def shapes(d: str) -> dict[str, Any]:
         cfg = json.loads(Path(d, "config.json").read_text(encoding="utf-8"))
         return {k: v for k, v in cfg.items() if k not in _RELOADABLE_KEYS}

@@ -120,8 +120,10 @@ def plan_steps(n_examples: int, cfg: TrainConfig) -> int:
     return cfg.epochs * math.ceil(micro / cfg.grad_accum)
 
 
-def fit(rows: list[dict], loop_config: dict[str, Any], cfg: TrainConfig, work: Path) -> Any:
-    """Run TorchTrainer; return its Result (raises the training error, after retries)."""
+def fit(rows: list[dict] | None, loop_config: dict[str, Any], cfg: TrainConfig, work: Path,
+        loop: Any = None) -> Any:
+    """Run TorchTrainer (``loop``: the per-worker function, default ``train_loop`` on ``rows``' shards; ReMax
+    passes its own and no rows); return its Result (raises the training error, after retries)."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -129,8 +131,9 @@ def fit(rows: list[dict], loop_config: dict[str, Any], cfg: TrainConfig, work: P
     from prefloop.actors.trainer import train_loop
 
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}
+    datasets = {"train": ray.data.from_items(rows)} if rows is not None else None
     trainer = TorchTrainer(
-        train_loop, train_loop_config=loop_config, datasets={"train": ray.data.from_items(rows)},
+        loop or train_loop, train_loop_config=loop_config, datasets=datasets,
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(name="ray_train", storage_path=str(work),

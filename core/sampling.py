@@ -54,6 +54,7 @@ def flatten_samples(samples: Sequence[Sample]) -> dict[str, list]:
     """One prompt's samples as list-valued columns (one entry per candidate)."""
     return {
         "candidates": [s.text for s in samples],
+        "token_ids": [[int(t) for t in s.token_ids] for s in samples],
         "num_tokens": [len(s.token_ids) for s in samples],
         "finish_reasons": [s.finish_reason for s in samples],
         "token_logprobs": [list(map(float, s.token_logprobs)) for s in samples],

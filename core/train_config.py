@@ -14,7 +14,7 @@ from pydantic import Field, model_validator
 
 from prefloop.core.config import _Strict
 
-Method = Literal["dpo", "kto", "sft", "csft"]
+Method = Literal["dpo", "kto", "sft", "csft", "remax"]
 
 
 class LoraSettings(_Strict):
@@ -28,11 +28,30 @@ class LoraSettings(_Strict):
         description="Module names (suffixes) that get adapters; Llama/Mistral attention projections by default.")
 
 
+class RemaxSettings(_Strict):
+    """ReMax (Li et al. 2023): REINFORCE with the greedy response's reward as baseline. Defaults: the
+    Mistral-7B-ReMax-v0.1 card (sampling 0.7 / 0.9, kl_ctl 0.1, full-step KL, reward clip 1.0)."""
+
+    prompts_per_step: int = Field(64, ge=1, description="Prompts per optimizer step, over all workers (ours).")
+    temperature: float = Field(0.7, gt=0, description="Sampling temperature of the sampled response.")
+    top_p: float = Field(0.9, gt=0, le=1, description="Nucleus sampling of the sampled response.")
+    kl_ctl: float = Field(0.1, ge=0, description="Weight of the per-token KL penalty to the frozen reference.")
+    kl_penalty: Literal["sampled", "full_step"] = Field(
+        "full_step", description="sampled: log-ratio of the sampled tokens; full_step: full-vocabulary KL "
+        "at every step (the card's kl_penalty: full_step).")
+    kl_to_go: bool = Field(False, description="Penalise each step with the KL of the steps after it too.")
+    reward_clip: float = Field(1.0, gt=0, description="Advantage = clip(r(sample) - r(greedy), +-reward_clip).")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many steps (null: all epochs).")
+    sync_every_steps: int = Field(1, ge=1, description="Push the new weights to the generators every N steps "
+                                  "(1 = strictly on-policy, as ReMax is).")
+
+
 class TrainConfig(_Strict):
     """How one round's policy is trained. Every field has a default; ``train: {}`` is DPO with LoRA off."""
 
-    method: Method = Field("dpo", description="dpo (incl. cDPO / IPO), kto, sft, or csft (Archangel's "
-                           "conditional SFT with <|good|>/<|bad|> control tokens).")
+    method: Method = Field("dpo", description="dpo (incl. cDPO / IPO), kto, sft, csft (Archangel's "
+                           "conditional SFT with <|good|>/<|bad|> control tokens), or remax (on-policy RL).")
+    remax: RemaxSettings = Field(RemaxSettings(), description="ReMax settings (method remax only).")
     beta: float = Field(0.1, gt=0, description="DPO/KTO inverse temperature: implicit reward = beta * log-ratio.")
     label_smoothing: float = Field(0.0, ge=0.0, le=0.5, description="cDPO: probability a preference is flipped.")
     ipo: bool = Field(False, description="IPO loss instead of sigmoid DPO (length-normalised log-probs).")
@@ -81,6 +100,12 @@ class TrainConfig(_Strict):
             raise ValueError(f"ipo / label_smoothing apply to method 'dpo', not '{self.method}'")
         if self.reference_mode == "live" and self.method in ("sft", "csft"):
             raise ValueError(f"method '{self.method}' has no reference model: reference_mode 'live' is meaningless")
+        if self.method == "remax" and self.lora is not None:
+            raise ValueError("method 'remax' trains the full model (as the ReMax card does): set lora to null")
+        if self.method == "remax" and self.strategy == "fsdp":
+            raise ValueError("method 'remax' supports strategy 'ddp' only (its weight push saves one full copy)")
+        if self.method == "remax" and self.data is not None:
+            raise ValueError("method 'remax' is on-policy: it samples its own data, so train.data must be null")
         if self.strategy == "fsdp" and self.lora is not None:
             raise ValueError("strategy 'fsdp' with lora is not supported: LoRA models fit one device, use 'ddp'")
         return self

@@ -1,0 +1,136 @@
+"""What a ReMax training worker asks of the rest of the cluster each step: samples, greedy answers, rewards.
+
+The generators are the round loop's long-lived ``GeneratorPool`` actors (named, found by name from inside the
+Ray Train workers); the scorer is one named ``ScorerActor`` around any prefloop scorer (a scalar reward model in
+its own chat template, PairRM, or a user function). Every call has a timeout. A generator that dies mid-step is
+restarted by Ray (``max_restarts``) with the model it was built on, so before its work is retried it is given
+the latest pushed weights again: the retried step still samples from the current policy.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+from prefloop.actors.common import object_column
+from prefloop.core.sampling import SampleSpec
+
+log = logging.getLogger(__name__)
+
+
+class ScorerActor:
+    """A named actor holding one scorer; ``score`` takes and returns plain row lists."""
+
+    def __init__(self, cls: type, kwargs: dict[str, Any]):
+        self.scorer = cls(**kwargs)
+
+    def score(self, batch: dict[str, Any]) -> list[list[float]]:
+        return [list(map(float, s)) for s in self.scorer(batch).column("scores").to_pylist()]
+
+    def ready(self) -> bool:
+        return True
+
+
+def to_batch(rows: list[dict[str, Any]], candidates: list[list[str]] | None = None) -> dict[str, Any]:
+    """Rows (``prompt_id``, ``prompt``, ``messages``, ``prompt_token_ids``) as a column batch for the actors."""
+    batch = {"prompt_id": np.array([r["prompt_id"] for r in rows]),
+             "prompt": np.array([r["prompt"] for r in rows]),
+             "messages": np.array([r["messages"] for r in rows], dtype=object),
+             "prompt_token_ids": object_column([list(r["prompt_token_ids"]) for r in rows])}
+    if candidates is not None:
+        batch["candidates"] = object_column(candidates)
+    return batch
+
+
+class StepRollout:
+    """One worker's client of a generator and the scorer, with timeouts and one retry after a generator death."""
+
+    def __init__(self, generator_name: str, scorer_name: str, timeout_s: float, retries: int = 2):
+        import ray
+
+        self.ray, self.timeout_s, self.retries = ray, timeout_s, retries
+        self.generator_name, self.scorer_name = generator_name, scorer_name
+        self.generator = ray.get_actor(generator_name)
+        self.scorer = ray.get_actor(scorer_name)
+        self.weights: str | None = None  # the directory last pushed; a restarted generator gets it again
+        self.retried = 0  # calls retried after a generator death, over this worker's life
+
+    def _get(self, ref: Any, what: str) -> Any:
+        try:
+            return self.ray.get(ref, timeout=self.timeout_s)
+        except self.ray.exceptions.GetTimeoutError:
+            raise TimeoutError(f"{what}: no answer in {self.timeout_s:.0f} s") from None
+
+    def _with_generator(self, call: Any, what: str) -> Any:
+        """``call(generator)``; after a generator death: wait for its restart, re-push weights, retry."""
+        for attempt in range(self.retries + 1):
+            try:
+                return self._get(call(self.generator), f"generator {self.generator_name}: {what}")
+            except self.ray.exceptions.RayActorError as err:
+                if attempt == self.retries:
+                    raise RuntimeError(f"generator {self.generator_name} died {attempt + 1} times during {what}") \
+                        from err
+                log.warning("generator %s died during %s (%s): retrying", self.generator_name, what,
+                            type(err).__name__)
+                self.retried += 1
+                self._recover()
+        raise AssertionError("unreachable")
+
+    def _recover(self) -> None:
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            try:
+                self.generator = self.ray.get_actor(self.generator_name)
+                self._get(self.generator.current_model.remote(), "restart")
+                break
+            except (ValueError, self.ray.exceptions.RayActorError):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"generator {self.generator_name} did not come back") from None
+                time.sleep(1.0)
+        if self.weights is not None:
+            self._get(self.generator.reload_weights.remote(self.weights), "re-push weights")
+
+    def generate(self, rows: list[dict[str, Any]], sample: SampleSpec, greedy: SampleSpec) -> tuple[list, list]:
+        """One sampled and one greedy answer per row: two lists of {text, token_ids, finish_reason}."""
+        batch = to_batch(rows)
+
+        def answers(spec: SampleSpec) -> list[dict[str, Any]]:
+            table = self._with_generator(lambda g: g.generate_batch.remote(batch, spec.__dict__),
+                                         f"{len(rows)} prompts at temperature {spec.temperature}")
+            return [{"text": r["candidates"][0], "token_ids": r["token_ids"][0],
+                     "finish_reason": r["finish_reasons"][0]} for r in table.to_pylist()]
+
+        return answers(sample), answers(greedy)
+
+    def score(self, rows: list[dict[str, Any]], samples: list[dict], greedy: list[dict]) -> list[list[float]]:
+        """[reward(sample), reward(greedy)] per row, from the scorer actor."""
+        batch = to_batch(rows, [[s["text"], g["text"]] for s, g in zip(samples, greedy)])
+        scores = self._get(self.scorer.score.remote(batch), f"scorer {self.scorer_name}")
+        if len(scores) != len(rows) or any(len(s) != 2 for s in scores):
+            raise RuntimeError(f"scorer {self.scorer_name} returned {len(scores)} rows for {len(rows)} prompts")
+        return scores
+
+    def push(self, model_dir: str, names: list[str]) -> float:
+        """Load ``model_dir`` in place into the generators ``names`` (this worker's share of the pushes), and
+        remember it for recovery; returns the slowest reload's seconds (0 when ``names`` is empty)."""
+        handles = [self.ray.get_actor(n) for n in names]
+        seconds = self._get([h.reload_weights.remote(model_dir) for h in handles], f"reload {model_dir}")
+        self.weights = model_dir
+        return float(max(seconds, default=0.0))
+
+
+def start_scorer(cls: type, kwargs: dict[str, Any], num_cpus: float, num_gpus: float, name: str,
+                 timeout_s: float) -> Any:
+    """Start the named scorer actor and wait (with a timeout) until its model is loaded."""
+    import ray
+
+    handle = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=1)(ScorerActor) \
+        .options(name=name).remote(cls, kwargs)
+    try:
+        ray.get(handle.ready.remote(), timeout=timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        raise TimeoutError(f"scorer actor {name}: not ready in {timeout_s:.0f} s") from None
+    return handle

@@ -1,0 +1,179 @@
+"""The ReMax training worker: Ray Train workers that stay up for the whole run and drive generation themselves.
+
+Not one Ray Train run per step: ``remax_loop`` is ``TorchTrainer``'s per-worker loop, and each step it
+1. takes its share of the step's prompts (``core.remax``: a seeded order, so a restart takes the same ones);
+2. asks its generator for one sampled (temperature/top_p from the recipe) and one greedy answer per prompt;
+3. asks the scorer actor for both rewards; advantage = clip(r(sample) - r(greedy)) (``core.losses``);
+4. computes the REINFORCE loss with the per-token KL to the frozen reference (``sampled`` or ``full_step``),
+   averaged over response tokens; DDP averages the gradients over workers; one optimizer step;
+5. pushes the new weights to the generators (rank 0 saves them, every worker reloads its share of the
+   engines in place) before the next step, so every sample comes from the current policy.
+Per step it records rewards, advantage, KL, response length and the time of generate / score / train / sync.
+Checkpoints (weights, optimizer, step, metrics) every ``checkpoint_every_steps`` go through ``Worker.report``;
+a restarted worker group resumes from the last one and pushes the restored weights to the generators first.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prefloop.actors.remax_rollout import StepRollout
+from prefloop.actors.trainer import Stats, Worker, autocast, load_model, unwrap
+from prefloop.core.logprobs import full_kl, token_logps
+from prefloop.core.losses import remax_advantage, remax_loss
+from prefloop.core.remax import pack_sequences, step_prompts, step_summary, worker_share
+from prefloop.core.sampling import SampleSpec
+
+log = logging.getLogger(__name__)
+
+
+class RemaxWorker(Worker):
+    """``Worker`` (model, optimizer, schedule, checkpoints) plus the reference model and the step loop."""
+
+    def __init__(self, config: dict[str, Any]):
+        super().__init__(config)
+        self.rx = self.cfg.remax
+        self.ref_model = load_model(config["ref_dir"], self.device, trainable=False)
+        self.prompts: list[dict[str, Any]] = config["prompts"]
+        names = config["generators"]
+        self.own_generator = names[self.rank % len(names)]
+        self.my_pushes = [n for i, n in enumerate(names) if i % self.world == self.rank]
+        self.rollout = StepRollout(self.own_generator, config["scorer"], float(config["timeout_s"]))
+        self.sync_root = Path(config["sync_dir"])
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None \
+            else self.tokenizer.eos_token_id
+
+    # -- one step
+    def specs(self, step: int) -> tuple[SampleSpec, SampleSpec]:
+        seed = self.config.get("sample_seed")
+        sample = SampleSpec(1, self.rx.temperature, self.rx.top_p, self.cfg.max_response_len,
+                            None if seed is None else seed + step)
+        return sample, SampleSpec(1, 0.0, 1.0, self.cfg.max_response_len, None)
+
+    def run(self, shard: Any = None) -> None:
+        if self.state["restored_from"]:  # the generators may hold newer (lost) weights: give them the checkpoint's
+            self.push_weights()
+        while self.state["step"] < self.total_steps:
+            self.train_step()
+
+    def train_step(self) -> None:
+        step, rx, times = self.state["step"], self.rx, {}
+        started = time.perf_counter()
+        idx = step_prompts(len(self.prompts), step, rx.prompts_per_step, int(self.config["seed"]))
+        rows = [self.prompts[i] for i in worker_share(idx, self.rank, self.world)]
+        self._maybe_kill_generator(step)
+        samples, greedy = self.rollout.generate(rows, *self.specs(step))
+        times["generate"] = time.perf_counter() - started
+        rewards = self.rollout.score(rows, samples, greedy)
+        times["score"] = time.perf_counter() - started - times["generate"]
+        stats, grad_norm, lr = self.optimize(rows, samples, rewards)
+        times["train"] = time.perf_counter() - started - times["generate"] - times["score"]
+        self.state["step"] += 1
+        times["sync"] = self.push_weights() if self.state["step"] % rx.sync_every_steps == 0 else 0.0
+        self.record(stats, times, grad_norm, lr, time.perf_counter() - started)
+
+    def optimize(self, rows: list[dict], samples: list[dict], rewards: list[list[float]]) -> tuple[Stats, float, float]:
+        """The REINFORCE step on this worker's rows; returns the step's stats, grad norm and learning rate."""
+        rx, device = self.rx, self.device
+        enc = pack_sequences([r["prompt_token_ids"] for r in rows], [s["token_ids"] for s in samples],
+                             self.cfg.max_prompt_len, self.cfg.max_response_len, self.pad_id)
+        ids, attn, mask = (enc[k].to(device) for k in ("input_ids", "attention_mask", "loss_mask"))
+        with autocast(self.cfg, device):
+            logits = self.model(input_ids=ids, attention_mask=attn).logits
+        with torch.no_grad():
+            ref_logits = self.ref_model(input_ids=ids, attention_mask=attn).logits
+        policy_logps = token_logps(logits, ids, mask)
+        kl_args: dict[str, Any] = {}
+        if rx.kl_penalty == "sampled":
+            kl_args["ref_logps"] = token_logps(ref_logits, ids, mask)
+        else:
+            kl_args["full_kl"] = full_kl(logits.detach(), ref_logits, mask)
+        r_sample = torch.tensor([r[0] for r in rewards], dtype=torch.float32, device=device)
+        r_greedy = torch.tensor([r[1] for r in rewards], dtype=torch.float32, device=device)
+        adv = remax_advantage(r_sample, r_greedy, rx.reward_clip)
+        out = remax_loss(policy_logps, adv, mask[:, 1:], rx.kl_ctl, rx.kl_penalty, kl_to_go=rx.kl_to_go, **kl_args)
+        out.token_mean().backward()  # REINFORCE loss averaged over response tokens
+        tokens = out.n_tokens.sum()
+        clip = self.cfg.max_grad_norm or float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
+        lr = self.opt.param_groups[0]["lr"]
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        stats = Stats()
+        for name, (total, count) in step_summary(r_sample.tolist(), r_greedy.tolist(), adv.tolist(),
+                                                 out.kl.tolist(), [len(s["token_ids"]) for s in samples]).items():
+            stats.add(name, total, count)
+        stats.add("loss", float(out.loss_sum.sum()), float(tokens))
+        return stats, grad_norm, lr
+
+    # -- weights to the generators
+    def push_weights(self) -> float:
+        """Rank 0 saves the weights (alternating folders); each worker reloads its share of the engines."""
+        started = time.perf_counter()
+        folder = self.sync_root / f"v{self.state['step'] % 2}"
+        if self.rank == 0:
+            shutil.rmtree(folder, ignore_errors=True)
+            model = unwrap(self.model)
+            model.save_pretrained(folder, safe_serialization=True)
+            self.tokenizer.save_pretrained(folder)
+        self._agree(True)  # barrier: the folder is complete before anyone loads it
+        self.rollout.push(str(folder), self.my_pushes)
+        self._agree(True)  # every engine has the new weights before anyone samples again
+        return time.perf_counter() - started
+
+    # -- metrics and checkpoints
+    def record(self, stats: Stats, times: dict[str, float], grad_norm: float, lr: float, elapsed: float) -> None:
+        tokens = stats.get("response_len", [0.0, 0.0])[0]
+        metrics = self._reduce(stats, int(tokens), elapsed)
+        for part, seconds in times.items():
+            metrics[f"{part}_s"] = float(self.all_mean(torch.tensor(seconds)))
+        retries = self._all_reduce(torch.tensor([float(self.rollout.retried)]))
+        metrics.update(step=self.state["step"], lr=lr, grad_norm=grad_norm, generator_retries=int(retries.item()))
+        self.history.append(metrics)
+        if self.rank == 0:
+            log.info("remax step %d/%d: reward sample %.3f greedy %.3f, adv %.3f, kl %.4f, len %.1f, "
+                     "generate %.2f s score %.2f s train %.2f s sync %.2f s", metrics["step"], self.total_steps,
+                     metrics["reward_sample"], metrics["reward_greedy"], metrics["advantage"], metrics["kl"],
+                     metrics["response_len"], *(metrics[f"{p}_s"] for p in ("generate", "score", "train", "sync")))
+        step = self.state["step"]
+        checkpoint_due = step % self.cfg.checkpoint_every_steps == 0 and step < self.total_steps
+        if checkpoint_due or step % self.cfg.log_every_steps == 0:
+            self.report(metrics, checkpoint=checkpoint_due)
+        if checkpoint_due and self.rank == 0 and self.config.get("publish_dir"):
+            self.publish(Path(self.config["publish_dir"]), step)
+        self._maybe_die()
+
+    def publish(self, folder: Path, step: int) -> None:
+        """A servable copy of this checkpoint's weights for the driver to hot-swap into Serve (``done`` last);
+        copies older than the previous one are removed (Serve may still be loading the previous one)."""
+        for old in sorted(folder.glob("step_*"), key=lambda p: int(p.name.split("_")[1]))[:-1]:
+            shutil.rmtree(old, ignore_errors=True)
+        out = folder / f"step_{step}"
+        unwrap(self.model).save_pretrained(out, safe_serialization=True)
+        self.tokenizer.save_pretrained(out)
+        (out / "done").touch()
+
+    def _maybe_kill_generator(self, step: int) -> None:
+        """Test-only fault injection: rank 0 kills its generator actor (Ray restarts it) once, at a step."""
+        at, marker = self.config.get("kill_generator_at_step"), Path(self.config["fault_marker"] + "-generator")
+        if at is not None and step == at and self.rank == 0 and not marker.exists():
+            import ray
+
+            marker.touch()
+            log.warning("fault injection: killing generator %s at step %d", self.own_generator, step)
+            ray.kill(ray.get_actor(self.own_generator), no_restart=False)
+
+
+def remax_loop(config: dict[str, Any]) -> None:
+    """``TorchTrainer``'s ``train_loop_per_worker`` for ReMax; ``config`` is built by ``app.remax``."""
+    logging.basicConfig(level=logging.INFO)
+    worker = RemaxWorker(config)
+    worker.run()
+    worker.finish()

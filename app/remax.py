@@ -1,0 +1,152 @@
+"""ReMax rounds (``train.method: remax``): on-policy RL whose training workers drive the generators themselves.
+
+A round of the loop with method remax replaces rollout + training by one ReMax run:
+1. the prompts are read and tokenised like a rollout's (rejected ones written with reasons);
+2. a named scorer actor is started (the recipe's scorer: a scalar reward model in its own chat template, PairRM,
+   or a user function); the round loop's long-lived generator actors already hold the start model;
+3. ``TorchTrainer`` runs ``actors.remax_worker.remax_loop``: workers that stay up for every step, sample and
+   greedy-decode through the generators, score, step, and push the weights back (``FailureConfig`` retries
+   resume from the last checkpoint);
+4. while it runs, the driver follows the checkpoints: each one rank 0 publishes under ``remax/published`` is
+   hot-swapped into the Serve app when ``loop.serve`` is on, as the loop does with rounds;
+5. the final model is committed atomically as the round's ``model`` stage, with the per-step metrics
+   (``remax_metrics.jsonl``, also in ``RUN_DIR/metrics.jsonl``) and a manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from prefloop.app.rollout import prepare_prompts, preflight, scorer_stage
+from prefloop.app.rundir import RunDir, write_manifest
+from prefloop.app.tables import write_jsonl
+from prefloop.app.train import STAGE, append_metrics, fit, start_model
+from prefloop.core.config import Recipe, RecipeError
+from prefloop.core.remax import plan_steps
+
+log = logging.getLogger(__name__)
+PARTS = ("generate", "score", "train", "sync")
+
+
+def check_recipe(recipe: Recipe, n_prompts: int) -> None:
+    cfg = recipe.train
+    if n_prompts == 0:
+        raise RecipeError(f"data.train {recipe.data.train}: no usable prompts for ReMax")
+    if cfg.remax.prompts_per_step < cfg.num_workers:
+        raise RecipeError(f"train.remax.prompts_per_step={cfg.remax.prompts_per_step} is less than "
+                          f"train.num_workers={cfg.num_workers}: every worker needs a prompt per step")
+    if recipe.rollout.max_model_len < recipe.data.max_prompt_tokens + cfg.max_response_len:
+        raise RecipeError(f"rollout.max_model_len={recipe.rollout.max_model_len} cannot hold "
+                          f"data.max_prompt_tokens + train.max_response_len")
+
+
+def follow_checkpoints(folder: Path, publish: Callable[[str], Any], stop: threading.Event) -> None:
+    """Publish every new ``step_*`` folder that has its ``done`` marker, oldest first, until ``stop``."""
+    seen: set[str] = set()
+    while True:
+        ready = sorted((p for p in folder.glob("step_*") if (p / "done").exists() and p.name not in seen),
+                       key=lambda p: int(p.name.split("_")[1]))
+        for path in ready:
+            seen.add(path.name)
+            try:
+                publish(str(path))
+            except Exception:  # serving must never fail training; the next checkpoint tries again
+                log.exception("publishing ReMax checkpoint %s failed", path)
+        if stop.wait(1.0):
+            return
+
+
+def run_remax(recipe: Recipe, round_idx: int, pool: Any, publish: Callable[[str], Any] | None = None,
+              *, kill_at_step: int | None = None, kill_generator_at_step: int | None = None) -> Path:
+    """Run (or skip, if committed) round ``round_idx`` as ReMax; return the committed model folder.
+
+    ``kill_at_step`` / ``kill_generator_at_step`` are for tests only: a training worker exits, or rank 0's
+    generator actor is killed, once at that step, to exercise the resume and retry paths."""
+    import ray
+    from transformers import AutoTokenizer
+
+    from prefloop.actors.remax_rollout import start_scorer
+    from prefloop.actors.remax_worker import remax_loop
+
+    run, cfg = RunDir(recipe.run_dir), recipe.train
+    if run.is_committed(round_idx, STAGE):
+        log.info("round %d %s already committed: skipping", round_idx, STAGE)
+        return run.stage_dir(round_idx, STAGE)
+    started = time.perf_counter()
+    model_dir = start_model(run, recipe, round_idx)
+    ref_dir = model_dir if cfg.reference == "previous" else recipe.policy.model
+    preflight(recipe, model_dir)
+    prepared = prepare_prompts(recipe, recipe.data.train, AutoTokenizer.from_pretrained(model_dir))
+    check_recipe(recipe, len(prepared.rows))
+    seed = recipe.seed if cfg.seed is None else cfg.seed
+    total = plan_steps(len(prepared.rows), cfg.epochs, cfg.remax.prompts_per_step, cfg.remax.max_steps)
+    work = run.round_dir(round_idx) / "remax"
+    work.mkdir(parents=True, exist_ok=True)
+    if pool.model != model_dir:
+        pool.reload(model_dir)
+    stage = scorer_stage(recipe)
+    scorer_name = f"prefloop-remax-scorer-{int(time.time() * 1000) % 10**9}"
+    timeout = recipe.resources.stage_timeout_s
+    scorer = start_scorer(stage.cls, stage.kwargs, stage.num_cpus, stage.num_gpus, scorer_name, timeout)
+    loop_config = {"train": cfg.model_dump(), "model_dir": model_dir, "ref_dir": ref_dir, "seed": seed,
+                   "total_steps": total, "prompts": prepared.rows, "generators": pool.names,
+                   "scorer": scorer_name, "sync_dir": str(work / "sync"), "timeout_s": timeout,
+                   "sample_seed": recipe.rollout.seed, "publish_dir": str(work / "published") if publish else None,
+                   "kill_at_step": kill_at_step, "kill_generator_at_step": kill_generator_at_step,
+                   "fault_marker": str(work / "fault-injected")}
+    log.info("round %d: ReMax on %d prompts, %d steps of %d prompts, %d workers", round_idx, len(prepared.rows),
+             total, cfg.remax.prompts_per_step, cfg.num_workers)
+    stop = threading.Event()
+    follower = None
+    if publish is not None:
+        follower = threading.Thread(target=follow_checkpoints, args=(work / "published", publish, stop), daemon=True)
+        follower.start()
+    try:
+        result = fit(None, loop_config, cfg, work, loop=remax_loop)
+    finally:
+        stop.set()
+        ray.kill(scorer)
+        if follower is not None:
+            follower.join(timeout=60)
+    commit(run, round_idx, result, prepared, {"start_model": model_dir, "reference": ref_dir, "steps": total,
+                                             "prompts": len(prepared.rows), "started": started,
+                                             "train": cfg.model_dump(mode="json")})
+    final = run.stage_dir(round_idx, STAGE)
+    # The engines (and Serve) hold weights from folders about to be removed: move them to the committed model.
+    pool.reload(str(final))
+    if publish is not None:
+        publish(str(final))
+    shutil.rmtree(work, ignore_errors=True)  # checkpoints and pushed weights of a committed round
+    return final
+
+
+def commit(run: RunDir, round_idx: int, result: Any, prepared: Any, info: dict[str, Any]) -> None:
+    """The final checkpoint's model, metrics and manifest, committed atomically as the round's model stage."""
+    with result.checkpoint.as_directory() as ckpt:
+        ckpt = Path(ckpt)
+        state = json.loads((ckpt / "state.json").read_text())
+        history = [json.loads(line) for line in (ckpt / "metrics.jsonl").read_text().splitlines()]
+        with run.stage(round_idx, STAGE) as out:
+            shutil.copytree(ckpt / "model", out, dirs_exist_ok=True)
+            write_jsonl(out / "rejected_inputs.jsonl", [r.to_dict() for r in prepared.read.rejected])
+            write_jsonl(out / "remax_metrics.jsonl", history)
+            seconds = {p: sum(m.get(f"{p}_s", 0.0) for m in history) for p in PARTS}
+            write_manifest(out, {
+                "stage": STAGE, "round": round_idx, "method": "remax", "start_model": info["start_model"],
+                "reference": info["reference"],
+                "counts": {"read": prepared.read.read, "accepted": len(prepared.read.accepted),
+                           "rejected": len(prepared.read.rejected), "prompts": info["prompts"]},
+                "steps": {"planned": info["steps"], "done": state["step"], "restored_from": state["restored_from"]},
+                "first_metrics": history[0] if history else {}, "final_metrics": history[-1] if history else {},
+                "timings_s": {**seconds, "total": time.perf_counter() - info["started"]},
+                "train": info["train"],
+            })
+    append_metrics(run, round_idx, [{"method": "remax", **m} for m in history])
+    log.info("round %d: ReMax model committed after %d steps (restored from %s)", round_idx, state["step"],
+             state["restored_from"] or "none")
