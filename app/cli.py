@@ -61,7 +61,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     recipe = resolve_recipe(args.recipe, args.set, args.tiny)
     rows = run_loop(recipe)
     print(format_table(rows))
-    print(f"report: {Path(recipe.run_dir).resolve() / 'report.md'}")
+    from prefloop.app.run_mirror import is_uri
+
+    root = recipe.run_dir.rstrip("/") if is_uri(recipe.run_dir) else Path(recipe.run_dir).resolve()
+    print(f"report: {root}/report.md")
     return 0
 
 

@@ -12,6 +12,9 @@ A stage writes into ``<stage>.partial-<pid>/`` and, when everything is written a
 ``<stage>/`` (an atomic rename on one filesystem). So a crash mid-stage leaves only a ``.partial`` folder,
 which is ignored and cleaned on the next attempt, and the last good round is never half-overwritten.
 Resume = same run directory: a stage whose folder exists is skipped.
+
+``run_dir`` may also be a URI (``s3://``, ``gs://``, ``file://`` ...): the run is then worked on in a local copy
+and every commit is uploaded, manifest last (``app/run_mirror.py``).
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from prefloop.app.run_mirror import open_mirror
+
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
@@ -33,7 +38,8 @@ class RunDir:
     """Paths and atomic commits inside one run directory."""
 
     def __init__(self, root: str | Path):
-        self.root = Path(root).expanduser().resolve()
+        self.uri = str(root)
+        self.root, self.mirror = open_mirror(root)
 
     def round_dir(self, round_idx: int) -> Path:
         return self.root / f"round_{round_idx}"
@@ -69,6 +75,9 @@ class RunDir:
         except BaseException:
             shutil.rmtree(scratch, ignore_errors=True)
             raise
+        if self.mirror is not None:
+            self.mirror.push_stage(final)
+            self.mirror.push_top()
 
     def save_text(self, name: str, text: str) -> Path:
         """Write a small file at the top of the run directory atomically."""
@@ -77,6 +86,8 @@ class RunDir:
         tmp = path.with_suffix(path.suffix + ".tmp")
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
+        if self.mirror is not None:
+            self.mirror.push_top()
         return path
 
 

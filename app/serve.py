@@ -225,8 +225,10 @@ def serve_run_dir(run_dir: str | Path, round_idx: int | None = None, **kwargs: A
     from prefloop.app.runtime import init_ray
     from prefloop.core.config import load_recipe
 
+    from prefloop.app.rundir import RunDir
+
     model_dir, round_idx = resolve_served_model(run_dir, round_idx)
-    recipe_path = Path(run_dir) / "recipe.yaml"
+    recipe_path = RunDir(run_dir).root / "recipe.yaml"  # the local copy when run_dir is a URI
     if recipe_path.is_file():
         recipe = load_recipe(recipe_path)
         init_ray(recipe.resources)

@@ -5,7 +5,7 @@
   (its work is retried on the restarted actor with the current weights). The mean reward of sampled answers
   still rises over the steps.
 - The shipped recipe through ``--tiny`` (scalar reward model in UltraRM's template) in the round loop, with Serve
-  following the ReMax checkpoints and then the final model.
+  following the ReMax checkpoints and then the final model, and the run directory on a ``file://`` URI.
 """
 
 import json
@@ -54,10 +54,14 @@ def test_remax_learns_a_reward_and_survives_worker_and_generator_deaths(tmp_path
     assert (model / "config.json").is_file() and not (tmp_path / "run" / "round_0" / "remax").exists()
 
 
-def test_remax_recipe_tiny_in_the_loop_with_serve_following_checkpoints(tmp_path, tiny_env, ray_cluster):
+def test_remax_recipe_tiny_in_the_loop_with_serve_on_a_uri_run_dir(tmp_path, tiny_env, ray_cluster, monkeypatch):
+    """Also the run directory on shared storage: a ``file://`` URI (the same pyarrow path as s3:// or gs://)."""
+    from prefloop.app.rundir import RunDir
     from prefloop.app.serve import replica_states, stop_serving
 
-    recipe = resolve_recipe(RECIPE, [f"run_dir={tmp_path / 'run'}", "train.remax.max_steps=4", "loop.serve=true",
+    monkeypatch.setenv("PREFLOOP_RUNS_CACHE", str(tmp_path / "cache"))
+    uri, remote = f"file://{tmp_path}/bucket/run", tmp_path / "bucket" / "run"
+    recipe = resolve_recipe(RECIPE, [f"run_dir={uri}", "train.remax.max_steps=4", "loop.serve=true",
                                      "loop.serve_port=8731"], tiny=True)
     try:
         rows = run_loop(recipe)
@@ -65,14 +69,18 @@ def test_remax_recipe_tiny_in_the_loop_with_serve_following_checkpoints(tmp_path
     finally:
         stop_serving("prefloop")
     assert [m["round"] for m in rows] == [0] and rows[0]["method"] == "remax" and 0.0 <= rows[0]["win_rate"] <= 1.0
-    final = str((tmp_path / "run" / "round_0" / "model").resolve())
+    local = RunDir(uri).root
+    final = str((local / "round_0" / "model").resolve())
     for state in states.values():
         published = [s["model_dir"] for s in state["swaps"]]
-        # checkpoints at steps 2 (every 2 steps, the last step is the final model), then the committed model
+        # the checkpoint of step 2 (every 2 steps; step 4 is the final model), then the committed model
         assert any("/published/step_2" in d for d in published) and published[-1] == final, published
-    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    metrics = [json.loads(line) for line in (remote / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics if m.get("method") == "remax"] == [1, 2, 3, 4]
-    assert "| 0 |" in (tmp_path / "run" / "report.md").read_text()
+    assert "| 0 |" in (remote / "report.md").read_text()
+    for stage in ("base_answers", "model", "eval"):
+        assert (remote / "round_0" / stage / "manifest.json").is_file()
+    assert (remote / "round_0" / "model" / "model.safetensors").is_file()
 
 
 def test_follow_checkpoints_publishes_complete_ones_in_order(tmp_path):
