@@ -14,7 +14,7 @@ import logging
 import time
 from typing import Any
 
-from prefloop.app import evaluate, report
+from prefloop.app import evaluate, report, telemetry
 from prefloop.app.rollout import engine_kwargs, run_rollout, sample_spec
 from prefloop.app.rundir import RunDir
 from prefloop.app.runtime import init_ray
@@ -68,10 +68,13 @@ def run_round(recipe: Recipe, run: RunDir, r: int, pool: Any, eval_rows: list[di
     recipe = round_recipe(recipe, r)
     swap_in = ensure_model(pool, start_model(run, recipe, r))
     if recipe.train.data is None:
+        telemetry.stage("rollout")
         run_rollout(recipe, r, pool.model, pool)
     t_rollout = time.perf_counter() - started
+    telemetry.stage("train")
     model_dir = str(run_train(recipe, r))
     t_train = time.perf_counter() - started - t_rollout
+    telemetry.stage("swap")
     swap_s = ensure_model(pool, model_dir)
     serve_swap_s = publish(recipe, model_dir, r)
     trained = run.manifest(r, "model").get("counts", {})
@@ -79,6 +82,7 @@ def run_round(recipe: Recipe, run: RunDir, r: int, pool: Any, eval_rows: list[di
              else trained.get("accepted", 0))
     extra = {"pairs": pairs, "method": recipe.train.method, "swap_s": swap_s or swap_in,
              "serve_swap_s": serve_swap_s, "timings_s": {"rollout": t_rollout, "train": t_train}}
+    telemetry.stage("eval")
     return evaluate.evaluate_round(recipe, run, r, eval_rows, base, pool, extra, started)
 
 
@@ -95,10 +99,12 @@ def run_loop(recipe: Recipe) -> list[dict]:
         log.info("all %d rounds already committed", len(rounds))
         return report.write_report(recipe, run)
     init_ray(recipe.resources)
+    tel = telemetry.Telemetry.start(recipe, run.root)  # Ray gauges + tracking
     eval_rows = evaluate.eval_prompts(recipe, AutoTokenizer.from_pretrained(recipe.policy.model)).rows
     pool = start_pool(recipe, recipe.policy.model)
     start_serving(recipe, run)
     try:
+        telemetry.stage("base_answers")
         base = evaluate.base_answers(recipe, run, eval_rows, pool)
         for r in rounds:
             if run.is_committed(r, evaluate.EVAL_STAGE):
@@ -107,7 +113,9 @@ def run_loop(recipe: Recipe) -> list[dict]:
             m = run_round(recipe, run, r, pool, eval_rows, base)
             log.info("round %d: %d pairs, win rate vs base %.3f (+-%.3f), mean length %.1f, swap %.3f s",
                      r, m["pairs"], m["win_rate"], m["win_rate_stderr"], m["mean_length"], m["swap_s"])
+            tel.round_done(r, telemetry.round_metrics(run.root, r, m))
             report.write_report(recipe, run)
     finally:
+        tel.close()
         pool.shutdown()
     return report.write_report(recipe, run)

@@ -9,6 +9,7 @@ actor asks for what the recipe's ``resources`` section says. Nothing then waits 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
@@ -21,6 +22,7 @@ from prefloop.core.config import ResourcesConfig
 log = logging.getLogger(__name__)
 
 MIN_LOCAL_CPUS = 8
+JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray's job manager for a job's entrypoint
 WORKER_ENV = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "RAY_DATA_DISABLE_PROGRESS_BARS": "0"}
 
 
@@ -38,6 +40,9 @@ def init_ray(resources: ResourcesConfig) -> None:
     address = resources.address or os.environ.get("RAY_ADDRESS")
     if address:
         log.info("joining Ray cluster at %s", address)
+        # Under `ray job submit`, Ray refuses an env var that the job's runtime env sets too: the job's wins.
+        job_env = (json.loads(os.environ.get(JOB_CONFIG_ENV, "{}")).get("runtime_env") or {}).get("env_vars") or {}
+        runtime_env = {"env_vars": {k: v for k, v in WORKER_ENV.items() if k not in job_env}}
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
         return
     num_cpus = resources.local_num_cpus or max(MIN_LOCAL_CPUS, os.cpu_count() or 1)

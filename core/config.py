@@ -119,6 +119,23 @@ class ResourcesConfig(_Strict):
     stage_timeout_s: float = Field(900.0, gt=0, description="A stage that yields nothing this long fails.")
 
 
+class TrackingConfig(_Strict):
+    """Experiment tracking beside Ray's metrics (see app/telemetry.py); the library is imported only when chosen."""
+
+    backend: Literal["none", "tensorboard", "mlflow", "wandb"] = Field(
+        "none", description="none; tensorboard (event files, needs tensorboardX); mlflow (needs mlflow-skinny or "
+        "mlflow); wandb (needs wandb; mode from WANDB_MODE, e.g. offline).")
+    uri: str | None = Field(None, description="tensorboard: log dir (default RUN_DIR/tensorboard); mlflow: tracking "
+                            "URI (default a file store in RUN_DIR/mlruns); wandb: not used (set WANDB_BASE_URL).")
+    experiment: str | None = Field(None, description="MLflow experiment / wandb project; null = the recipe's name.")
+
+    @model_validator(mode="after")
+    def _uri_fits(self) -> "TrackingConfig":
+        if self.backend == "wandb" and self.uri is not None:
+            raise ValueError("tracking.uri is not used by the wandb backend (set WANDB_BASE_URL for a server)")
+        return self
+
+
 class Recipe(_Strict):
     """A whole recipe: what one `prefloop` run does."""
 
@@ -133,6 +150,7 @@ class Recipe(_Strict):
     selection: SelectionConfig = SelectionConfig()
     loop: LoopConfig = LoopConfig()
     resources: ResourcesConfig = ResourcesConfig()
+    tracking: TrackingConfig = TrackingConfig()
     train: "TrainConfig | None" = None  # noqa: F821 - resolved by core/train_config.py (imported at the end)
 
     @model_validator(mode="after")
