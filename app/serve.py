@@ -73,11 +73,14 @@ def _application(spec: dict[str, Any], model_dir: str, round_idx: int | None) ->
 
     from prefloop.actors.serve import PolicyServer
 
-    # Same spec -> same version -> a user_config change reconfigures the replicas in place.
-    version = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+    # Same settings -> same version -> a user_config change reconfigures the replicas in place. The model the
+    # replicas were first built on is left out, so a config naming another round is a light update too.
+    fixed = {k: v for k, v in spec.items() if k not in ("model_dir", "round")}
+    version = hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()[:16]
     deployment = serve.deployment(PolicyServer, name="PolicyServer")
     return deployment.options(
-        num_replicas=spec["replicas"], ray_actor_options={"num_cpus": spec["replica_cpus"]},
+        num_replicas=spec["replicas"],
+        ray_actor_options={"num_cpus": spec["replica_cpus"], "num_gpus": spec.get("replica_gpus", 0.0)},
         max_ongoing_requests=32, user_config={"model_dir": model_dir, "round": round_idx},
         version=version, _internal=True,
     ).bind(spec)
@@ -88,25 +91,21 @@ def start_serving(policy_dir: str, round_idx: int | None = None, *, pairrm_dir: 
                   host: str = "127.0.0.1", dtype: str = "float32", max_model_len: int = 512,
                   kv_cache_gb: float | None = 0.25, enforce_eager: bool = True, max_samples: int = 16,
                   default_max_tokens: int = 64, replica_cpus: float = SERVE_REPLICA_CPUS,
-                  request_timeout_s: float = 300.0, timeout_s: float = START_TIMEOUT_S) -> Served:
+                  replica_gpus: float = 0.0, request_timeout_s: float = 300.0,
+                  timeout_s: float = START_TIMEOUT_S) -> Served:
     """Deploy (or redeploy) the app ``name`` serving ``policy_dir``; returns once every replica is up."""
     from ray import serve
 
     from prefloop.app.runtime import init_ray
     from prefloop.core.config import ResourcesConfig
 
-    check_model_dir(policy_dir, "policy to serve")
-    if pairrm_dir:
-        from prefloop.actors.blender_compat import check_ranker_dir
-
-        check_ranker_dir(pairrm_dir)
-        pairrm_dir = str(Path(pairrm_dir).resolve())
     init_ray(ResourcesConfig())  # a no-op when Ray is already up
-    policy_dir = str(Path(policy_dir).resolve())
-    spec = dict(name=name, model_dir=policy_dir, round=round_idx, pairrm_dir=pairrm_dir, chat_template=chat_template,
-                dtype=dtype, max_model_len=max_model_len, kv_cache_gb=kv_cache_gb, enforce_eager=enforce_eager,
-                max_samples=max_samples, default_max_tokens=default_max_tokens, replicas=replicas,
-                replica_cpus=replica_cpus, request_timeout_s=request_timeout_s)
+    spec = serving_spec(policy_dir, round_idx, pairrm_dir=pairrm_dir, name=name, chat_template=chat_template,
+                        dtype=dtype, max_model_len=max_model_len, kv_cache_gb=kv_cache_gb,
+                        enforce_eager=enforce_eager, max_samples=max_samples, default_max_tokens=default_max_tokens,
+                        replicas=replicas, replica_cpus=replica_cpus, replica_gpus=replica_gpus,
+                        request_timeout_s=request_timeout_s)
+    policy_dir = spec["model_dir"]
     serve.start(http_options={"host": host, "port": port})  # ignored when Serve already runs (keeps its port)
     started = time.perf_counter()
     handle = _with_timeout(lambda: serve.run(_application(spec, policy_dir, round_idx), name=name,
@@ -115,6 +114,51 @@ def start_serving(policy_dir: str, round_idx: int | None = None, *, pairrm_dir: 
     log.info("serving %s (round %s) as %r at %s in %.1f s", policy_dir, round_idx, name, url,
              time.perf_counter() - started)
     return Served(name=name, url=url, handle=handle)
+
+
+def serving_spec(policy_dir: str, round_idx: int | None, pairrm_dir: str | None, **settings: Any) -> dict[str, Any]:
+    """The replicas' settings (checked paths made absolute); its hash is the deployment's code version."""
+    check_model_dir(policy_dir, "policy to serve")
+    if pairrm_dir:
+        from prefloop.actors.blender_compat import check_ranker_dir
+
+        check_ranker_dir(pairrm_dir)
+        pairrm_dir = str(Path(pairrm_dir).resolve())
+    return dict(model_dir=str(Path(policy_dir).resolve()), round=round_idx, pairrm_dir=pairrm_dir, **settings)
+
+
+def build_app(args: dict[str, Any]) -> Any:
+    """Serve config builder (``import_path: prefloop.app.serve:build_app``, e.g. KubeRay's RayService).
+
+    ``args``: ``run_dir`` (required), ``round`` (default: the latest committed), ``replicas``, ``replica_cpus``,
+    ``replica_gpus`` (default: the recipe's generator GPUs). The deployment's version does not depend on the
+    model, so a config that changes only the deployment's ``user_config`` (``model_dir``, ``round``) swaps
+    weights in place, as ``publish`` does.
+    """
+    from prefloop.app.rundir import RunDir
+    from prefloop.core.config import load_recipe
+
+    unknown = set(args) - {"run_dir", "round", "replicas", "replica_cpus", "replica_gpus"}
+    if "run_dir" not in args or unknown:
+        raise ValueError(f"build_app args need run_dir and take round, replicas, replica_cpus, replica_gpus; "
+                         f"got {sorted(args)}")
+    model_dir, round_idx = resolve_served_model(args["run_dir"], args.get("round"))
+    recipe = load_recipe(RunDir(args["run_dir"]).root / "recipe.yaml")
+    settings = {**recipe_defaults(recipe), "name": "prefloop", "replicas": int(args.get("replicas", 1)),
+                "replica_cpus": float(args.get("replica_cpus", SERVE_REPLICA_CPUS)),
+                "max_samples": 16, "default_max_tokens": 64, "request_timeout_s": 300.0}
+    settings["replica_gpus"] = float(args.get("replica_gpus", settings["replica_gpus"]))
+    pairrm = settings.pop("pairrm_dir")
+    return _application(serving_spec(model_dir, round_idx, pairrm, **settings), model_dir, round_idx)
+
+
+def recipe_defaults(recipe: Any) -> dict[str, Any]:
+    """Serving settings a run's recipe implies: its chat template, dtype, engine sizes, ranker and GPUs."""
+    ro = recipe.rollout
+    return dict(chat_template=recipe.policy.chat_template, dtype=recipe.policy.dtype, max_model_len=ro.max_model_len,
+                kv_cache_gb=ro.kv_cache_gb, enforce_eager=ro.enforce_eager,
+                pairrm_dir=recipe.scorer.model if recipe.scorer.kind == "pairrm" else None,
+                replica_gpus=recipe.resources.generator_gpus)
 
 
 def _http_url(host: str, port: int) -> str:
@@ -232,11 +276,7 @@ def serve_run_dir(run_dir: str | Path, round_idx: int | None = None, **kwargs: A
     if recipe_path.is_file():
         recipe = load_recipe(recipe_path)
         init_ray(recipe.resources)
-        ro = recipe.rollout
-        defaults = dict(chat_template=recipe.policy.chat_template, dtype=recipe.policy.dtype,
-                        max_model_len=ro.max_model_len, kv_cache_gb=ro.kv_cache_gb, enforce_eager=ro.enforce_eager,
-                        pairrm_dir=recipe.scorer.model if recipe.scorer.kind == "pairrm" else None)
-        kwargs = {**defaults, **kwargs}
+        kwargs = {**recipe_defaults(recipe), **kwargs}
     return start_serving(model_dir, round_idx, **kwargs)
 
 
