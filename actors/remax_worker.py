@@ -15,6 +15,7 @@ a restarted worker group resumes from the last one and pushes the restored weigh
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -24,7 +25,8 @@ from typing import Any
 import torch
 
 from prefloop.actors.remax_rollout import StepRollout
-from prefloop.actors.trainer import Stats, Worker, autocast, load_model, unwrap
+from prefloop.actors.train_model import autocast, load_model
+from prefloop.actors.trainer import Stats, Worker, unwrap
 from prefloop.core.logprobs import full_kl, token_logps
 from prefloop.core.losses import remax_advantage, remax_loss
 from prefloop.core.remax import pack_sequences, step_prompts, step_summary, worker_share
@@ -137,6 +139,9 @@ class RemaxWorker(Worker):
         retries = self._all_reduce(torch.tensor([float(self.rollout.retried)]))
         metrics.update(step=self.state["step"], lr=lr, grad_norm=grad_norm, generator_retries=int(retries.item()))
         self.history.append(metrics)
+        if self.rank == 0 and self.config.get("steps_file"):  # the driver tails it into the dashboard gauges
+            with open(self.config["steps_file"], "a", encoding="utf-8") as f:
+                f.write(json.dumps(metrics) + "\n")
         if self.rank == 0:
             log.info("remax step %d/%d: reward sample %.3f greedy %.3f, adv %.3f, kl %.4f, len %.1f, "
                      "generate %.2f s score %.2f s train %.2f s sync %.2f s", metrics["step"], self.total_steps,

@@ -18,14 +18,12 @@ Each response says which round produced it, read under the same lock as the gene
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import threading
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ray import serve

@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from prefloop.app import evaluate, report, telemetry
+from prefloop.app.remax import run_remax
 from prefloop.app.rollout import engine_kwargs, run_rollout, sample_spec
 from prefloop.app.rundir import RunDir
 from prefloop.app.runtime import init_ray
@@ -67,19 +68,27 @@ def run_round(recipe: Recipe, run: RunDir, r: int, pool: Any, eval_rows: list[di
     started = time.perf_counter()
     recipe = round_recipe(recipe, r)
     swap_in = ensure_model(pool, start_model(run, recipe, r))
-    if recipe.train.data is None:
+    remax = recipe.train.method == "remax"
+    if recipe.train.data is None and not remax:
         telemetry.stage("rollout")
         run_rollout(recipe, r, pool.model, pool)
     t_rollout = time.perf_counter() - started
     telemetry.stage("train")
-    model_dir = str(run_train(recipe, r))
+    if remax:  # on-policy: the ReMax workers sample through the pool themselves; Serve follows its checkpoints
+        follow = (lambda d: publish(recipe, d, r)) if recipe.loop.serve else None
+        model_dir = str(run_remax(recipe, r, pool, follow))
+    else:
+        model_dir = str(run_train(recipe, r))
     t_train = time.perf_counter() - started - t_rollout
     telemetry.stage("swap")
     swap_s = ensure_model(pool, model_dir)
     serve_swap_s = publish(recipe, model_dir, r)
     trained = run.manifest(r, "model").get("counts", {})
-    pairs = (run.manifest(r, "rollout")["counts"]["pairs"] if recipe.train.data is None
-             else trained.get("accepted", 0))
+    if remax:  # the ReMax workers swapped weights every step: report their mean sync time
+        pairs, swap_s = trained.get("prompts", 0), run.manifest(r, "model")["final_metrics"].get("sync_s", swap_s)
+    else:
+        pairs = (run.manifest(r, "rollout")["counts"]["pairs"] if recipe.train.data is None
+                 else trained.get("accepted", 0))
     extra = {"pairs": pairs, "method": recipe.train.method, "swap_s": swap_s or swap_in,
              "serve_swap_s": serve_swap_s, "timings_s": {"rollout": t_rollout, "train": t_train}}
     telemetry.stage("eval")

@@ -7,8 +7,9 @@ A round of the loop with method remax replaces rollout + training by one ReMax r
 3. ``TorchTrainer`` runs ``actors.remax_worker.remax_loop``: workers that stay up for every step, sample and
    greedy-decode through the generators, score, step, and push the weights back (``FailureConfig`` retries
    resume from the last checkpoint);
-4. while it runs, the driver follows the checkpoints: each one rank 0 publishes under ``remax/published`` is
-   hot-swapped into the Serve app when ``loop.serve`` is on, as the loop does with rounds;
+4. while it runs, the driver follows the steps and checkpoints: each step's metrics (rank 0 appends them to
+   ``remax/steps.jsonl``) go to the dashboard gauges and the tracker, and each checkpoint rank 0 publishes under
+   ``remax/published`` is hot-swapped into the Serve app when ``loop.serve`` is on, as the loop does with rounds;
 5. the final model is committed atomically as the round's ``model`` stage, with the per-step metrics
    (``remax_metrics.jsonl``, also in ``RUN_DIR/metrics.jsonl``) and a manifest.
 """
@@ -23,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from prefloop.app import telemetry
 from prefloop.app.rollout import prepare_prompts, preflight, scorer_stage
 from prefloop.app.rundir import RunDir, write_manifest
 from prefloop.app.tables import write_jsonl
@@ -62,6 +64,24 @@ def follow_checkpoints(folder: Path, publish: Callable[[str], Any], stop: thread
             return
 
 
+def follow_steps(steps_file: Path, on_step: Callable[[int, dict], Any], stop: threading.Event) -> None:
+    """Feed each complete line rank 0 appends to ``steps_file`` (one step's metrics) to ``on_step``, until
+    ``stop``; a last poll after ``stop`` catches the final steps."""
+    offset, stopping = 0, False
+    while not stopping:
+        stopping = stop.wait(1.0)
+        if not steps_file.exists():
+            continue
+        with open(steps_file, "rb") as f:
+            f.seek(offset)
+            for line in iter(f.readline, b""):
+                if not line.endswith(b"\n"):  # a line being written: read it whole on the next poll
+                    break
+                offset += len(line)
+                metrics = json.loads(line)
+                on_step(int(metrics["step"]), metrics)
+
+
 def run_remax(recipe: Recipe, round_idx: int, pool: Any, publish: Callable[[str], Any] | None = None,
               *, kill_at_step: int | None = None, kill_generator_at_step: int | None = None) -> Path:
     """Run (or skip, if committed) round ``round_idx`` as ReMax; return the committed model folder.
@@ -98,31 +118,36 @@ def run_remax(recipe: Recipe, round_idx: int, pool: Any, publish: Callable[[str]
                    "total_steps": total, "prompts": prepared.rows, "generators": pool.names,
                    "scorer": scorer_name, "sync_dir": str(work / "sync"), "timeout_s": timeout,
                    "sample_seed": recipe.rollout.seed, "publish_dir": str(work / "published") if publish else None,
+                   "steps_file": str(work / "steps.jsonl"),
                    "kill_at_step": kill_at_step, "kill_generator_at_step": kill_generator_at_step,
                    "fault_marker": str(work / "fault-injected")}
     log.info("round %d: ReMax on %d prompts, %d steps of %d prompts, %d workers", round_idx, len(prepared.rows),
              total, cfg.remax.prompts_per_step, cfg.num_workers)
     stop = threading.Event()
-    follower = None
+    followers = [threading.Thread(target=follow_steps, args=(work / "steps.jsonl", telemetry.remax_step, stop),
+                                  daemon=True)]
     if publish is not None:
-        follower = threading.Thread(target=follow_checkpoints, args=(work / "published", publish, stop), daemon=True)
+        followers.append(threading.Thread(target=follow_checkpoints, args=(work / "published", publish, stop),
+                                          daemon=True))
+    for follower in followers:
         follower.start()
     try:
-        result = fit(None, loop_config, cfg, work, loop=remax_loop)
+        result = fit(None, loop_config, cfg, run.train_storage(round_idx, "remax"), loop=remax_loop)
     finally:
         stop.set()
         ray.kill(scorer)
-        if follower is not None:
+        for follower in followers:
             follower.join(timeout=60)
     commit(run, round_idx, result, prepared, {"start_model": model_dir, "reference": ref_dir, "steps": total,
                                              "prompts": len(prepared.rows), "started": started,
-                                             "train": cfg.model_dump(mode="json")})
+                                             "train": cfg.model_dump(mode="json"),
+                                             "checkpoint_storage": run.train_storage(round_idx, "remax")})
     final = run.stage_dir(round_idx, STAGE)
     # The engines (and Serve) hold weights from folders about to be removed: move them to the committed model.
     pool.reload(str(final))
     if publish is not None:
         publish(str(final))
-    shutil.rmtree(work, ignore_errors=True)  # checkpoints and pushed weights of a committed round
+    run.drop_train_storage(round_idx, "remax")  # checkpoints and pushed weights of a committed round
     return final
 
 
@@ -145,7 +170,7 @@ def commit(run: RunDir, round_idx: int, result: Any, prepared: Any, info: dict[s
                 "steps": {"planned": info["steps"], "done": state["step"], "restored_from": state["restored_from"]},
                 "first_metrics": history[0] if history else {}, "final_metrics": history[-1] if history else {},
                 "timings_s": {**seconds, "total": time.perf_counter() - info["started"]},
-                "train": info["train"],
+                "train": info["train"], "checkpoint_storage": info["checkpoint_storage"],
             })
     append_metrics(run, round_idx, [{"method": "remax", **m} for m in history])
     log.info("round %d: ReMax model committed after %d steps (restored from %s)", round_idx, state["step"],

@@ -79,6 +79,19 @@ class RunDir:
             self.mirror.push_stage(final)
             self.mirror.push_top()
 
+    def train_storage(self, round_idx: int, name: str) -> str:
+        """Ray Train's ``storage_path`` for a round's checkpoints: on the run's URI when it has one (multi-node
+        workers must all reach it, and a driver restarted elsewhere resumes from it), else the local round."""
+        if self.mirror is not None:
+            return f"{self.mirror.uri}/round_{round_idx}/{name}"
+        return str(self.round_dir(round_idx) / name)
+
+    def drop_train_storage(self, round_idx: int, name: str) -> None:
+        """Remove a committed round's checkpoints (local scratch and, for a URI run, the remote copy)."""
+        shutil.rmtree(self.round_dir(round_idx) / name, ignore_errors=True)
+        if self.mirror is not None:
+            self.mirror.delete(f"round_{round_idx}/{name}")
+
     def save_text(self, name: str, text: str) -> Path:
         """Write a small file at the top of the run directory atomically."""
         self.root.mkdir(parents=True, exist_ok=True)

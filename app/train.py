@@ -98,7 +98,7 @@ def reference_pass(examples: list[dict], ref_dir: str, tokenizer_dir: str, cfg: 
                    timeout_s: float) -> list[dict]:
     """Reference log-probs of every example, computed once, by a Ray Data actor pool (no grad)."""
     import ray
-    from prefloop.actors.trainer import ReferenceLogps
+    from prefloop.actors.train_model import ReferenceLogps
 
     ds = ray.data.from_items(examples)
     ds = ds.map_batches(ReferenceLogps, fn_constructor_args=(ref_dir, tokenizer_dir, cfg.model_dump()),
@@ -120,10 +120,12 @@ def plan_steps(n_examples: int, cfg: TrainConfig) -> int:
     return cfg.epochs * math.ceil(micro / cfg.grad_accum)
 
 
-def fit(rows: list[dict] | None, loop_config: dict[str, Any], cfg: TrainConfig, work: Path,
+def fit(rows: list[dict] | None, loop_config: dict[str, Any], cfg: TrainConfig, storage: str,
         loop: Any = None) -> Any:
     """Run TorchTrainer (``loop``: the per-worker function, default ``train_loop`` on ``rows``' shards; ReMax
-    passes its own and no rows); return its Result (raises the training error, after retries)."""
+    passes its own and no rows) with checkpoints under ``storage`` (a local path or a pyarrow URI; a rerun
+    with the same storage resumes from its latest checkpoint); return its Result (raises the training error,
+    after retries)."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -136,7 +138,7 @@ def fit(rows: list[dict] | None, loop_config: dict[str, Any], cfg: TrainConfig, 
         loop or train_loop, train_loop_config=loop_config, datasets=datasets,
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker=resources),
-        run_config=RunConfig(name="ray_train", storage_path=str(work),
+        run_config=RunConfig(name="ray_train", storage_path=storage,
                              failure_config=FailureConfig(max_failures=cfg.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)))
     result = trainer.fit()
@@ -189,7 +191,8 @@ def run_train(recipe: Recipe, round_idx: int = 0, *, kill_at_step: int | None = 
     loop_config = {"train": cfg.model_dump(), "model_dir": model_dir, "seed": seed, "total_steps": total_steps,
                    "ref_dir": ref_dir if cfg.method in NEEDS_REFERENCE else None,
                    "kill_at_step": kill_at_step, "fault_marker": str(work / "fault-injected")}
-    result = fit(examples, loop_config, cfg, work)
+    storage = run.train_storage(round_idx, "train")
+    result = fit(examples, loop_config, cfg, storage)
     t_fit = time.perf_counter() - started - t_prepare - t_reference
 
     with result.checkpoint.as_directory() as ckpt:
@@ -209,10 +212,10 @@ def run_train(recipe: Recipe, round_idx: int = 0, *, kill_at_step: int | None = 
                 "final_metrics": history[-1] if history else {},
                 "timings_s": {"prepare": t_prepare, "reference_pass": t_reference, "fit": t_fit,
                               "total": time.perf_counter() - started},
-                "train": cfg.model_dump(mode="json"),
+                "train": cfg.model_dump(mode="json"), "checkpoint_storage": storage,
             })
     append_metrics(run, round_idx, history)
-    shutil.rmtree(work, ignore_errors=True)  # checkpoints of a committed round are not needed any more
+    run.drop_train_storage(round_idx, "train")  # checkpoints of a committed round are not needed any more
     log.info("round %d model committed after %d steps (restored from %s)", round_idx, state["step"],
              state["restored_from"] or "none")
     return run.stage_dir(round_idx, STAGE)

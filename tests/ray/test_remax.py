@@ -17,7 +17,7 @@ import pytest
 
 from prefloop.app.cli import resolve_recipe
 from prefloop.app.loop import run_loop, start_pool
-from prefloop.app.remax import follow_checkpoints, run_remax
+from prefloop.app.remax import follow_checkpoints, follow_steps, run_remax
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 RECIPE = str(Path(__file__).resolve().parents[2] / "recipes" / "remax-ultrarm.yaml")
@@ -62,7 +62,8 @@ def test_remax_recipe_tiny_in_the_loop_with_serve_on_a_uri_run_dir(tmp_path, tin
     monkeypatch.setenv("PREFLOOP_RUNS_CACHE", str(tmp_path / "cache"))
     uri, remote = f"file://{tmp_path}/bucket/run", tmp_path / "bucket" / "run"
     recipe = resolve_recipe(RECIPE, [f"run_dir={uri}", "train.remax.max_steps=4", "loop.serve=true",
-                                     "loop.serve_port=8731"], tiny=True)
+                                     "loop.serve_port=8731", "tracking.backend=tensorboard",
+                                     f"tracking.uri={tmp_path / 'tb'}"], tiny=True)
     try:
         rows = run_loop(recipe)
         states = replica_states("prefloop")
@@ -78,6 +79,16 @@ def test_remax_recipe_tiny_in_the_loop_with_serve_on_a_uri_run_dir(tmp_path, tin
     metrics = [json.loads(line) for line in (remote / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics if m.get("method") == "remax"] == [1, 2, 3, 4]
     assert "| 0 |" in (remote / "report.md").read_text()
+    # Ray Train checkpointed onto the URI (what multi-node workers need), and the committed round dropped them
+    manifest = json.loads((remote / "round_0" / "model" / "manifest.json").read_text())
+    assert manifest["checkpoint_storage"] == f"{uri}/round_0/remax" and manifest["steps"]["done"] == 4
+    assert not (remote / "round_0" / "remax").exists()
+    # every step reached the tracker while the round ran (the driver tails rank 0's step lines)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("remax/reward_sample")] == [1, 2, 3, 4]
     for stage in ("base_answers", "model", "eval"):
         assert (remote / "round_0" / stage / "manifest.json").is_file()
     assert (remote / "round_0" / "model" / "model.safetensors").is_file()
@@ -103,3 +114,21 @@ def test_follow_checkpoints_publishes_complete_ones_in_order(tmp_path):
 
     follow_checkpoints(tmp_path, publish, stop)
     assert seen == ["step_2", "step_10", "step_4"]
+
+
+def test_follow_steps_feeds_complete_lines_and_the_last_ones_after_stop(tmp_path):
+    import json
+    import threading
+
+    steps_file, seen, stop = tmp_path / "steps.jsonl", [], threading.Event()
+    steps_file.write_text(json.dumps({"step": 1, "kl": 0.0}) + "\n" + '{"step": 2, "kl"')  # step 2 half-written
+
+    def on_step(step, metrics):
+        seen.append((step, metrics["kl"]))
+        if step == 1:  # step 2 completes and step 3 arrives; stop at once: the last poll must still read them
+            with open(steps_file, "a") as f:
+                f.write(': 0.5}\n' + json.dumps({"step": 3, "kl": 0.25}) + "\n")
+            stop.set()
+
+    follow_steps(steps_file, on_step, stop)
+    assert seen == [(1, 0.0), (2, 0.5), (3, 0.25)]

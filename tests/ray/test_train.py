@@ -55,15 +55,17 @@ def trained(ray_cluster, tiny_llama, tmp_path_factory):
     """Lazily train each method once for the module: trained(method) -> (recipe, model folder)."""
     cache = {}
     plans = {"dpo": {"lora": LORA}, "kto": {}, "csft": {"lora": LORA},
-             "sft": {"checkpoint_every_steps": 4, "kill": 6}}
+             "sft": {"checkpoint_every_steps": 4, "kill": 6},
+             # a live reference model (kept by every worker) fixed to the base instead of the previous round
+             "dpo-live-base": {"reference_mode": "live", "reference": "base"}}
 
-    def get(method):
-        if method not in cache:
-            plan = dict(plans[method])
+    def get(name):
+        if name not in cache:
+            plan = dict(plans[name])
             kill = plan.pop("kill", None)
-            recipe = make_run(tmp_path_factory.mktemp(method), tiny_llama, method, **plan)
-            cache[method] = recipe, run_train(recipe, 0, kill_at_step=kill)
-        return cache[method]
+            recipe = make_run(tmp_path_factory.mktemp(name), tiny_llama, name.split("-")[0], **plan)
+            cache[name] = recipe, run_train(recipe, 0, kill_at_step=kill)
+        return cache[name]
     return get
 
 
@@ -97,11 +99,13 @@ def metrics(folder):
     return [json.loads(line) for line in (folder / "train_metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("method", ["dpo", "kto"])
+@pytest.mark.parametrize("method", ["dpo", "kto", "dpo-live-base"])
 def test_preference_methods_learn(trained, tiny_llama, method):
     recipe, folder = trained(method)
     manifest = json.loads((folder / "manifest.json").read_text())
-    steps = 16 if method == "dpo" else 32  # 32 pairs or 64 KTO rows, 2 workers, micro-batch 4, 4 epochs
+    if method == "dpo-live-base":
+        assert manifest["train"]["reference_mode"] == "live" and manifest["reference"] == recipe.policy.model
+    steps = 32 if method == "kto" else 16  # 32 pairs or 64 KTO rows, 2 workers, micro-batch 4, 4 epochs
     assert manifest["steps"]["done"] == manifest["steps"]["planned"] == steps
     history = metrics(folder)
     assert history[0]["reward_accuracy"] <= 0.5  # step 1 is measured before any update: all rewards are 0
