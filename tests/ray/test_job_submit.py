@@ -2,11 +2,12 @@
 
 A head of its own is started with ``ray start --head --block`` on free ports and in a short temp dir of its
 own (so its address file never lands in /tmp/ray, where ``ray.init()`` of other tests and CI would find it).
-The demo recipe, shrunk to one small round on the tiny assets, is submitted with the repository as working
-dir and the cluster's runtime env (``cluster/runtime_env.yaml``); the job must SUCCEED and its logs show the
-round line. While it runs, the head's Prometheus endpoint is scraped for the loop's ``ray_prefloop_*`` gauges.
-The same command submitted again must succeed at once and say the round is already committed (resume = same
-run directory).
+The demo recipe, unchanged (3 rounds of online DPO on the tiny assets), is submitted with the repository as
+working dir and the cluster's runtime env (``cluster/runtime_env.yaml``); the job must SUCCEED, its logs show the
+round lines, and the demo must do what it promises: its final round beats the base model on the held-out
+prompts by its own judge, by a fixed margin (this is the demo's learning test too). While it runs, the head's
+Prometheus endpoint is scraped for the loop's ``ray_prefloop_*`` gauges. The same command submitted again must
+succeed at once and say the rounds are already committed (resume = same run directory).
 
 Teardown sends SIGTERM to that ``ray start --block`` process, which stops the processes of that head only
 (``ray stop`` would stop every Ray on the machine, the session's cluster included), then kills what is left of
@@ -33,8 +34,8 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 CLUSTER_RUNTIME_ENV = REPO / "cluster" / "runtime_env.yaml"  # the runtime env the cluster guide submits with
-SMALL = ["loop.rounds=1", "data.limit=12", "loop.eval_limit=4", "rollout.max_tokens=16", "rollout.batch_size=12",
-         "train.epochs=1", "train.num_workers=1", "scorer.batch_size=12"]
+ROUNDS = 3  # recipes/demo.yaml's
+WIN_MARGIN = 0.2  # the final round's win rate vs base must exceed 0.5 + WIN_MARGIN, and 0.5 by 2 standard errors
 
 
 def free_ports(n: int) -> list[int]:
@@ -140,7 +141,7 @@ def submit(url: str, env: dict, run_dir: Path, assets: Path) -> str:
     # HF_HUB_OFFLINE is also in the loop's own worker env (app/runtime.py): the job's value must win, no conflict.
     runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), "PREFLOOP_ASSETS": str(assets),
                                "HF_HUB_OFFLINE": "1"}
-    sets = [a for kv in [f"run_dir={run_dir}", *SMALL] for a in ("--set", kv)]
+    sets = ["--set", f"run_dir={run_dir}"]
     cmd = [str(BIN / "ray"), "job", "submit", "--address", url, "--working-dir", str(REPO),
            "--runtime-env-json", json.dumps(runtime_env), "--entrypoint-num-cpus", "1", "--no-wait",
            "--", "prefloop", "run", "recipes/demo.yaml", *sets]
@@ -180,7 +181,7 @@ def wait_for(client, job_id: str, timeout_s: float, metrics_port: int | None = N
     pytest.fail(f"job {job_id} not finished after {timeout_s:.0f} s:\n{client.get_job_logs(job_id)[-4000:]}")
 
 
-def test_job_submit_runs_a_round_then_resumes(job_head, tiny_assets, tmp_path):
+def test_job_submit_runs_the_demo_which_beats_the_base_then_resumes(job_head, tiny_assets, tmp_path):
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     head, env = job_head
@@ -194,19 +195,24 @@ def test_job_submit_runs_a_round_then_resumes(job_head, tiny_assets, tmp_path):
     status, stages = wait_for(client, first, 900, metrics_port, gauges)
     logs = client.get_job_logs(first)
     assert status == JobStatus.SUCCEEDED, logs[-4000:]
-    assert re.search(r"round 0: \d+ pairs, win rate vs base", logs), logs[-4000:]
-    assert json.loads((run_dir / "round_0" / "eval" / "manifest.json").read_text())["round"] == 0
+    for r in range(ROUNDS):
+        assert re.search(rf"round {r}: \d+ pairs, win rate vs base", logs), logs[-4000:]
+    final = json.loads((run_dir / f"round_{ROUNDS - 1}" / "eval" / "manifest.json").read_text())
+    assert final["round"] == ROUNDS - 1
+    win, se = final["win_rate"], final["win_rate_stderr"]
+    assert win > 0.5 + WIN_MARGIN and win - 2 * se > 0.5, f"the demo did not learn: {final}"
     assert stages, "the head's metrics never showed a running prefloop stage"
     assert "ray_prefloop_win_rate" in gauges, f"the round's gauges never reached the head's metrics: {gauges}"
     print(f"first job: {time.monotonic() - started:.0f} s; stages seen on the metrics port: {sorted(stages)}; "
           f"gauges seen: {sorted(gauges)}")
 
-    eval_mtime = (run_dir / "round_0" / "eval" / "manifest.json").stat().st_mtime_ns
+    print(f"final round: win rate {win:.3f} ± {se:.3f} over {final['n']} held-out prompts")
+    eval_mtime = (run_dir / f"round_{ROUNDS - 1}" / "eval" / "manifest.json").stat().st_mtime_ns
     started = time.monotonic()
     second = submit(url, env, run_dir, tiny_assets.root)
     status, _ = wait_for(client, second, 300)
     logs = client.get_job_logs(second)
     assert status == JobStatus.SUCCEEDED, logs[-4000:]
-    assert "all 1 rounds already committed" in logs, logs[-4000:]
-    assert (run_dir / "round_0" / "eval" / "manifest.json").stat().st_mtime_ns == eval_mtime
+    assert f"all {ROUNDS} rounds already committed" in logs, logs[-4000:]
+    assert (run_dir / f"round_{ROUNDS - 1}" / "eval" / "manifest.json").stat().st_mtime_ns == eval_mtime
     print(f"resubmitted job: {time.monotonic() - started:.0f} s")
