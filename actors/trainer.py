@@ -116,6 +116,19 @@ def unwrap(model: Any) -> Any:
     return model.module if hasattr(model, "module") else model
 
 
+def shard_fsdp(model: Any, device: torch.device, world: int) -> Any:
+    """FSDP2 (``fully_shard``): each transformer block (the model's ``_no_split_modules``), then the root, over
+    all workers. Unlike FSDP1 it runs with gloo on CPU as with NCCL on GPUs, so CPU tests cover it."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device.type, (world,))
+    blocks = set(getattr(model, "_no_split_modules", None) or ())
+    for module in [m for m in model.modules() if type(m).__name__ in blocks]:
+        fully_shard(module, mesh=mesh)
+    return fully_shard(model, mesh=mesh)
+
+
 class Worker:
     """One Ray Train worker: model, optimizer, schedule, and the step counter that checkpoints carry."""
 
@@ -136,7 +149,10 @@ class Worker:
         self.history: list[dict[str, Any]] = []
         checkpoint = ray.train.get_checkpoint()
         optim_state = self._restore(model, checkpoint) if checkpoint else None
-        self.model = ray.train.torch.prepare_model(model, parallel_strategy=self.cfg.strategy)
+        if self.cfg.strategy == "fsdp" and self.world > 1:
+            self.model = shard_fsdp(model, self.device, self.world)
+        else:
+            self.model = ray.train.torch.prepare_model(model, parallel_strategy="ddp")
         live = self.cfg.reference_mode == "live" and config.get("ref_dir")
         self.ref_model = load_model(config["ref_dir"], self.device, False) if live else None
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -207,10 +223,9 @@ class Worker:
 
     def optimizer_step(self, stats: Stats, tokens: int, elapsed: float, last: bool) -> None:
         clip = self.cfg.max_grad_norm or float("inf")
-        if hasattr(self.model, "clip_grad_norm_"):  # FSDP: the norm of the sharded gradients
-            grad_norm = self.model.clip_grad_norm_(clip)
-        else:
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip)
+        if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor, the norm over every shard
+            grad_norm = grad_norm.full_tensor()
         lr = self.opt.param_groups[0]["lr"]
         self.opt.step()
         self.sched.step()
@@ -239,14 +254,11 @@ class Worker:
     # -- checkpoints and the final model
     def _trainable_state(self) -> dict[str, torch.Tensor]:
         """Weights to checkpoint: LoRA adapters (+ csft embedding rows) or the whole model. FSDP gathers
-        the full state on rank 0 (a collective: every rank calls this)."""
+        the full state on rank 0, in CPU memory (a collective: every rank calls this)."""
         if self.cfg.strategy == "fsdp" and self.world > 1:
-            from torch.distributed.fsdp import FullStateDictConfig, StateDictType
-            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-            full = FullStateDictConfig(offload_to_cpu=True, rank0_only=True)
-            with FSDP.state_dict_type(self.model, StateDictType.FULL_STATE_DICT, full):
-                return self.model.state_dict()
+            return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         inner = unwrap(self.model)
         names = {n for n, p in inner.named_parameters() if p.requires_grad}
         return {k: v.detach().cpu() for k, v in inner.state_dict().items() if k in names}

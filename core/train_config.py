@@ -106,9 +106,6 @@ class TrainConfig(_Strict):
             raise ValueError("method 'remax' supports strategy 'ddp' only (its weight push saves one full copy)")
         if self.method == "remax" and self.data is not None:
             raise ValueError("method 'remax' is on-policy: it samples its own data, so train.data must be null")
-        if self.strategy == "fsdp" and not self.use_gpu:
-            raise ValueError("strategy 'fsdp' needs use_gpu: true (Ray Train prepares FSDP models on GPUs only); "
-                             "use 'ddp' on CPU")
         if self.strategy == "fsdp" and self.lora is not None:
             raise ValueError("strategy 'fsdp' with lora is not supported: LoRA models fit one device, use 'ddp'")
         return self

@@ -56,8 +56,8 @@ def trained(ray_cluster, tiny_llama, tmp_path_factory):
     cache = {}
     plans = {"dpo": {"lora": LORA}, "kto": {}, "csft": {"lora": LORA},
              "sft": {"checkpoint_every_steps": 4, "kill": 6},
-             # a live reference model (kept by every worker) fixed to the base instead of the previous round
-             "dpo-live-base": {"reference_mode": "live", "reference": "base"}}
+             # FSDP (FSDP2, gloo on CPU) with a live reference model (kept by every worker) fixed to the base
+             "dpo-fsdp-live": {"strategy": "fsdp", "reference_mode": "live", "reference": "base"}}
 
     def get(name):
         if name not in cache:
@@ -99,12 +99,13 @@ def metrics(folder):
     return [json.loads(line) for line in (folder / "train_metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("method", ["dpo", "kto", "dpo-live-base"])
+@pytest.mark.parametrize("method", ["dpo", "kto", "dpo-fsdp-live"])
 def test_preference_methods_learn(trained, tiny_llama, method):
     recipe, folder = trained(method)
     manifest = json.loads((folder / "manifest.json").read_text())
-    if method == "dpo-live-base":
-        assert manifest["train"]["reference_mode"] == "live" and manifest["reference"] == recipe.policy.model
+    if method == "dpo-fsdp-live":
+        assert manifest["train"]["strategy"] == "fsdp" and manifest["train"]["reference_mode"] == "live"
+        assert manifest["reference"] == recipe.policy.model
     steps = 32 if method == "kto" else 16  # 32 pairs or 64 KTO rows, 2 workers, micro-batch 4, 4 epochs
     assert manifest["steps"]["done"] == manifest["steps"]["planned"] == steps
     history = metrics(folder)
