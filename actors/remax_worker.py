@@ -103,7 +103,8 @@ class RemaxWorker(Worker):
         out.token_mean().backward()  # REINFORCE loss averaged over response tokens
         tokens = out.n_tokens.sum()
         clip = self.cfg.max_grad_norm or float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip)
+        grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)  # FSDP2
         lr = self.opt.param_groups[0]["lr"]
         self.opt.step()
         self.sched.step()
@@ -120,11 +121,10 @@ class RemaxWorker(Worker):
         """Rank 0 saves the weights (alternating folders); each worker reloads its share of the engines."""
         started = time.perf_counter()
         folder = self.sync_root / f"v{self.state['step'] % 2}"
+        weights = self.full_weights()
         if self.rank == 0:
             shutil.rmtree(folder, ignore_errors=True)
-            model = unwrap(self.model)
-            model.save_pretrained(folder, safe_serialization=True)
-            self.tokenizer.save_pretrained(folder)
+            self.save_servable(folder, weights)
         self._agree(True)  # barrier: the folder is complete before anyone loads it
         self.rollout.push(str(folder), self.my_pushes)
         self._agree(True)  # every engine has the new weights before anyone samples again
@@ -151,18 +151,30 @@ class RemaxWorker(Worker):
         checkpoint_due = step % self.cfg.checkpoint_every_steps == 0 and step < self.total_steps
         if checkpoint_due or step % self.cfg.log_every_steps == 0:
             self.report(metrics, checkpoint=checkpoint_due)
-        if checkpoint_due and self.rank == 0 and self.config.get("publish_dir"):
+        if checkpoint_due and self.config.get("publish_dir"):  # every rank: FSDP gathers the weights
             self.publish(Path(self.config["publish_dir"]), step)
         self._maybe_die()
+
+    def full_weights(self) -> dict[str, torch.Tensor] | None:
+        """FSDP: the full weights gathered on rank 0 (a collective: every rank calls this); DDP: None (rank 0's
+        replica is whole already)."""
+        return self._trainable_state() if self.cfg.strategy == "fsdp" and self.world > 1 else None
+
+    def save_servable(self, folder: Path, weights: dict[str, torch.Tensor] | None) -> None:
+        """Rank 0: an HF model folder vLLM loads (weights + config + tokenizer)."""
+        unwrap(self.model).save_pretrained(folder, state_dict=weights, safe_serialization=True)
+        self.tokenizer.save_pretrained(folder)
 
     def publish(self, folder: Path, step: int) -> None:
         """A servable copy of this checkpoint's weights for the driver to hot-swap into Serve (``done`` last);
         copies older than the previous one are removed (Serve may still be loading the previous one)."""
+        weights = self.full_weights()
+        if self.rank != 0:
+            return
         for old in sorted(folder.glob("step_*"), key=lambda p: int(p.name.split("_")[1]))[:-1]:
             shutil.rmtree(old, ignore_errors=True)
         out = folder / f"step_{step}"
-        unwrap(self.model).save_pretrained(out, safe_serialization=True)
-        self.tokenizer.save_pretrained(out)
+        self.save_servable(out, weights)
         (out / "done").touch()
 
     def _maybe_kill_generator(self, step: int) -> None:

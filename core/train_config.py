@@ -102,8 +102,6 @@ class TrainConfig(_Strict):
             raise ValueError(f"method '{self.method}' has no reference model: reference_mode 'live' is meaningless")
         if self.method == "remax" and self.lora is not None:
             raise ValueError("method 'remax' trains the full model (as the ReMax card does): set lora to null")
-        if self.method == "remax" and self.strategy == "fsdp":
-            raise ValueError("method 'remax' supports strategy 'ddp' only (its weight push saves one full copy)")
         if self.method == "remax" and self.data is not None:
             raise ValueError("method 'remax' is on-policy: it samples its own data, so train.data must be null")
         if self.strategy == "fsdp" and self.lora is not None:

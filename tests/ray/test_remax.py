@@ -4,8 +4,9 @@
   worker dies mid-run (the group resumes from the last checkpoint) and a generator actor is killed mid-step
   (its work is retried on the restarted actor with the current weights). The mean reward of sampled answers
   still rises over the steps.
-- The shipped recipe through ``--tiny`` (scalar reward model in UltraRM's template) in the round loop, with Serve
-  following the ReMax checkpoints and then the final model, and the run directory on a ``file://`` URI.
+- Learning runs with DDP; the shipped recipe (FSDP, as for a 7B model) runs through ``--tiny`` (scalar reward
+  model in UltraRM's template) in the round loop, with Serve following the ReMax checkpoints and then the final
+  model, and the run directory on a ``file://`` URI.
 """
 
 import json
@@ -31,7 +32,7 @@ def tiny_env(tiny_assets, monkeypatch):
 def test_remax_learns_a_reward_and_survives_worker_and_generator_deaths(tmp_path, tiny_env, ray_cluster):
     recipe = resolve_recipe(RECIPE, [
         f"run_dir={tmp_path / 'run'}", "data.limit=64", "train.epochs=4", "train.remax.prompts_per_step=16",
-        "train.lr=1e-3", "train.remax.kl_ctl=0.01", "train.checkpoint_every_steps=3",
+        "train.lr=1e-3", "train.remax.kl_ctl=0.01", "train.checkpoint_every_steps=3", "train.strategy=ddp",
         "scorer.kind=function", "scorer.function=prefloop.core.rewards:brevity"], tiny=True)
     pool = start_pool(recipe, recipe.policy.model)
     try:
@@ -82,6 +83,7 @@ def test_remax_recipe_tiny_in_the_loop_with_serve_on_a_uri_run_dir(tmp_path, tin
     # Ray Train checkpointed onto the URI (what multi-node workers need), and the committed round dropped them
     manifest = json.loads((remote / "round_0" / "model" / "manifest.json").read_text())
     assert manifest["checkpoint_storage"] == f"{uri}/round_0/remax" and manifest["steps"]["done"] == 4
+    assert manifest["train"]["strategy"] == "fsdp"  # the recipe's: rank 0 gathered the weights for each push
     assert not (remote / "round_0" / "remax").exists()
     # every step reached the tracker while the round ran (the driver tails rank 0's step lines)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -71,7 +71,6 @@ def test_remax_config_defaults_follow_the_card():
     ({"method": "remax", "remax": {"kl_penalty": "full"}}, "train.remax.kl_penalty"),
     ({"method": "remax", "remax": {"reward_clip": 0}}, "train.remax.reward_clip"),
     ({"method": "remax", "lora": {"r": 4}}, "set lora to null"),
-    ({"method": "remax", "strategy": "fsdp"}, "supports strategy 'ddp' only"),
     ({"method": "remax", "data": "prefs.jsonl"}, "train.data must be null"),
 ])
 def test_remax_config_errors_name_the_key(train, message):
