@@ -15,7 +15,7 @@ import os
 import queue
 import threading
 import time
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from prefloop.core.config import ResourcesConfig
 
@@ -80,3 +80,24 @@ def iterate_with_timeout(rows: Iterable[Any], timeout_s: float, stage: str) -> I
             raise item
         last = time.monotonic()
         yield item
+
+
+def wait_for(call: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    """``call()`` in a daemon thread, waited for at most ``timeout_s``: its result, or its exception re-raised,
+    or TimeoutError naming ``what`` (the thread is left behind: the driver is about to fail the stage)."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["result"] = call()
+        except BaseException as exc:  # handed to the waiting thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name="prefloop-wait", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        raise TimeoutError(f"{what}: not finished after {timeout_s:.0f} s")
+    if "error" in box:
+        raise box["error"]
+    return box["result"]

@@ -30,7 +30,7 @@ from typing import Any
 
 from prefloop.actors.common import check_model_dir
 from prefloop.app.rundir import RunDir, write_manifest
-from prefloop.app.runtime import init_ray, iterate_with_timeout
+from prefloop.app.runtime import init_ray, iterate_with_timeout, wait_for
 from prefloop.app.tables import write_jsonl
 from prefloop.core.config import Recipe
 from prefloop.core.templates import render_prompt
@@ -141,7 +141,8 @@ def fit(rows: list[dict] | None, loop_config: dict[str, Any], cfg: TrainConfig, 
         run_config=RunConfig(name="ray_train", storage_path=storage,
                              failure_config=FailureConfig(max_failures=cfg.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)))
-    result = trainer.fit()
+    # train.timeout_s bounds the whole run; its checkpoints stay under storage, so a rerun resumes from the last
+    result = wait_for(trainer.fit, cfg.timeout_s, f"Ray Train run under {storage} (train.timeout_s)")
     if result.error is not None:
         raise RuntimeError(f"training failed after {cfg.max_failures} retries: {result.error}") from result.error
     if result.checkpoint is None:

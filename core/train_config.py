@@ -89,6 +89,9 @@ class TrainConfig(_Strict):
     checkpoint_every_steps: int = Field(50, ge=1, description="Ray Train checkpoint every N optimizer steps.")
     max_failures: int = Field(2, ge=0, description="Worker failures to recover from (from the last checkpoint).")
     seed: int | None = Field(None, description="Seed for data order and LoRA init; null = the recipe's seed.")
+    timeout_s: float = Field(48 * 3600.0, gt=0, description="Wall-clock limit of one round's Ray Train run (all "
+                             "retries included): past it the stage fails; its last checkpoint stays and a rerun "
+                             "resumes from it.")
     log_every_steps: int = Field(10, ge=1, description="ray.train.report every N optimizer steps (each report can "
                                  "wait for the controller's poll, ~2 s); every step is in the metrics file anyway.")
 
