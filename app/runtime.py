@@ -82,9 +82,10 @@ def iterate_with_timeout(rows: Iterable[Any], timeout_s: float, stage: str) -> I
         yield item
 
 
-def wait_for(call: Callable[[], Any], timeout_s: float, what: str) -> Any:
+def wait_for(call: Callable[[], Any], timeout_s: float, what: str, hint: str = "") -> Any:
     """``call()`` in a daemon thread, waited for at most ``timeout_s``: its result, or its exception re-raised,
-    or TimeoutError naming ``what`` (the thread is left behind: the driver is about to fail the stage)."""
+    or TimeoutError naming ``what`` (plus ``hint``, where to look) (the thread is left behind: the driver is
+    about to fail the stage)."""
     box: dict[str, Any] = {}
 
     def run() -> None:
@@ -93,11 +94,11 @@ def wait_for(call: Callable[[], Any], timeout_s: float, what: str) -> Any:
         except BaseException as exc:  # handed to the waiting thread
             box["error"] = exc
 
-    thread = threading.Thread(target=run, name="prefloop-wait", daemon=True)
+    thread = threading.Thread(target=run, name=what, daemon=True)
     thread.start()
     thread.join(timeout_s)
     if thread.is_alive():
-        raise TimeoutError(f"{what}: not finished after {timeout_s:.0f} s")
+        raise TimeoutError(f"{what}: not finished after {timeout_s:.0f} s{hint}")
     if "error" in box:
         raise box["error"]
     return box["result"]

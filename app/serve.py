@@ -22,13 +22,13 @@ import argparse
 import hashlib
 import json
 import logging
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from prefloop.actors.common import check_model_dir
+from prefloop.app.runtime import wait_for
 
 log = logging.getLogger(__name__)
 
@@ -47,25 +47,8 @@ class Served:
     handle: Any
 
 
-def _with_timeout(fn: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    """Run a blocking Serve call in a thread; raise TimeoutError naming ``what`` if it does not return."""
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["value"] = fn()
-        except BaseException as err:  # handed back to the caller
-            box["error"] = err
-
-    thread = threading.Thread(target=target, daemon=True, name=what)
-    thread.start()
-    thread.join(timeout_s)
-    if thread.is_alive():
-        raise TimeoutError(f"{what}: no result after {timeout_s:.0f} s (see `serve status`; replicas may be "
-                           "waiting for CPUs or failing to start)")
-    if "error" in box:
-        raise box["error"]
-    return box.get("value")
+# where to look when a Serve call does not return
+SERVE_HINT = " (see `serve status`; replicas may be waiting for CPUs or failing to start)"
 
 
 def _application(spec: dict[str, Any], model_dir: str, round_idx: int | None) -> Any:
@@ -108,8 +91,8 @@ def start_serving(policy_dir: str, round_idx: int | None = None, *, pairrm_dir: 
     policy_dir = spec["model_dir"]
     serve.start(http_options={"host": host, "port": port})  # ignored when Serve already runs (keeps its port)
     started = time.perf_counter()
-    handle = _with_timeout(lambda: serve.run(_application(spec, policy_dir, round_idx), name=name,
-                                             route_prefix="/"), timeout_s, f"starting Serve app {name!r}")
+    handle = wait_for(lambda: serve.run(_application(spec, policy_dir, round_idx), name=name, route_prefix="/"),
+                      timeout_s, f"starting Serve app {name!r}", SERVE_HINT)
     url = _http_url(host, port)
     log.info("serving %s (round %s) as %r at %s in %.1f s", policy_dir, round_idx, name, url,
              time.perf_counter() - started)
@@ -212,8 +195,8 @@ def publish(model_dir: str, round_idx: int | None, name: str = "prefloop",
     model_dir = str(Path(model_dir).resolve())
     started = time.perf_counter()
     spec = serve.get_app_handle(name).serving_spec.remote().result(timeout_s=CALL_TIMEOUT_S)
-    _with_timeout(lambda: serve.run(_application(spec, model_dir, round_idx), name=name, route_prefix="/"),
-                  timeout_s, f"publishing round {round_idx} to Serve app {name!r}")
+    wait_for(lambda: serve.run(_application(spec, model_dir, round_idx), name=name, route_prefix="/"),
+             timeout_s, f"publishing round {round_idx} to Serve app {name!r}", SERVE_HINT)
     states = replica_states(name, spec["replicas"], timeout_s,
                             until=lambda s: s["round"] == round_idx and s["model_dir"] == model_dir)
     swaps = [s["swaps"][-1] for s in states.values() if s["swaps"]]
@@ -238,7 +221,7 @@ def stop_serving(name: str = "prefloop", timeout_s: float = CALL_TIMEOUT_S) -> N
     """Delete the app ``name`` (Serve itself keeps running for any other app)."""
     from ray import serve
 
-    _with_timeout(lambda: serve.delete(name), timeout_s, f"deleting Serve app {name!r}")
+    wait_for(lambda: serve.delete(name), timeout_s, f"deleting Serve app {name!r}", SERVE_HINT)
 
 
 def resolve_served_model(run_dir: str | Path, round_idx: int | None = None) -> tuple[str, int | None]:
