@@ -102,9 +102,7 @@ class RemaxWorker(Worker):
         out = remax_loss(policy_logps, adv, mask[:, 1:], rx.kl_ctl, rx.kl_penalty, kl_to_go=rx.kl_to_go, **kl_args)
         out.token_mean().backward()  # REINFORCE loss averaged over response tokens
         tokens = out.n_tokens.sum()
-        clip = self.cfg.max_grad_norm or float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip)
-        grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)  # FSDP2
+        grad_norm = self.clip_gradients()
         lr = self.opt.param_groups[0]["lr"]
         self.opt.step()
         self.sched.step()
@@ -158,7 +156,7 @@ class RemaxWorker(Worker):
     def full_weights(self) -> dict[str, torch.Tensor] | None:
         """FSDP: the full weights gathered on rank 0 (a collective: every rank calls this); DDP: None (rank 0's
         replica is whole already)."""
-        return self._trainable_state() if self.cfg.strategy == "fsdp" and self.world > 1 else None
+        return self._trainable_state() if self.sharded else None
 
     def save_servable(self, folder: Path, weights: dict[str, torch.Tensor] | None) -> None:
         """Rank 0: an HF model folder vLLM loads (weights + config + tokenizer)."""

@@ -149,7 +149,9 @@ class Worker:
         self.history: list[dict[str, Any]] = []
         checkpoint = ray.train.get_checkpoint()
         optim_state = self._restore(model, checkpoint) if checkpoint else None
-        if self.cfg.strategy == "fsdp" and self.world > 1:
+        # FSDP shards only across several workers; one worker keeps a whole (DDP-prepared) model
+        self.sharded = self.cfg.strategy == "fsdp" and self.world > 1
+        if self.sharded:
             self.model = shard_fsdp(model, self.device, self.world)
         else:
             self.model = ray.train.torch.prepare_model(model, parallel_strategy="ddp")
@@ -221,11 +223,15 @@ class Worker:
             elif micro == 0:
                 raise RuntimeError(f"worker {self.rank}: its data shard is empty")
 
-    def optimizer_step(self, stats: Stats, tokens: int, elapsed: float, last: bool) -> None:
-        clip = self.cfg.max_grad_norm or float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip)
+    def clip_gradients(self) -> float:
+        """Clip the gradients to ``max_grad_norm``; return their norm before clipping."""
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm or float("inf"))
         if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor, the norm over every shard
             grad_norm = grad_norm.full_tensor()
+        return float(grad_norm)
+
+    def optimizer_step(self, stats: Stats, tokens: int, elapsed: float, last: bool) -> None:
+        grad_norm = self.clip_gradients()
         lr = self.opt.param_groups[0]["lr"]
         self.opt.step()
         self.sched.step()
@@ -234,7 +240,7 @@ class Worker:
         if last:
             self.state["epoch"], self.state["micro_in_epoch"] = self.state["epoch"] + 1, 0
         metrics = self._reduce(stats, tokens, elapsed)
-        metrics.update(step=self.state["step"], epoch=self.state["epoch"], lr=lr, grad_norm=float(grad_norm))
+        metrics.update(step=self.state["step"], epoch=self.state["epoch"], lr=lr, grad_norm=grad_norm)
         self.history.append(metrics)
         step = self.state["step"]
         checkpoint_due = step % self.cfg.checkpoint_every_steps == 0 and step < self.total_steps
@@ -255,7 +261,7 @@ class Worker:
     def _trainable_state(self) -> dict[str, torch.Tensor]:
         """Weights to checkpoint: LoRA adapters (+ csft embedding rows) or the whole model. FSDP gathers
         the full state on rank 0, in CPU memory (a collective: every rank calls this)."""
-        if self.cfg.strategy == "fsdp" and self.world > 1:
+        if self.sharded:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
             return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
@@ -303,7 +309,7 @@ class Worker:
 
     def _save_model(self, out: Path, weights: dict[str, torch.Tensor]) -> None:
         """The round's model as a plain HF directory: LoRA merged, tokenizer and chat template alongside."""
-        if self.cfg.strategy == "fsdp" and self.world > 1:
+        if self.sharded:
             model = load_model(self.config["model_dir"], torch.device("cpu"), trainable=False)
             model.load_state_dict(weights, strict=False)
         else:

@@ -83,9 +83,10 @@ def run_round(recipe: Recipe, run: RunDir, r: int, pool: Any, eval_rows: list[di
     telemetry.stage("swap")
     swap_s = ensure_model(pool, model_dir)
     serve_swap_s = publish(recipe, model_dir, r)
-    trained = run.manifest(r, "model").get("counts", {})
-    if remax:  # the ReMax workers swapped weights every step: report their mean sync time
-        pairs, swap_s = trained.get("prompts", 0), run.manifest(r, "model")["final_metrics"].get("sync_s", swap_s)
+    model_manifest = run.manifest(r, "model")
+    trained = model_manifest.get("counts", {})
+    if remax:  # the ReMax workers swapped weights every step: report their last step's sync time
+        pairs, swap_s = trained.get("prompts", 0), model_manifest["final_metrics"].get("sync_s", swap_s)
     else:
         pairs = (run.manifest(r, "rollout")["counts"]["pairs"] if recipe.train.data is None
                  else trained.get("accepted", 0))

@@ -131,8 +131,9 @@ def run_remax(recipe: Recipe, round_idx: int, pool: Any, publish: Callable[[str]
                                           daemon=True))
     for follower in followers:
         follower.start()
+    storage = run.train_storage(round_idx, "remax")
     try:
-        result = fit(None, loop_config, cfg, run.train_storage(round_idx, "remax"), loop=remax_loop)
+        result = fit(None, loop_config, cfg, storage, loop=remax_loop)
     finally:
         stop.set()
         ray.kill(scorer)
@@ -141,7 +142,7 @@ def run_remax(recipe: Recipe, round_idx: int, pool: Any, publish: Callable[[str]
     commit(run, round_idx, result, prepared, {"start_model": model_dir, "reference": ref_dir, "steps": total,
                                              "prompts": len(prepared.rows), "started": started,
                                              "train": cfg.model_dump(mode="json"),
-                                             "checkpoint_storage": run.train_storage(round_idx, "remax")})
+                                             "checkpoint_storage": storage})
     final = run.stage_dir(round_idx, STAGE)
     # The engines (and Serve) hold weights from folders about to be removed: move them to the committed model.
     pool.reload(str(final))
