@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import logging
 import time
+from importlib.resources import files
 from pathlib import Path
 
 log = logging.getLogger(__name__)
-DEMO_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "demo.yaml"
+# Found through package data (prefloop/recipes -> ../recipes), so a non-editable install (a cluster image) has it too.
+DEMO_RECIPE = Path(str(files("prefloop") / "recipes" / "demo.yaml"))
 
 
 def show_one_answer(run_dir: str, prompt: str) -> str:
