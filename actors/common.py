@@ -1,9 +1,8 @@
-"""Small helpers shared by the actor shells: input checks, timing columns, object-array columns."""
+"""Small helpers shared by the actor shells: input checks, timing columns, object-array columns, bounded waits."""
 
 from __future__ import annotations
 
 import functools
-import json
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -54,23 +53,18 @@ def object_column(values: list) -> np.ndarray:
     return arr
 
 
-_RELOADABLE_KEYS = {"transformers_version", "dtype", "torch_dtype", "_name_or_path", "use_cache"}
+def ray_get(refs: Any, timeout_s: float, what: str) -> Any:
+    """``ray.get`` with a deadline: a TimeoutError naming ``what`` after ``timeout_s``, and a dead actor as a
+    RuntimeError naming ``what`` (its RayActorError chained), never a silent hang."""
+    import ray
+
+    try:
+        return ray.get(refs, timeout=timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        raise TimeoutError(f"{what}: no answer in {timeout_s:.0f} s") from None
+    except ray.exceptions.RayActorError as err:
+        raise ActorDied(f"{what}: the actor died ({type(err).__name__})") from err
 
 
-def reloadable_in_place(old_dir: str, new_dir: str) -> bool:
-    """Whether ``new_dir``'s weights can be loaded into the engine built for ``old_dir``.
-
-    The configs must match (up to bookkeeping keys), and the output embeddings must be untied: with
-    ``tie_word_embeddings`` vLLM's in-place reload leaves the LM head on the old weights ("ParallelLMHead:
-    Failed to load weights"), so the model answers with a mix of old and new weights. A missing key counts as
-    tied. Mistral-7B and most large models are untied; small ones often are not.
-    """
-    if not Path(old_dir, "config.json").is_file():  # the old folder is gone (e.g. a removed ReMax push)
-        return False
-
-    def shapes(d: str) -> dict[str, Any]:
-        cfg = json.loads(Path(d, "config.json").read_text(encoding="utf-8"))
-        return {k: v for k, v in cfg.items() if k not in _RELOADABLE_KEYS}
-
-    new = shapes(new_dir)
-    return shapes(old_dir) == new and new.get("tie_word_embeddings") is False
+class ActorDied(RuntimeError):
+    """The actor behind a remote call died; the Ray error is the ``__cause__``."""

@@ -10,13 +10,13 @@ The engine is built once per actor; ``reload_weights`` swaps a new model directo
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Any
 
 import numpy as np
 
-from prefloop.actors.common import check_model_dir, object_column, reloadable_in_place, timed
+from prefloop.actors.common import check_model_dir, object_column, timed
+from prefloop.actors.vllm_engine import build_llm, reload_in_place, reloadable_in_place, shutdown_llm
 from prefloop.core.sampling import Sample, SampleSpec, flatten_samples
 
 log = logging.getLogger(__name__)
@@ -27,26 +27,11 @@ class VLLMGenerator:
 
     def __init__(self, model: str, spec: SampleSpec, dtype: str = "float32", max_model_len: int = 512,
                  kv_cache_gb: float | None = 0.25, enforce_eager: bool = True, tensor_parallel_size: int = 1):
-        check_model_dir(model, "policy model")
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from vllm import LLM
-
         self.engine_kwargs = dict(dtype=dtype, max_model_len=max_model_len, kv_cache_gb=kv_cache_gb,
                                   enforce_eager=enforce_eager, tensor_parallel_size=tensor_parallel_size)
-        kwargs: dict[str, Any] = dict(model=model, dtype=dtype, max_model_len=max_model_len,
-                                      enforce_eager=enforce_eager, tensor_parallel_size=tensor_parallel_size,
-                                      seed=spec.seed or 0)
-        if kv_cache_gb is not None:
-            # vLLM-CPU otherwise sizes the cache from NUMA-node memory and refuses to start.
-            kwargs["kv_cache_memory_bytes"] = int(kv_cache_gb * 1024**3)
-        if spec.seed is not None:
-            # Per-request seeds crash with chunked prefill on the CPU build ("CPU Generator does not use offset").
-            kwargs["enable_chunked_prefill"] = False
-        started = time.perf_counter()
-        self.llm = LLM(**kwargs)
+        self.llm = build_llm(model, seed=spec.seed or 0, seeded_requests=spec.seed is not None, **self.engine_kwargs)
         self.spec = spec
         self.model = model
-        log.info("vLLM engine for %s ready in %.1f s", model, time.perf_counter() - started)
 
     def generate(self, prompt_ids: list[str], token_ids: list[list[int]]) -> list[list[Sample]]:
         """Sample ``spec.n`` candidates for each tokenised prompt."""
@@ -86,16 +71,16 @@ class VLLMGenerator:
         check_model_dir(model_dir, "new policy weights")
         started = time.perf_counter()
         if reloadable_in_place(self.model, model_dir):
-            self.llm.collective_rpc("reload_weights", kwargs={"weights_path": model_dir})
-            self.llm.reset_prefix_cache()
-            self.model = model_dir
+            reload_in_place(self.llm, model_dir)
         else:
             log.warning("%s cannot take new weights in place (tied embeddings or another shape): rebuilding "
                         "the engine", model_dir)
             self.shutdown()
-            self.__init__(model_dir, self.spec, **self.engine_kwargs)
+            self.llm = build_llm(model_dir, seed=self.spec.seed or 0, seeded_requests=self.spec.seed is not None,
+                                 **self.engine_kwargs)
+        self.model = model_dir
         return time.perf_counter() - started
 
     def shutdown(self) -> None:
         """Stop the engine's background process now (it otherwise keeps a core busy until garbage collection)."""
-        self.llm.llm_engine.engine_core.shutdown()
+        shutdown_llm(self.llm, f"the engine for {self.model}")

@@ -16,6 +16,7 @@ import logging
 import time
 from typing import Any
 
+from prefloop.actors.common import ray_get
 from prefloop.actors.generator import VLLMGenerator
 from prefloop.core.sampling import SampleSpec
 
@@ -60,14 +61,7 @@ class GeneratorPool:
         return pool
 
     def _wait(self, refs: list[Any], what: str) -> list[Any]:
-        import ray
-
-        try:
-            return ray.get(refs, timeout=self.timeout_s)
-        except ray.exceptions.GetTimeoutError:
-            raise TimeoutError(f"generator pool: {what} took over {self.timeout_s:.0f} s") from None
-        except ray.exceptions.RayActorError as err:
-            raise RuntimeError(f"generator pool: an actor of {self.names} died during {what}: {err}") from None
+        return ray_get(refs, self.timeout_s, f"generator pool {self.names}: {what}")
 
     def reload(self, model_dir: str) -> float:
         """Swap ``model_dir``'s weights into every engine; returns the slowest actor's seconds."""
@@ -88,13 +82,11 @@ class PooledGenerator:
     def __init__(self, names: list[str], timeout_s: float, spec: dict[str, Any] | None = None):
         import ray
 
-        self.ray, self.names, self.timeout_s, self.spec = ray, names, timeout_s, spec
+        self.names, self.timeout_s, self.spec = names, timeout_s, spec
         self.handles = [ray.get_actor(n) for n in names]
         self.turn = itertools.cycle(range(len(names)))
 
     def __call__(self, batch: dict[str, Any]) -> Any:
         i = next(self.turn)
-        try:
-            return self.ray.get(self.handles[i].generate_batch.remote(batch, self.spec), timeout=self.timeout_s)
-        except self.ray.exceptions.GetTimeoutError:
-            raise TimeoutError(f"generator {self.names[i]}: no answer in {self.timeout_s:.0f} s") from None
+        return ray_get(self.handles[i].generate_batch.remote(batch, self.spec), self.timeout_s,
+                       f"generator {self.names[i]}")

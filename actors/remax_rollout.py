@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from prefloop.actors.common import object_column
+from prefloop.actors.common import ActorDied, object_column, ray_get
 from prefloop.core.sampling import SampleSpec
 
 log = logging.getLogger(__name__)
@@ -59,22 +59,19 @@ class StepRollout:
         self.retried = 0  # calls retried after a generator death, over this worker's life
 
     def _get(self, ref: Any, what: str) -> Any:
-        try:
-            return self.ray.get(ref, timeout=self.timeout_s)
-        except self.ray.exceptions.GetTimeoutError:
-            raise TimeoutError(f"{what}: no answer in {self.timeout_s:.0f} s") from None
+        return ray_get(ref, self.timeout_s, what)
 
     def _with_generator(self, call: Any, what: str) -> Any:
         """``call(generator)``; after a generator death: wait for its restart, re-push weights, retry."""
         for attempt in range(self.retries + 1):
             try:
                 return self._get(call(self.generator), f"generator {self.generator_name}: {what}")
-            except self.ray.exceptions.RayActorError as err:
+            except ActorDied as err:
                 if attempt == self.retries:
                     raise RuntimeError(f"generator {self.generator_name} died {attempt + 1} times during {what}") \
                         from err
                 log.warning("generator %s died during %s (%s): retrying", self.generator_name, what,
-                            type(err).__name__)
+                            type(err.__cause__).__name__)
                 self.retried += 1
                 self._recover()
         raise AssertionError("unreachable")
@@ -86,7 +83,7 @@ class StepRollout:
                 self.generator = self.ray.get_actor(self.generator_name)
                 self._get(self.generator.current_model.remote(), "restart")
                 break
-            except (ValueError, self.ray.exceptions.RayActorError):
+            except (ValueError, ActorDied):
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"generator {self.generator_name} did not come back") from None
                 time.sleep(1.0)
@@ -129,8 +126,5 @@ def start_scorer(cls: type, kwargs: dict[str, Any], num_cpus: float, num_gpus: f
 
     handle = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=1)(ScorerActor) \
         .options(name=name).remote(cls, kwargs)
-    try:
-        ray.get(handle.ready.remote(), timeout=timeout_s)
-    except ray.exceptions.GetTimeoutError:
-        raise TimeoutError(f"scorer actor {name}: not ready in {timeout_s:.0f} s") from None
+    ray_get(handle.ready.remote(), timeout_s, f"scorer actor {name}: loading")
     return handle

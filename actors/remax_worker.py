@@ -31,6 +31,7 @@ from prefloop.core.logprobs import full_kl, token_logps
 from prefloop.core.losses import remax_advantage, remax_loss
 from prefloop.core.remax import pack_sequences, step_prompts, step_summary, worker_share
 from prefloop.core.sampling import SampleSpec
+from prefloop.core.worker_config import RemaxWorkerConfig
 
 log = logging.getLogger(__name__)
 
@@ -38,22 +39,22 @@ log = logging.getLogger(__name__)
 class RemaxWorker(Worker):
     """``Worker`` (model, optimizer, schedule, checkpoints) plus the reference model and the step loop."""
 
-    def __init__(self, config: dict[str, Any]):
+    def __init__(self, config: RemaxWorkerConfig):
         super().__init__(config)
         self.rx = self.cfg.remax
-        self.ref_model = load_model(config["ref_dir"], self.device, trainable=False)
-        self.prompts: list[dict[str, Any]] = config["prompts"]
-        names = config["generators"]
+        self.ref_model = load_model(config.ref_dir, self.device, trainable=False)
+        self.prompts: list[dict[str, Any]] = config.prompts
+        names = config.generators
         self.own_generator = names[self.rank % len(names)]
         self.my_pushes = [n for i, n in enumerate(names) if i % self.world == self.rank]
-        self.rollout = StepRollout(self.own_generator, config["scorer"], float(config["timeout_s"]))
-        self.sync_root = Path(config["sync_dir"])
+        self.rollout = StepRollout(self.own_generator, config.scorer, config.timeout_s)
+        self.sync_root = Path(config.sync_dir)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None \
             else self.tokenizer.eos_token_id
 
     # -- one step
     def specs(self, step: int) -> tuple[SampleSpec, SampleSpec]:
-        seed = self.config.get("sample_seed")
+        seed = self.config.sample_seed
         sample = SampleSpec(1, self.rx.temperature, self.rx.top_p, self.cfg.max_response_len,
                             None if seed is None else seed + step)
         return sample, SampleSpec(1, 0.0, 1.0, self.cfg.max_response_len, None)
@@ -67,7 +68,7 @@ class RemaxWorker(Worker):
     def train_step(self) -> None:
         step, rx, times = self.state["step"], self.rx, {}
         started = time.perf_counter()
-        idx = step_prompts(len(self.prompts), step, rx.prompts_per_step, int(self.config["seed"]))
+        idx = step_prompts(len(self.prompts), step, rx.prompts_per_step, self.config.seed)
         rows = [self.prompts[i] for i in worker_share(idx, self.rank, self.world)]
         self._maybe_kill_generator(step)
         samples, greedy = self.rollout.generate(rows, *self.specs(step))
@@ -137,8 +138,8 @@ class RemaxWorker(Worker):
         retries = self._all_reduce(torch.tensor([float(self.rollout.retried)]))
         metrics.update(step=self.state["step"], lr=lr, grad_norm=grad_norm, generator_retries=int(retries.item()))
         self.history.append(metrics)
-        if self.rank == 0 and self.config.get("steps_file"):  # the driver tails it into the dashboard gauges
-            with open(self.config["steps_file"], "a", encoding="utf-8") as f:
+        if self.rank == 0 and self.config.steps_file:  # the driver tails it into the dashboard gauges
+            with open(self.config.steps_file, "a", encoding="utf-8") as f:
                 f.write(json.dumps(metrics) + "\n")
         if self.rank == 0:
             log.info("remax step %d/%d: reward sample %.3f greedy %.3f, adv %.3f, kl %.4f, len %.1f, "
@@ -149,8 +150,8 @@ class RemaxWorker(Worker):
         checkpoint_due = step % self.cfg.checkpoint_every_steps == 0 and step < self.total_steps
         if checkpoint_due or step % self.cfg.log_every_steps == 0:
             self.report(metrics, checkpoint=checkpoint_due)
-        if checkpoint_due and self.config.get("publish_dir"):  # every rank: FSDP gathers the weights
-            self.publish(Path(self.config["publish_dir"]), step)
+        if checkpoint_due and self.config.publish_dir:  # every rank: FSDP gathers the weights
+            self.publish(Path(self.config.publish_dir), step)
         self._maybe_die()
 
     def full_weights(self) -> dict[str, torch.Tensor] | None:
@@ -177,7 +178,7 @@ class RemaxWorker(Worker):
 
     def _maybe_kill_generator(self, step: int) -> None:
         """Test-only fault injection: rank 0 kills its generator actor (Ray restarts it) once, at a step."""
-        at, marker = self.config.get("kill_generator_at_step"), Path(self.config["fault_marker"] + "-generator")
+        at, marker = self.config.kill_generator_at_step, Path(f"{self.config.fault_marker}-generator")
         if at is not None and step == at and self.rank == 0 and not marker.exists():
             import ray
 
@@ -189,6 +190,6 @@ class RemaxWorker(Worker):
 def remax_loop(config: dict[str, Any]) -> None:
     """``TorchTrainer``'s ``train_loop_per_worker`` for ReMax; ``config`` is built by ``app.remax``."""
     logging.basicConfig(level=logging.INFO)
-    worker = RemaxWorker(config)
+    worker = RemaxWorker(RemaxWorkerConfig.from_loop_config(config))
     worker.run()
     worker.finish()

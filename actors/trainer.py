@@ -31,7 +31,8 @@ import torch
 
 from prefloop.actors.train_model import autocast, encode, load_model, seq_logps
 from prefloop.core.losses import dpo_loss, kto_loss, sft_loss
-from prefloop.core.train_config import TrainConfig, lr_factor, warmup_steps
+from prefloop.core.train_config import lr_factor, warmup_steps
+from prefloop.core.worker_config import TrainWorkerConfig
 
 log = logging.getLogger(__name__)
 
@@ -132,19 +133,19 @@ def shard_fsdp(model: Any, device: torch.device, world: int) -> Any:
 class Worker:
     """One Ray Train worker: model, optimizer, schedule, and the step counter that checkpoints carry."""
 
-    def __init__(self, config: dict[str, Any]):
+    def __init__(self, config: TrainWorkerConfig):
         import ray.train
         import ray.train.torch
         from transformers import AutoTokenizer
 
-        self.config, self.cfg = config, TrainConfig.model_validate(config["train"])
+        self.config, self.cfg = config, config.train
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device()
-        self.total_steps = int(config["total_steps"])
-        torch.manual_seed(int(config["seed"]))  # the same LoRA init on every rank
-        self.tokenizer = AutoTokenizer.from_pretrained(config["model_dir"])
-        model = load_model(config["model_dir"], self.device, True, self.cfg)
+        self.total_steps = config.total_steps
+        torch.manual_seed(config.seed)  # the same LoRA init on every rank
+        self.tokenizer = AutoTokenizer.from_pretrained(config.model_dir)
+        model = load_model(config.model_dir, self.device, True, self.cfg)
         self.state: dict[str, Any] = {"step": 0, "epoch": 0, "micro_in_epoch": 0, "restored_from": []}
         self.history: list[dict[str, Any]] = []
         checkpoint = ray.train.get_checkpoint()
@@ -155,8 +156,8 @@ class Worker:
             self.model = shard_fsdp(model, self.device, self.world)
         else:
             self.model = ray.train.torch.prepare_model(model, parallel_strategy="ddp")
-        live = self.cfg.reference_mode == "live" and config.get("ref_dir")
-        self.ref_model = load_model(config["ref_dir"], self.device, False) if live else None
+        live = self.cfg.reference_mode == "live" and config.ref_dir
+        self.ref_model = load_model(config.ref_dir, self.device, False) if live else None
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         warm, total, schedule = warmup_steps(self.cfg, self.total_steps), self.total_steps, self.cfg.schedule
@@ -310,7 +311,7 @@ class Worker:
     def _save_model(self, out: Path, weights: dict[str, torch.Tensor]) -> None:
         """The round's model as a plain HF directory: LoRA merged, tokenizer and chat template alongside."""
         if self.sharded:
-            model = load_model(self.config["model_dir"], torch.device("cpu"), trainable=False)
+            model = load_model(self.config.model_dir, torch.device("cpu"), trainable=False)
             model.load_state_dict(weights, strict=False)
         else:
             model = unwrap(self.model)
@@ -327,7 +328,7 @@ class Worker:
 
     def _maybe_die(self) -> None:
         """Test-only fault injection: the last rank exits once at ``kill_at_step`` (a marker file says once)."""
-        kill_at, marker = self.config.get("kill_at_step"), self.config.get("fault_marker")
+        kill_at, marker = self.config.kill_at_step, self.config.fault_marker
         if kill_at and self.state["step"] == kill_at and self.rank == self.world - 1 and not os.path.exists(marker):
             Path(marker).touch()
             # The controller polls reports every ~2 s: wait, so the step's checkpoint is registered before the
@@ -343,7 +344,7 @@ def train_loop(config: dict[str, Any]) -> None:
 
     logging.basicConfig(level=logging.INFO)
     started = time.perf_counter()
-    worker = Worker(config)
+    worker = Worker(TrainWorkerConfig.from_loop_config(config))
     ready = time.perf_counter()
     worker.run(ray.train.get_dataset_shard("train"))
     trained = time.perf_counter()

@@ -39,18 +39,23 @@ def resolve_recipe(path: str, overrides: list[str], tiny: bool = False) -> Recip
 
 
 def save_resolved(recipe: Recipe) -> None:
-    from prefloop.app.rundir import RunDir
+    from prefloop.app.rundir import RECIPE_FILE, RunDir
 
-    RunDir(recipe.run_dir).save_text("recipe.yaml", dump_recipe(recipe))
+    RunDir(recipe.run_dir).save_text(RECIPE_FILE, dump_recipe(recipe))
 
 
-def cmd_rollout(args: argparse.Namespace) -> int:
-    from prefloop.app.rollout import run_rollout
+def cmd_one_round(args: argparse.Namespace) -> int:
+    """``prefloop rollout|train RECIPE --round R``: that one stage exactly as round R of ``prefloop run`` runs it
+    (same start model and method, see app/model_stage.py)."""
+    if args.command == "rollout":
+        from prefloop.app.rollout import run_rollout as run_stage
+    else:
+        from prefloop.app.train import run_train as run_stage
 
     recipe = resolve_recipe(args.recipe, args.set, args.tiny)
     save_resolved(recipe)
-    folder = run_rollout(recipe, round_idx=args.round)
-    print(f"rollout committed: {folder}")
+    folder = run_stage(recipe, round_idx=args.round)
+    print(f"{args.command} committed: {folder}")
     return 0
 
 
@@ -79,12 +84,6 @@ def _serve(args: argparse.Namespace) -> int:
     from prefloop.app.serve import cmd_serve
 
     return cmd_serve(args)
-
-
-def _train(args: argparse.Namespace) -> int:
-    from prefloop.app.train import cmd_train
-
-    return cmd_train(args)
 
 
 def cmd_assets(args: argparse.Namespace) -> int:
@@ -119,9 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("rollout", help="sample, score and select one round's preference data")
     with_recipe(p)
     p.add_argument("--round", type=int, default=0, help="round index (default 0)")
-    p.set_defaults(func=cmd_rollout)
+    p.set_defaults(func=cmd_one_round)
 
-    p = sub.add_parser("run", help="the round loop: rollout -> train -> publish -> evaluate, every round")
+    p = sub.add_parser("run", help="the round loop: rollout -> train -> swap -> evaluate, every round")
     with_recipe(p)
     p.set_defaults(func=cmd_run)
 
@@ -142,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train one round's model on Ray Train (DPO / KTO / SFT / cSFT)")
     with_recipe(p)
     p.add_argument("--round", type=int, default=0, help="round index (default 0)")
-    p.set_defaults(func=_train)
+    p.set_defaults(func=cmd_one_round)
 
     assets = sub.add_parser("assets", help="tiny offline models").add_subparsers(dest="action", required=True)
     p = assets.add_parser("build", help="build the tiny policy, PairRM and reward model")

@@ -16,15 +16,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from prefloop.app.rollout import PreparedPrompts, generator_stage, prepare_prompts, run_stages, scorer_stage
-from prefloop.app.rundir import RunDir, write_manifest
+from prefloop.app.pipeline import pooled_generator_stage, run_stages, scorer_stage
+from prefloop.app.rollout import PreparedPrompts, prepare_prompts
+from prefloop.app.rundir import BASE_ANSWERS, EVAL, RunDir, write_manifest
 from prefloop.app.tables import read_parquet_rows, write_parquet
 from prefloop.core.config import Recipe
 from prefloop.core.metrics import summarize_comparison
 from prefloop.core.sampling import SampleSpec
 
 log = logging.getLogger(__name__)
-BASE_STAGE, EVAL_STAGE = "base_answers", "eval"
 
 
 def eval_prompts(recipe: Recipe, tokenizer: Any) -> PreparedPrompts:
@@ -38,7 +38,7 @@ def eval_prompts(recipe: Recipe, tokenizer: Any) -> PreparedPrompts:
 def generate_answers(recipe: Recipe, rows: list[dict], pool: Any) -> list[dict]:
     """One answer per held-out prompt from the model the pool holds now."""
     spec = SampleSpec(1, recipe.loop.eval_temperature, 1.0, recipe.rollout.max_tokens, recipe.rollout.seed)
-    out = run_stages(rows, [generator_stage(recipe, pool.model, pool, spec)], recipe.resources.stage_timeout_s,
+    out = run_stages(rows, [pooled_generator_stage(recipe, pool, spec)], recipe.resources.stage_timeout_s,
                      "eval: answers")
     by_id = {r["prompt_id"]: r for r in out}
     return [{"prompt_id": row["prompt_id"], "prompt": row["prompt"], "messages": row["messages"],
@@ -58,29 +58,29 @@ def judge(recipe: Recipe, answers: list[dict], base: list[dict]) -> list[tuple[f
 
 def base_answers(recipe: Recipe, run: RunDir, rows: list[dict], pool: Any) -> list[dict]:
     """The base model's held-out answers, generated once per run (the pool must hold the base model)."""
-    if not run.is_committed(0, BASE_STAGE):
+    if not run.is_committed(0, BASE_ANSWERS):
         answers = generate_answers(recipe, rows, pool)
-        with run.stage(0, BASE_STAGE) as out:
+        with run.commit(0, BASE_ANSWERS) as out:
             write_parquet(out / "answers.parquet", answers)
-            write_manifest(out, {"stage": BASE_STAGE, "model": pool.model, "prompts": len(answers)})
-    return read_parquet_rows(run.stage_dir(0, BASE_STAGE) / "answers.parquet")
+            write_manifest(out, {"stage": BASE_ANSWERS, "model": pool.model, "prompts": len(answers)})
+    return read_parquet_rows(run.stage_dir(0, BASE_ANSWERS) / "answers.parquet")
 
 
 def evaluate_round(recipe: Recipe, run: RunDir, round_idx: int, rows: list[dict], base: list[dict], pool: Any,
-                   extra: dict[str, Any], round_started: float) -> dict[str, Any]:
-    """Answer, judge against the base, commit ``round_R/eval``; return its manifest.
+                   summary: dict[str, Any], round_started: float) -> dict[str, Any]:
+    """Answer, judge against the base, commit ``round_R/eval`` (with the round's ``summary``); return its manifest.
 
     ``round_started`` (``time.perf_counter()`` at the round's start) dates the round's total time."""
     started = time.perf_counter()
     answers = generate_answers(recipe, rows, pool)
     scores = judge(recipe, answers, base)
-    summary = summarize_comparison(scores, [a["num_tokens"] for a in answers], [b["num_tokens"] for b in base])
+    judged = summarize_comparison(scores, [a["num_tokens"] for a in answers], [b["num_tokens"] for b in base])
     for a, (mine, theirs) in zip(answers, scores):
         a.update(score=mine, base_score=theirs, outcome="win" if mine > theirs else "tie" if mine == theirs else "loss")
-    manifest = {"stage": EVAL_STAGE, "round": round_idx, "model": pool.model, **summary, **extra}
+    manifest = {"stage": EVAL, "round": round_idx, "model": pool.model, **judged, **summary}
     manifest.setdefault("timings_s", {}).update(eval=time.perf_counter() - started,
                                                 round=time.perf_counter() - round_started)
-    with run.stage(round_idx, EVAL_STAGE) as out:
+    with run.commit(round_idx, EVAL) as out:
         write_parquet(out / "answers.parquet", answers)
         write_alpaca_eval(out / "alpaca_eval.json", answers, f"{recipe.name}-round-{round_idx}")
         write_manifest(out, manifest)

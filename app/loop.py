@@ -1,4 +1,4 @@
-"""The round loop (``prefloop run RECIPE``): rollout -> train -> publish -> evaluate, round after round.
+"""The round loop (``prefloop run RECIPE``): rollout -> train -> swap -> evaluate, round after round.
 
 For round r: the generators hold the round's starting policy (base, or round r-1's model); rollout samples
 and judges; training makes ``round_r/model`` against the previous round as reference; the new weights are
@@ -12,20 +12,27 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
-from prefloop.app import evaluate, report, telemetry
+from prefloop.app import evaluate, report
+from prefloop.app.model_stage import round_models, round_recipe
+from prefloop.app.pipeline import engine_kwargs, sample_spec
 from prefloop.app.remax import run_remax
-from prefloop.app.rollout import engine_kwargs, run_rollout, sample_spec
-from prefloop.app.rundir import RunDir
+from prefloop.app.rollout import run_rollout
+from prefloop.app.round_summary import round_summary
+from prefloop.app.rundir import EVAL, RECIPE_FILE, RunDir
 from prefloop.app.runtime import init_ray
-from prefloop.app.train import run_train, start_model
+from prefloop.app.telemetry import Telemetry
+from prefloop.app.train import run_train
 from prefloop.core.config import Recipe, dump_recipe
+
+if TYPE_CHECKING:
+    from prefloop.actors.generator_pool import GeneratorPool
 
 log = logging.getLogger(__name__)
 
 
-def start_pool(recipe: Recipe, model: str) -> Any:
+def start_pool(recipe: Recipe, model: str) -> GeneratorPool:
     from prefloop.actors.generator_pool import GeneratorPool
 
     res = recipe.resources
@@ -33,12 +40,12 @@ def start_pool(recipe: Recipe, model: str) -> Any:
                                res.generator_cpus, res.generator_gpus, res.stage_timeout_s)
 
 
-def ensure_model(pool: Any, model: str) -> float:
+def ensure_model(pool: GeneratorPool, model: str) -> float:
     """Make the pool hold ``model``; returns the swap seconds (0 if it already does)."""
     return 0.0 if pool.model == model else pool.reload(model)
 
 
-def start_serving(recipe: Recipe, run: RunDir) -> None:
+def serve_latest_round(recipe: Recipe, run: RunDir) -> None:
     """Serve the run's latest committed round (or the base model) when ``loop.serve`` is on."""
     if recipe.loop.serve:
         from prefloop.app.serve import serve_run_dir
@@ -46,54 +53,41 @@ def start_serving(recipe: Recipe, run: RunDir) -> None:
         serve_run_dir(run.root, port=recipe.loop.serve_port)
 
 
-def publish(recipe: Recipe, model_dir: str, round_idx: int) -> float | None:
+def swap_into_serve(recipe: Recipe, model_dir: str, round_idx: int) -> float | None:
     """Hot-swap round ``round_idx``'s model into the Serve app (when serving is on); returns the seconds."""
     if not recipe.loop.serve:
         return None
-    from prefloop.app.serve import publish as serve_publish
+    from prefloop.app.serve import publish
 
-    return serve_publish(model_dir, round_idx)["publish_s"]
-
-
-def round_recipe(recipe: Recipe, r: int) -> Recipe:
-    """The recipe as round ``r`` sees it: ``loop.methods[r]`` replaces ``train.method`` when given."""
-    if recipe.loop.methods is None:
-        return recipe
-    return recipe.model_copy(update={"train": recipe.train.model_copy(update={"method": recipe.loop.methods[r]})})
+    return publish(model_dir, round_idx)["publish_s"]
 
 
-def run_round(recipe: Recipe, run: RunDir, r: int, pool: Any, eval_rows: list[dict], base: list[dict]) -> dict:
+def run_round(recipe: Recipe, run: RunDir, r: int, pool: GeneratorPool, eval_rows: list[dict], base: list[dict],
+              tel: Telemetry) -> dict:
     """One round. Online (no ``train.data``): rollout with the current policy, then train on its pairs.
     Offline (``train.data`` given, e.g. the Snorkel partitions): train on that file, no rollout."""
     started = time.perf_counter()
     recipe = round_recipe(recipe, r)
-    swap_in = ensure_model(pool, start_model(run, recipe, r))
+    swap_in = ensure_model(pool, round_models(run, recipe, r).start)
     remax = recipe.train.method == "remax"
     if recipe.train.data is None and not remax:
-        telemetry.stage("rollout")
+        tel.stage("rollout")
         run_rollout(recipe, r, pool.model, pool)
     t_rollout = time.perf_counter() - started
-    telemetry.stage("train")
+    tel.stage("train")
     if remax:  # on-policy: the ReMax workers sample through the pool themselves; Serve follows its checkpoints
-        follow = (lambda d: publish(recipe, d, r)) if recipe.loop.serve else None
-        model_dir = str(run_remax(recipe, r, pool, follow))
+        follow = (lambda d: swap_into_serve(recipe, d, r)) if recipe.loop.serve else None
+        model_dir = str(run_remax(recipe, r, pool, on_checkpoint=follow, on_step=tel.remax_step))
     else:
         model_dir = str(run_train(recipe, r))
     t_train = time.perf_counter() - started - t_rollout
-    telemetry.stage("swap")
+    tel.stage("swap")
     swap_s = ensure_model(pool, model_dir)
-    serve_swap_s = publish(recipe, model_dir, r)
-    model_manifest = run.manifest(r, "model")
-    trained = model_manifest.get("counts", {})
-    if remax:  # the ReMax workers swapped weights every step: report their last step's sync time
-        pairs, swap_s = trained.get("prompts", 0), model_manifest["final_metrics"].get("sync_s", swap_s)
-    else:
-        pairs = (run.manifest(r, "rollout")["counts"]["pairs"] if recipe.train.data is None
-                 else trained.get("accepted", 0))
-    extra = {"pairs": pairs, "method": recipe.train.method, "swap_s": swap_s or swap_in,
-             "serve_swap_s": serve_swap_s, "timings_s": {"rollout": t_rollout, "train": t_train}}
-    telemetry.stage("eval")
-    return evaluate.evaluate_round(recipe, run, r, eval_rows, base, pool, extra, started)
+    serve_swap_s = swap_into_serve(recipe, model_dir, r)
+    summary = round_summary(run, recipe, r, swap_s=swap_s or swap_in, serve_swap_s=serve_swap_s,
+                            timings_s={"rollout": t_rollout, "train": t_train})
+    tel.stage("eval")
+    return evaluate.evaluate_round(recipe, run, r, eval_rows, base, pool, summary, started)
 
 
 def run_loop(recipe: Recipe) -> list[dict]:
@@ -103,27 +97,27 @@ def run_loop(recipe: Recipe) -> list[dict]:
     if recipe.train is None:
         raise ValueError("train: the round loop needs a train section in the recipe")
     run = RunDir(recipe.run_dir)
-    run.save_text("recipe.yaml", dump_recipe(recipe))
+    run.save_text(RECIPE_FILE, dump_recipe(recipe))
     rounds = range(recipe.loop.rounds)
-    if all(run.is_committed(r, evaluate.EVAL_STAGE) for r in rounds):
+    if all(run.is_committed(r, EVAL) for r in rounds):
         log.info("all %d rounds already committed", len(rounds))
         return report.write_report(recipe, run)
     init_ray(recipe.resources)
-    tel = telemetry.Telemetry.start(recipe, run.root)  # Ray gauges + tracking
+    tel = Telemetry.start(recipe, run.root)  # Ray gauges + tracking
     eval_rows = evaluate.eval_prompts(recipe, AutoTokenizer.from_pretrained(recipe.policy.model)).rows
     pool = start_pool(recipe, recipe.policy.model)
-    start_serving(recipe, run)
+    serve_latest_round(recipe, run)
     try:
-        telemetry.stage("base_answers")
+        tel.stage("base_answers")
         base = evaluate.base_answers(recipe, run, eval_rows, pool)
         for r in rounds:
-            if run.is_committed(r, evaluate.EVAL_STAGE):
+            if run.is_committed(r, EVAL):
                 log.info("round %d already committed: skipping", r)
                 continue
-            m = run_round(recipe, run, r, pool, eval_rows, base)
+            m = run_round(recipe, run, r, pool, eval_rows, base, tel)
             log.info("round %d: %d pairs, win rate vs base %.3f (+-%.3f), mean length %.1f, swap %.3f s",
                      r, m["pairs"], m["win_rate"], m["win_rate_stderr"], m["mean_length"], m["swap_s"])
-            tel.round_done(r, telemetry.round_metrics(run.root, r, m))
+            tel.round_done(r, m)
             report.write_report(recipe, run)
     finally:
         tel.close()

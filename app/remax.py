@@ -16,21 +16,23 @@ A round of the loop with method remax replaces rollout + training by one ReMax r
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from prefloop.app import telemetry
-from prefloop.app.rollout import prepare_prompts, preflight, scorer_stage
-from prefloop.app.rundir import RunDir, write_manifest
-from prefloop.app.tables import write_jsonl
-from prefloop.app.train import STAGE, append_metrics, fit, start_model
+from prefloop.app.pipeline import scorer_stage
+from prefloop.app.rollout import prepare_prompts, preflight
+from prefloop.app.model_stage import commit_model, round_models
+from prefloop.app.rundir import MODEL, REMAX_WORK, RunDir
+from prefloop.app.train import fit
 from prefloop.core.config import Recipe, RecipeError
-from prefloop.core.remax import plan_steps
+from prefloop.core.remax import remax_total_steps
+from prefloop.core.worker_config import RemaxWorkerConfig
+
+if TYPE_CHECKING:
+    from prefloop.actors.generator_pool import GeneratorPool
 
 log = logging.getLogger(__name__)
 PARTS = ("generate", "score", "train", "sync")
@@ -48,7 +50,7 @@ def check_recipe(recipe: Recipe, n_prompts: int) -> None:
                           f"data.max_prompt_tokens + train.max_response_len")
 
 
-def follow_checkpoints(folder: Path, publish: Callable[[str], Any], stop: threading.Event) -> None:
+def follow_checkpoints(folder: Path, on_checkpoint: Callable[[str], Any], stop: threading.Event) -> None:
     """Publish every new ``step_*`` folder that has its ``done`` marker, oldest first, until ``stop``."""
     seen: set[str] = set()
     while True:
@@ -57,7 +59,7 @@ def follow_checkpoints(folder: Path, publish: Callable[[str], Any], stop: thread
         for path in ready:
             seen.add(path.name)
             try:
-                publish(str(path))
+                on_checkpoint(str(path))
             except Exception:  # serving must never fail training; the next checkpoint tries again
                 log.exception("publishing ReMax checkpoint %s failed", path)
         if stop.wait(1.0):
@@ -82,7 +84,9 @@ def follow_steps(steps_file: Path, on_step: Callable[[int, dict], Any], stop: th
                 on_step(int(metrics["step"]), metrics)
 
 
-def run_remax(recipe: Recipe, round_idx: int, pool: Any, publish: Callable[[str], Any] | None = None,
+def run_remax(recipe: Recipe, round_idx: int, pool: GeneratorPool,
+              on_checkpoint: Callable[[str], Any] | None = None,
+              on_step: Callable[[int, dict], Any] | None = None,
               *, kill_at_step: int | None = None, kill_generator_at_step: int | None = None) -> Path:
     """Run (or skip, if committed) round ``round_idx`` as ReMax; return the committed model folder.
 
@@ -95,18 +99,18 @@ def run_remax(recipe: Recipe, round_idx: int, pool: Any, publish: Callable[[str]
     from prefloop.actors.remax_worker import remax_loop
 
     run, cfg = RunDir(recipe.run_dir), recipe.train
-    if run.is_committed(round_idx, STAGE):
-        log.info("round %d %s already committed: skipping", round_idx, STAGE)
-        return run.stage_dir(round_idx, STAGE)
+    if run.is_committed(round_idx, MODEL):
+        log.info("round %d %s already committed: skipping", round_idx, MODEL)
+        return run.stage_dir(round_idx, MODEL)
     started = time.perf_counter()
-    model_dir = start_model(run, recipe, round_idx)
-    ref_dir = model_dir if cfg.reference == "previous" else recipe.policy.model
+    models = round_models(run, recipe, round_idx)
+    model_dir, ref_dir = models.start, models.reference
     preflight(recipe, model_dir)
     prepared = prepare_prompts(recipe, recipe.data.train, AutoTokenizer.from_pretrained(model_dir))
     check_recipe(recipe, len(prepared.rows))
     seed = recipe.seed if cfg.seed is None else cfg.seed
-    total = plan_steps(len(prepared.rows), cfg.epochs, cfg.remax.prompts_per_step, cfg.remax.max_steps)
-    work = run.round_dir(round_idx) / "remax"
+    total = remax_total_steps(len(prepared.rows), cfg.epochs, cfg.remax.prompts_per_step, cfg.remax.max_steps)
+    work = run.round_dir(round_idx) / REMAX_WORK
     work.mkdir(parents=True, exist_ok=True)
     if pool.model != model_dir:
         pool.reload(model_dir)
@@ -114,65 +118,48 @@ def run_remax(recipe: Recipe, round_idx: int, pool: Any, publish: Callable[[str]
     scorer_name = f"prefloop-remax-scorer-{int(time.time() * 1000) % 10**9}"
     timeout = recipe.resources.stage_timeout_s
     scorer = start_scorer(stage.cls, stage.kwargs, stage.num_cpus, stage.num_gpus, scorer_name, timeout)
-    loop_config = {"train": cfg.model_dump(), "model_dir": model_dir, "ref_dir": ref_dir, "seed": seed,
-                   "total_steps": total, "prompts": prepared.rows, "generators": pool.names,
-                   "scorer": scorer_name, "sync_dir": str(work / "sync"), "timeout_s": timeout,
-                   "sample_seed": recipe.rollout.seed, "publish_dir": str(work / "published") if publish else None,
-                   "steps_file": str(work / "steps.jsonl"),
-                   "kill_at_step": kill_at_step, "kill_generator_at_step": kill_generator_at_step,
-                   "fault_marker": str(work / "fault-injected")}
+    worker = RemaxWorkerConfig(
+        train=cfg, model_dir=model_dir, ref_dir=ref_dir, seed=seed, total_steps=total, prompts=prepared.rows,
+        generators=pool.names, scorer=scorer_name, sync_dir=str(work / "sync"), timeout_s=timeout,
+        sample_seed=recipe.rollout.seed, publish_dir=str(work / "published") if on_checkpoint else None,
+        steps_file=str(work / "steps.jsonl"), kill_at_step=kill_at_step,
+        kill_generator_at_step=kill_generator_at_step, fault_marker=str(work / "fault-injected"))
     log.info("round %d: ReMax on %d prompts, %d steps of %d prompts, %d workers", round_idx, len(prepared.rows),
              total, cfg.remax.prompts_per_step, cfg.num_workers)
     stop = threading.Event()
-    followers = [threading.Thread(target=follow_steps, args=(work / "steps.jsonl", telemetry.remax_step, stop),
-                                  daemon=True)]
-    if publish is not None:
-        followers.append(threading.Thread(target=follow_checkpoints, args=(work / "published", publish, stop),
+    followers = []
+    if on_step is not None:
+        followers.append(threading.Thread(target=follow_steps, args=(work / "steps.jsonl", on_step, stop),
+                                          daemon=True))
+    if on_checkpoint is not None:
+        followers.append(threading.Thread(target=follow_checkpoints, args=(work / "published", on_checkpoint, stop),
                                           daemon=True))
     for follower in followers:
         follower.start()
-    storage = run.train_storage(round_idx, "remax")
+    storage = run.train_storage(round_idx, REMAX_WORK)
     try:
-        result = fit(None, loop_config, cfg, storage, loop=remax_loop)
+        result = fit(None, worker, cfg, storage, loop=remax_loop)
     finally:
         stop.set()
         ray.kill(scorer)
         for follower in followers:
             follower.join(timeout=60)
-    commit(run, round_idx, result, prepared, {"start_model": model_dir, "reference": ref_dir, "steps": total,
-                                             "prompts": len(prepared.rows), "started": started,
-                                             "train": cfg.model_dump(mode="json"),
-                                             "checkpoint_storage": storage})
-    final = run.stage_dir(round_idx, STAGE)
+    manifest = {"method": "remax", "start_model": model_dir, "reference": ref_dir,
+                "counts": {"read": prepared.read.read, "accepted": len(prepared.read.accepted),
+                           "rejected": len(prepared.read.rejected), "prompts": len(prepared.rows)},
+                "steps": {"planned": total}, "train": cfg.model_dump(mode="json"), "checkpoint_storage": storage}
+    committed = commit_model(run, round_idx, result.checkpoint,
+                             rejected=[r.to_dict() for r in prepared.read.rejected],
+                             metrics_file="remax_metrics.jsonl", manifest=manifest,
+                             summarize=lambda history: {"timings_s": {
+                                 **{p: sum(m.get(f"{p}_s", 0.0) for m in history) for p in PARTS},
+                                 "total": time.perf_counter() - started}})
+    log.info("round %d: ReMax model committed after %d steps (restored from %s)", round_idx,
+             committed["steps"]["done"], committed["steps"]["restored_from"] or "none")
+    final = run.stage_dir(round_idx, MODEL)
     # The engines (and Serve) hold weights from folders about to be removed: move them to the committed model.
     pool.reload(str(final))
-    if publish is not None:
-        publish(str(final))
-    run.drop_train_storage(round_idx, "remax")  # checkpoints and pushed weights of a committed round
+    if on_checkpoint is not None:
+        on_checkpoint(str(final))
+    run.drop_train_storage(round_idx, REMAX_WORK)  # checkpoints and pushed weights of a committed round
     return final
-
-
-def commit(run: RunDir, round_idx: int, result: Any, prepared: Any, info: dict[str, Any]) -> None:
-    """The final checkpoint's model, metrics and manifest, committed atomically as the round's model stage."""
-    with result.checkpoint.as_directory() as ckpt:
-        ckpt = Path(ckpt)
-        state = json.loads((ckpt / "state.json").read_text())
-        history = [json.loads(line) for line in (ckpt / "metrics.jsonl").read_text().splitlines()]
-        with run.stage(round_idx, STAGE) as out:
-            shutil.copytree(ckpt / "model", out, dirs_exist_ok=True)
-            write_jsonl(out / "rejected_inputs.jsonl", [r.to_dict() for r in prepared.read.rejected])
-            write_jsonl(out / "remax_metrics.jsonl", history)
-            seconds = {p: sum(m.get(f"{p}_s", 0.0) for m in history) for p in PARTS}
-            write_manifest(out, {
-                "stage": STAGE, "round": round_idx, "method": "remax", "start_model": info["start_model"],
-                "reference": info["reference"],
-                "counts": {"read": prepared.read.read, "accepted": len(prepared.read.accepted),
-                           "rejected": len(prepared.read.rejected), "prompts": info["prompts"]},
-                "steps": {"planned": info["steps"], "done": state["step"], "restored_from": state["restored_from"]},
-                "first_metrics": history[0] if history else {}, "final_metrics": history[-1] if history else {},
-                "timings_s": {**seconds, "total": time.perf_counter() - info["started"]},
-                "train": info["train"], "checkpoint_storage": info["checkpoint_storage"],
-            })
-    append_metrics(run, round_idx, [{"method": "remax", **m} for m in history])
-    log.info("round %d: ReMax model committed after %d steps (restored from %s)", round_idx, state["step"],
-             state["restored_from"] or "none")

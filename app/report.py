@@ -10,11 +10,10 @@ import json
 import logging
 from typing import Any
 
-from prefloop.app.rundir import RunDir
+from prefloop.app.rundir import EVAL, REPORT_MD, REPORT_PNG, ROUNDS_FILE, RunDir
 from prefloop.core.config import Recipe
 
 log = logging.getLogger(__name__)
-EVAL = "eval"
 
 
 def round_rows(recipe: Recipe, run: RunDir) -> list[dict[str, Any]]:
@@ -68,7 +67,7 @@ def write_report(recipe: Recipe, run: RunDir) -> list[dict[str, Any]]:
     rows = round_rows(recipe, run)
     if not rows:
         return rows
-    has_plot = plot(rows, run.root / "report.png")
+    has_plot = plot(rows, run.root / REPORT_PNG)
     text = [f"# prefloop run: {recipe.name}", "", f"Run directory: `{run.root}`", "",
             "Win rate: the round's answers to the held-out prompts against the base model's, judged by the "
             f"recipe's scorer (`{recipe.scorer.kind}`); ties count half. Length is shown because PairRM-style "
@@ -77,6 +76,6 @@ def write_report(recipe: Recipe, run: RunDir) -> list[dict[str, Any]]:
         text += ["![per-round metrics](report.png)", ""]
     text += ["Per round: `round_R/rollout/` (candidates, pairs, KTO examples), `round_R/model/` (the model), "
              "`round_R/eval/` (answers, `alpaca_eval.json`).", ""]
-    run.save_text("report.md", "\n".join(text))
-    run.save_text("rounds.jsonl", "".join(json.dumps(m, default=str) + "\n" for m in rows))
+    run.save_text(REPORT_MD, "\n".join(text))
+    run.save_text(ROUNDS_FILE, "".join(json.dumps(m, default=str) + "\n" for m in rows))
     return rows

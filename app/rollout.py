@@ -15,24 +15,25 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from tqdm import tqdm
+from typing import TYPE_CHECKING, Any
 
 from prefloop.actors.common import check_model_dir
-from prefloop.app.rundir import RunDir, write_manifest
-from prefloop.app.runtime import init_ray, iterate_with_timeout
+from prefloop.app.model_stage import round_models, round_recipe
+from prefloop.app.rundir import ROLLOUT, RunDir, write_manifest
+from prefloop.app.pipeline import generator_stage, run_stages, scorer_stage
+from prefloop.app.runtime import init_ray
 from prefloop.app.tables import write_jsonl, write_parquet
 from prefloop.core.config import Recipe
 from prefloop.core.prompts import Fields, ReadResult, read_prompts
-from prefloop.core.sampling import SampleSpec
 from prefloop.core.selection import PAIRED, choose_pair, dpo_pair, kto_examples
 from prefloop.core.templates import render_prompt
 
+if TYPE_CHECKING:
+    from prefloop.actors.generator_pool import GeneratorPool
+
 log = logging.getLogger(__name__)
-STAGE = "rollout"
 
 
 @dataclass
@@ -75,76 +76,11 @@ def preflight(recipe: Recipe, policy_dir: str) -> None:
         load_function(sc.function)
 
 
-@dataclass
-class Stage:
-    """One Ray Data ``map_batches`` stage: a class, its constructor kwargs, pool size and resources."""
-
-    cls: type
-    kwargs: dict[str, Any]
-    size: int
-    batch_size: int
-    num_cpus: float
-    num_gpus: float = 0.0
-
-
-def scorer_stage(recipe: Recipe) -> Stage:
-    from prefloop.actors.scorers import FunctionScorer, PairRMScorer, RewardModelScorer
-
-    sc, res = recipe.scorer, recipe.resources
-    if sc.kind == "pairrm":
-        cls, kwargs = PairRMScorer, {"ranker_dir": sc.model, "batch_size": sc.batch_size}
-    elif sc.kind == "reward_model":
-        cls, kwargs = RewardModelScorer, {"model_dir": sc.model, "chat_template": sc.chat_template,
-                                          "batch_size": sc.batch_size}
-    else:
-        cls, kwargs = FunctionScorer, {"function": sc.function}
-    gpus = res.scorer_gpus if sc.kind != "function" else 0.0
-    return Stage(cls, kwargs, sc.num_scorers, sc.batch_size, res.scorer_cpus, gpus)
-
-
-def sample_spec(recipe: Recipe) -> SampleSpec:
-    ro = recipe.rollout
-    return SampleSpec(ro.num_samples, ro.temperature, ro.top_p, ro.max_tokens, ro.seed)
-
-
-def engine_kwargs(recipe: Recipe) -> dict[str, Any]:
-    ro = recipe.rollout
-    return dict(dtype=recipe.policy.dtype, max_model_len=ro.max_model_len, kv_cache_gb=ro.kv_cache_gb,
-                enforce_eager=ro.enforce_eager, tensor_parallel_size=ro.tensor_parallel_size)
-
-
-def generator_stage(recipe: Recipe, policy_dir: str, pool: Any = None, spec: SampleSpec | None = None) -> Stage:
-    """A fresh vLLM actor pool, or (in the round loop) a forwarder to the long-lived ``GeneratorPool``."""
-    ro, res = recipe.rollout, recipe.resources
-    if pool is None:
-        from prefloop.actors.generator import VLLMGenerator
-
-        kwargs = dict(model=policy_dir, spec=spec or sample_spec(recipe), **engine_kwargs(recipe))
-        return Stage(VLLMGenerator, kwargs, ro.num_generators, ro.batch_size, res.generator_cpus,
-                     res.generator_gpus)
-    from prefloop.actors.generator_pool import PooledGenerator
-
-    kwargs = {"names": pool.names, "timeout_s": res.stage_timeout_s, "spec": asdict(spec) if spec else None}
-    return Stage(PooledGenerator, kwargs, len(pool.names), ro.batch_size, 0.0)
-
-
-def run_stages(rows: list[dict[str, Any]], stages: list[Stage], timeout_s: float, desc: str) -> list[dict]:
-    """Stream rows through the stages' actor pools; return every output row (with a progress bar)."""
-    import ray
-
-    ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows) // stages[0].batch_size))
-    for st in stages:
-        ds = ds.map_batches(st.cls, fn_constructor_kwargs=st.kwargs, batch_size=st.batch_size,
-                            compute=ray.data.ActorPoolStrategy(size=st.size), num_cpus=st.num_cpus,
-                            num_gpus=st.num_gpus)
-    rows_iter = iterate_with_timeout(ds.iter_rows(), timeout_s, desc)
-    return list(tqdm(rows_iter, total=len(rows), desc=desc, unit="prompt"))
-
-
-def generate_and_score(recipe: Recipe, policy_dir: str, rows: list[dict[str, Any]], pool: Any = None) -> list[dict]:
+def generate_and_score(recipe: Recipe, policy_dir: str, rows: list[dict[str, Any]],
+                       pool: GeneratorPool | None = None) -> list[dict]:
     """Stream rows through the generator and scorer actor pools; return one result per prompt."""
     stages = [generator_stage(recipe, policy_dir, pool), scorer_stage(recipe)]
-    return run_stages(rows, stages, recipe.resources.stage_timeout_s, f"{STAGE}: prompts")
+    return run_stages(rows, stages, recipe.resources.stage_timeout_s, f"{ROLLOUT}: prompts")
 
 
 def check_complete(rows: list[dict[str, Any]], results: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
@@ -184,15 +120,18 @@ def select(recipe: Recipe, results: list[dict[str, Any]]) -> tuple[list, list, l
     return candidates, pairs, kto
 
 
-def run_rollout(recipe: Recipe, round_idx: int = 0, policy_dir: str | None = None, pool: Any = None) -> Path:
+def run_rollout(recipe: Recipe, round_idx: int = 0, policy_dir: str | None = None,
+                pool: GeneratorPool | None = None) -> Path:
     """Run (or skip, if committed) the rollout stage of one round; return its folder.
 
-    ``pool``: a running ``GeneratorPool`` already holding ``policy_dir``'s weights (the round loop's)."""
+    ``policy_dir``: the model to sample with, by default the one round ``round_idx`` starts from (as in the round
+    loop); ``pool``: a running ``GeneratorPool`` already holding its weights (the round loop's)."""
     run = RunDir(recipe.run_dir)
-    if run.is_committed(round_idx, STAGE):
-        log.info("round %d %s already committed: skipping", round_idx, STAGE)
-        return run.stage_dir(round_idx, STAGE)
-    policy_dir = policy_dir or recipe.policy.model
+    recipe = round_recipe(recipe, round_idx)
+    if run.is_committed(round_idx, ROLLOUT):
+        log.info("round %d %s already committed: skipping", round_idx, ROLLOUT)
+        return run.stage_dir(round_idx, ROLLOUT)
+    policy_dir = policy_dir or round_models(run, recipe, round_idx).start
     preflight(recipe, policy_dir)
     from transformers import AutoTokenizer
 
@@ -211,7 +150,7 @@ def run_rollout(recipe: Recipe, round_idx: int = 0, policy_dir: str | None = Non
     prepared.results = results
     t_stream = time.perf_counter() - started - t_read
     candidates, pairs, kto = select(recipe, results)
-    with run.stage(round_idx, STAGE) as out:
+    with run.commit(round_idx, ROLLOUT) as out:
         write_parquet(out / "candidates.parquet", candidates)
         write_parquet(out / "pairs.parquet", pairs)
         write_parquet(out / "kto.parquet", kto)
@@ -220,7 +159,7 @@ def run_rollout(recipe: Recipe, round_idx: int = 0, policy_dir: str | None = Non
                                              {"read_s": t_read, "generate_and_score_s": t_stream,
                                               "total_s": time.perf_counter() - started}))
     log.info("round %d rollout: %d pairs from %d prompts", round_idx, len(pairs), len(results))
-    return run.stage_dir(round_idx, STAGE)
+    return run.stage_dir(round_idx, ROLLOUT)
 
 
 def rollout_manifest(recipe: Recipe, round_idx: int, policy_dir: str, prepared: PreparedPrompts,
@@ -235,7 +174,7 @@ def rollout_manifest(recipe: Recipe, round_idx: int, policy_dir: str, prepared: 
     score_busy = sum(float(r["score_s"]) for r in results)
     tokens = sum(int(n) for r in results for n in r["num_tokens"])
     return {
-        "stage": STAGE, "round": round_idx, "policy": policy_dir, "source": recipe.data.train,
+        "stage": ROLLOUT, "round": round_idx, "policy": policy_dir, "source": recipe.data.train,
         "counts": {"read": read.read, "accepted": len(read.accepted), "rejected": len(read.rejected),
                    "used": len(prepared.rows), "not_used_over_limit": len(read.accepted) - len(prepared.rows),
                    "prompts_generated": len(results), "candidates": sum(len(r["candidates"]) for r in results),

@@ -33,6 +33,19 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 
+# The stage folders of a round: the one place their names are written.
+ROLLOUT = "rollout"  # samples, scores, pairs and KTO examples
+MODEL = "model"  # the round's trained model (an HF directory) and its manifest
+EVAL = "eval"  # the held-out answers judged against the base model's
+BASE_ANSWERS = "base_answers"  # round_0 only: the base model's held-out answers, generated once per run
+TRAIN_WORK, REMAX_WORK = "train", "remax"  # a running round's scratch (checkpoints); removed once committed
+
+# Files at the top of a run directory.
+RECIPE_FILE = "recipe.yaml"  # the resolved recipe
+METRICS_FILE = "metrics.jsonl"  # per-step training metrics of every round
+ROUNDS_FILE = "rounds.jsonl"  # one line per committed round (its eval manifest)
+REPORT_MD, REPORT_PNG = "report.md", "report.png"
+
 
 class RunDir:
     """Paths and atomic commits inside one run directory."""
@@ -53,8 +66,15 @@ class RunDir:
     def manifest(self, round_idx: int, stage: str) -> dict[str, Any]:
         return json.loads((self.stage_dir(round_idx, stage) / MANIFEST).read_text())
 
+    def append_metrics(self, round_idx: int, stage: str, history: list[dict[str, Any]]) -> None:
+        """Per-step training metrics into the run's metrics file, one JSON object a line."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / METRICS_FILE, "a", encoding="utf-8") as fh:
+            for m in history:
+                fh.write(json.dumps({"stage": stage, "round": round_idx, **m}) + "\n")
+
     @contextmanager
-    def stage(self, round_idx: int, stage: str) -> Iterator[Path]:
+    def commit(self, round_idx: int, stage: str) -> Iterator[Path]:
         """Yield a scratch folder; on normal exit it becomes the committed stage folder."""
         final = self.stage_dir(round_idx, stage)
         if final.exists():

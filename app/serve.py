@@ -35,7 +35,6 @@ log = logging.getLogger(__name__)
 SERVE_REPLICA_CPUS = 0.5
 START_TIMEOUT_S = 600.0   # vLLM start-up is ~20 s a replica here; minutes for a 7B model on a GPU
 CALL_TIMEOUT_S = 60.0
-MODEL_STAGE = "model"
 
 
 @dataclass
@@ -118,7 +117,7 @@ def build_app(args: dict[str, Any]) -> Any:
     model, so a config that changes only the deployment's ``user_config`` (``model_dir``, ``round``) swaps
     weights in place, as ``publish`` does.
     """
-    from prefloop.app.rundir import RunDir
+    from prefloop.app.rundir import MODEL, RECIPE_FILE, RunDir
     from prefloop.core.config import load_recipe
 
     unknown = set(args) - {"run_dir", "round", "replicas", "replica_cpus", "replica_gpus"}
@@ -126,7 +125,7 @@ def build_app(args: dict[str, Any]) -> Any:
         raise ValueError(f"build_app args need run_dir and take round, replicas, replica_cpus, replica_gpus; "
                          f"got {sorted(args)}")
     model_dir, round_idx = resolve_served_model(args["run_dir"], args.get("round"))
-    recipe = load_recipe(RunDir(args["run_dir"]).root / "recipe.yaml")
+    recipe = load_recipe(RunDir(args["run_dir"]).root / RECIPE_FILE)
     settings = {**recipe_defaults(recipe), "name": "prefloop", "replicas": int(args.get("replicas", 1)),
                 "replica_cpus": float(args.get("replica_cpus", SERVE_REPLICA_CPUS)),
                 "max_samples": 16, "default_max_tokens": 64, "request_timeout_s": 300.0}
@@ -227,21 +226,21 @@ def stop_serving(name: str = "prefloop", timeout_s: float = CALL_TIMEOUT_S) -> N
 def resolve_served_model(run_dir: str | Path, round_idx: int | None = None) -> tuple[str, int | None]:
     """(model dir, round) to serve from a run: round ``round_idx``'s committed model, else the latest
     committed round's, else the base model of the run's recipe (round None)."""
-    from prefloop.app.rundir import RunDir
+    from prefloop.app.rundir import MODEL, RECIPE_FILE, RunDir
     from prefloop.core.config import load_recipe
 
     run = RunDir(run_dir)
     committed = sorted(int(p.name.split("_", 1)[1]) for p in run.root.glob("round_*")
                        if p.name.split("_", 1)[1].isdigit() and run.is_committed(int(p.name.split("_", 1)[1]),
-                                                                                 MODEL_STAGE))
+                                                                                 MODEL))
     if round_idx is not None:
         if round_idx not in committed:
-            raise FileNotFoundError(f"{run.stage_dir(round_idx, MODEL_STAGE)}: round {round_idx} has no committed "
+            raise FileNotFoundError(f"{run.stage_dir(round_idx, MODEL)}: round {round_idx} has no committed "
                                     f"model (committed rounds: {committed or 'none'})")
-        return str(run.stage_dir(round_idx, MODEL_STAGE)), round_idx
+        return str(run.stage_dir(round_idx, MODEL)), round_idx
     if committed:
-        return str(run.stage_dir(committed[-1], MODEL_STAGE)), committed[-1]
-    recipe_path = run.root / "recipe.yaml"
+        return str(run.stage_dir(committed[-1], MODEL)), committed[-1]
+    recipe_path = run.root / RECIPE_FILE
     if not recipe_path.is_file():
         raise FileNotFoundError(f"{run.root}: no committed round and no recipe.yaml: not a prefloop run directory")
     return load_recipe(recipe_path).policy.model, None
@@ -252,10 +251,10 @@ def serve_run_dir(run_dir: str | Path, round_idx: int | None = None, **kwargs: A
     from prefloop.app.runtime import init_ray
     from prefloop.core.config import load_recipe
 
-    from prefloop.app.rundir import RunDir
+    from prefloop.app.rundir import MODEL, RECIPE_FILE, RunDir
 
     model_dir, round_idx = resolve_served_model(run_dir, round_idx)
-    recipe_path = RunDir(run_dir).root / "recipe.yaml"  # the local copy when run_dir is a URI
+    recipe_path = RunDir(run_dir).root / RECIPE_FILE  # the local copy when run_dir is a URI
     if recipe_path.is_file():
         recipe = load_recipe(recipe_path)
         init_ray(recipe.resources)

@@ -19,38 +19,25 @@ On a multi-node cluster ``run_dir`` must be on storage every node sees (NFS, a m
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import math
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 from prefloop.actors.common import check_model_dir
-from prefloop.app.rundir import RunDir, write_manifest
+from prefloop.app.model_stage import commit_model, round_models, round_recipe
+from prefloop.app.rundir import MODEL, ROLLOUT, TRAIN_WORK, RunDir
 from prefloop.app.runtime import init_ray, iterate_with_timeout, wait_for
-from prefloop.app.tables import write_jsonl
 from prefloop.core.config import Recipe
 from prefloop.core.templates import render_prompt
 from prefloop.core.train_config import TrainConfig
 from prefloop.core.train_data import (CONTROL_TOKENS, TrainDataError, TrainRows, add_kl_completions,
                                       add_prompt_text, read_train_rows, shuffled, to_examples)
+from prefloop.core.worker_config import TrainWorkerConfig
 
 log = logging.getLogger(__name__)
-STAGE = "model"
 NEEDS_REFERENCE = ("dpo", "kto")
-
-
-def start_model(run: RunDir, recipe: Recipe, round_idx: int) -> str:
-    """The model round ``round_idx`` starts from: the previous round's committed model, or ``policy.model``."""
-    if round_idx == 0:
-        return recipe.policy.model
-    if not run.is_committed(round_idx - 1, STAGE):
-        raise FileNotFoundError(f"round {round_idx} starts from round {round_idx - 1}'s model, which is not "
-                                f"committed ({run.stage_dir(round_idx - 1, STAGE)}): train that round first")
-    return str(run.stage_dir(round_idx - 1, STAGE))
 
 
 def load_rows(run: RunDir, cfg: TrainConfig, round_idx: int) -> tuple[TrainRows, str]:
@@ -58,11 +45,11 @@ def load_rows(run: RunDir, cfg: TrainConfig, round_idx: int) -> tuple[TrainRows,
     if cfg.data:
         source = cfg.data.replace("{round}", str(round_idx))  # per-iteration partitions, e.g. Snorkel's
         return read_train_rows(source), source
-    if not run.is_committed(round_idx, "rollout"):
-        raise TrainDataError(f"round {round_idx} has no committed rollout ({run.stage_dir(round_idx, 'rollout')}): "
+    if not run.is_committed(round_idx, ROLLOUT):
+        raise TrainDataError(f"round {round_idx} has no committed rollout ({run.stage_dir(round_idx, ROLLOUT)}): "
                              "run `prefloop rollout` first, or set train.data")
     name = "pairs.parquet" if cfg.method in ("dpo", "sft") else "kto.parquet"
-    source = str(run.stage_dir(round_idx, "rollout") / name)
+    source = str(run.stage_dir(round_idx, ROLLOUT) / name)
     return read_train_rows(source), source
 
 
@@ -111,7 +98,7 @@ def reference_pass(examples: list[dict], ref_dir: str, tokenizer_dir: str, cfg: 
     return rows
 
 
-def plan_steps(n_examples: int, cfg: TrainConfig) -> int:
+def train_total_steps(n_examples: int, cfg: TrainConfig) -> int:
     """Optimizer steps of the round: Ray Data gives each worker an equal share of whole rows."""
     per_worker = n_examples // cfg.num_workers
     if per_worker == 0:
@@ -120,7 +107,7 @@ def plan_steps(n_examples: int, cfg: TrainConfig) -> int:
     return cfg.epochs * math.ceil(micro / cfg.grad_accum)
 
 
-def fit(rows: list[dict] | None, loop_config: dict[str, Any], cfg: TrainConfig, storage: str,
+def fit(rows: list[dict] | None, worker: TrainWorkerConfig, cfg: TrainConfig, storage: str,
         loop: Any = None) -> Any:
     """Run TorchTrainer (``loop``: the per-worker function, default ``train_loop`` on ``rows``' shards; ReMax
     passes its own and no rows) with checkpoints under ``storage`` (a local path or a pyarrow URI; a rerun
@@ -135,7 +122,7 @@ def fit(rows: list[dict] | None, loop_config: dict[str, Any], cfg: TrainConfig, 
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}
     datasets = {"train": ray.data.from_items(rows)} if rows is not None else None
     trainer = TorchTrainer(
-        loop or train_loop, train_loop_config=loop_config, datasets=datasets,
+        loop or train_loop, train_loop_config=worker.as_loop_config(), datasets=datasets,
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(name="ray_train", storage_path=storage,
@@ -156,15 +143,16 @@ def run_train(recipe: Recipe, round_idx: int = 0, *, kill_at_step: int | None = 
     ``kill_at_step`` is for tests only: one worker exits at that step, once, to exercise the retries.
     """
     run = RunDir(recipe.run_dir)
-    if run.is_committed(round_idx, STAGE):
-        log.info("round %d %s already committed: skipping", round_idx, STAGE)
-        return run.stage_dir(round_idx, STAGE)
-    cfg = getattr(recipe, "train", None) or TrainConfig()
+    if run.is_committed(round_idx, MODEL):
+        log.info("round %d %s already committed: skipping", round_idx, MODEL)
+        return run.stage_dir(round_idx, MODEL)
+    recipe = round_recipe(recipe, round_idx)
+    cfg = recipe.train or TrainConfig()
     seed = recipe.seed if cfg.seed is None else cfg.seed
     started = time.perf_counter()
-    model_dir = start_model(run, recipe, round_idx)
+    models = round_models(run, recipe, round_idx)
+    model_dir, ref_dir = models.start, models.reference
     check_model_dir(model_dir, "training start model")
-    ref_dir = model_dir if cfg.reference == "previous" else recipe.policy.model
     if cfg.method in NEEDS_REFERENCE:
         check_model_dir(ref_dir, "reference model")
     rows, source = load_rows(run, cfg, round_idx)
@@ -174,7 +162,7 @@ def run_train(recipe: Recipe, round_idx: int = 0, *, kill_at_step: int | None = 
         raise TrainDataError(f"{source}: no usable training rows ({len(rows.rejected)} rejected; first: "
                              f"{first.location} {first.field}: {first.reason})" if first else f"{source}: no rows")
 
-    work = run.round_dir(round_idx) / "train"
+    work = run.round_dir(round_idx) / TRAIN_WORK
     work.mkdir(parents=True, exist_ok=True)
     if cfg.method == "csft":
         model_dir = add_control_tokens(model_dir, work / "start_model")
@@ -182,60 +170,31 @@ def run_train(recipe: Recipe, round_idx: int = 0, *, kill_at_step: int | None = 
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     examples = prepare_examples(rows, cfg, tokenizer, recipe.policy.chat_template, seed)
-    total_steps = plan_steps(len(examples), cfg)
+    total_steps = train_total_steps(len(examples), cfg)
     init_ray(recipe.resources)
     t_prepare = time.perf_counter() - started
     precompute = cfg.method in NEEDS_REFERENCE and cfg.reference_mode == "precomputed"
     if precompute:
         examples = reference_pass(examples, ref_dir, model_dir, cfg, recipe.resources.stage_timeout_s)
     t_reference = time.perf_counter() - started - t_prepare
-    loop_config = {"train": cfg.model_dump(), "model_dir": model_dir, "seed": seed, "total_steps": total_steps,
-                   "ref_dir": ref_dir if cfg.method in NEEDS_REFERENCE else None,
-                   "kill_at_step": kill_at_step, "fault_marker": str(work / "fault-injected")}
-    storage = run.train_storage(round_idx, "train")
-    result = fit(examples, loop_config, cfg, storage)
+    worker = TrainWorkerConfig(train=cfg, model_dir=model_dir, seed=seed, total_steps=total_steps,
+                               ref_dir=ref_dir if cfg.method in NEEDS_REFERENCE else None,
+                               kill_at_step=kill_at_step, fault_marker=str(work / "fault-injected"))
+    storage = run.train_storage(round_idx, TRAIN_WORK)
+    result = fit(examples, worker, cfg, storage)
     t_fit = time.perf_counter() - started - t_prepare - t_reference
-
-    with result.checkpoint.as_directory() as ckpt:
-        ckpt = Path(ckpt)
-        state = json.loads((ckpt / "state.json").read_text())
-        history = [json.loads(line) for line in (ckpt / "metrics.jsonl").read_text().splitlines()]
-        with run.stage(round_idx, STAGE) as out:
-            shutil.copytree(ckpt / "model", out, dirs_exist_ok=True)
-            write_jsonl(out / "rejected_inputs.jsonl", [r.to_dict() for r in rows.rejected])
-            write_jsonl(out / "train_metrics.jsonl", history)
-            write_manifest(out, {
-                "stage": STAGE, "round": round_idx, "method": cfg.method, "start_model": model_dir,
-                "reference": ref_dir if cfg.method in NEEDS_REFERENCE else None, "source": source,
-                "counts": {"read": len(rows.accepted) + len(rows.rejected), "accepted": len(rows.accepted),
-                           "rejected": len(rows.rejected), "examples": len(examples)},
-                "steps": {"planned": total_steps, "done": state["step"], "restored_from": state["restored_from"]},
-                "final_metrics": history[-1] if history else {},
-                "timings_s": {"prepare": t_prepare, "reference_pass": t_reference, "fit": t_fit,
-                              "total": time.perf_counter() - started},
-                "train": cfg.model_dump(mode="json"), "checkpoint_storage": storage,
-            })
-    append_metrics(run, round_idx, history)
-    run.drop_train_storage(round_idx, "train")  # checkpoints of a committed round are not needed any more
-    log.info("round %d model committed after %d steps (restored from %s)", round_idx, state["step"],
-             state["restored_from"] or "none")
-    return run.stage_dir(round_idx, STAGE)
-
-
-def append_metrics(run: RunDir, round_idx: int, history: list[dict[str, Any]]) -> None:
-    """Per-step training metrics into the run's metrics file, one JSON object a line."""
-    run.root.mkdir(parents=True, exist_ok=True)
-    with open(run.root / "metrics.jsonl", "a", encoding="utf-8") as fh:
-        for m in history:
-            fh.write(json.dumps({"stage": "train", "round": round_idx, **m}) + "\n")
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    """``prefloop train RECIPE --round R [--set key=value ...]`` (registered by app/cli.py)."""
-    from prefloop.app.cli import resolve_recipe, save_resolved
-
-    recipe = resolve_recipe(args.recipe, args.set, args.tiny)
-    save_resolved(recipe)
-    folder = run_train(recipe, round_idx=args.round)
-    print(f"model committed: {folder}")
-    return 0
+    manifest = {
+        "method": cfg.method, "start_model": model_dir,
+        "reference": ref_dir if cfg.method in NEEDS_REFERENCE else None, "source": source,
+        "counts": {"read": len(rows.accepted) + len(rows.rejected), "accepted": len(rows.accepted),
+                   "rejected": len(rows.rejected), "examples": len(examples)},
+        "steps": {"planned": total_steps},
+        "timings_s": {"prepare": t_prepare, "reference_pass": t_reference, "fit": t_fit,
+                      "total": time.perf_counter() - started},
+        "train": cfg.model_dump(mode="json"), "checkpoint_storage": storage}
+    committed = commit_model(run, round_idx, result.checkpoint, rejected=[r.to_dict() for r in rows.rejected],
+                             metrics_file="train_metrics.jsonl", manifest=manifest)
+    run.drop_train_storage(round_idx, TRAIN_WORK)  # checkpoints of a committed round are not needed any more
+    log.info("round %d model committed after %d steps (restored from %s)", round_idx,
+             committed["steps"]["done"], committed["steps"]["restored_from"] or "none")
+    return run.stage_dir(round_idx, MODEL)

@@ -117,7 +117,7 @@ def bench_prefloop(model_dir: Path, pairs: list[dict], args: argparse.Namespace,
 
     run = RunDir(work / "run")
     rows = [{**p, "messages": [{"role": "user", "content": p["prompt"]}]} for p in pairs]
-    with run.stage(0, "rollout") as out:
+    with run.commit(0, "rollout") as out:
         write_parquet(out / "pairs.parquet", rows)
         write_manifest(out, {"stage": "rollout"})
     recipe = parse_recipe({

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import torch
 
 
-def plan_steps(n_prompts: int, epochs: int, prompts_per_step: int, max_steps: int | None = None) -> int:
+def remax_total_steps(n_prompts: int, epochs: int, prompts_per_step: int, max_steps: int | None = None) -> int:
     """Optimizer steps of a ReMax run: every epoch visits every prompt once, ``prompts_per_step`` at a time."""
     if n_prompts <= 0:
         raise ValueError("ReMax needs at least one prompt")

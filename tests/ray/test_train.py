@@ -39,7 +39,7 @@ def make_run(tmp, model, method, **train):
     run = RunDir(tmp / "run")
     kto = [{"prompt_id": p["prompt_id"], "prompt": p["prompt"], "messages": p["messages"], "completion": p[k],
             "label": label, "score": 0.0} for p in pairs() for k, label in (("chosen", True), ("rejected", False))]
-    with run.stage(0, "rollout") as out:
+    with run.commit(0, "rollout") as out:
         write_parquet(out / "pairs.parquet", pairs())
         write_parquet(out / "kto.parquet", kto)
         write_manifest(out, {"stage": "rollout"})

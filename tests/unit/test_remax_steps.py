@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from prefloop.core.config import RecipeError, parse_recipe
-from prefloop.core.remax import pack_sequences, plan_steps, step_prompts, step_summary, worker_share
+from prefloop.core.remax import pack_sequences, remax_total_steps, step_prompts, step_summary, worker_share
 from prefloop.core.rewards import WORD_BUDGET, brevity, verbosity
 
 
@@ -13,12 +13,12 @@ def recipe(train):
             "scorer": {"kind": "function", "function": "a:b"}, "train": train}
 
 
-def test_plan_steps():
-    assert plan_steps(64, 1, 8) == 8
-    assert plan_steps(65, 2, 8) == 18  # a short last step per epoch still counts
-    assert plan_steps(64, 3, 8, max_steps=5) == 5
+def test_remax_total_steps():
+    assert remax_total_steps(64, 1, 8) == 8
+    assert remax_total_steps(65, 2, 8) == 18  # a short last step per epoch still counts
+    assert remax_total_steps(64, 3, 8, max_steps=5) == 5
     with pytest.raises(ValueError):
-        plan_steps(0, 1, 8)
+        remax_total_steps(0, 1, 8)
 
 
 def test_step_prompts_cover_every_prompt_each_epoch_and_are_reproducible():

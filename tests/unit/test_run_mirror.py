@@ -15,7 +15,7 @@ def remote(tmp_path, monkeypatch):
 
 
 def commit(run, r, stage, files):
-    with run.stage(r, stage) as out:
+    with run.commit(r, stage) as out:
         for name, text in files.items():
             (out / name).parent.mkdir(parents=True, exist_ok=True)
             (out / name).write_text(text)
@@ -60,7 +60,7 @@ def test_a_failed_stage_uploads_nothing(remote):
     remote_dir, uri = remote
     run = RunDir(uri)
     with pytest.raises(RuntimeError):
-        with run.stage(0, "rollout") as out:
+        with run.commit(0, "rollout") as out:
             (out / "x").write_text("1")
             raise RuntimeError("boom")
     assert not (remote_dir / "round_0").exists() and not run.is_committed(0, "rollout")

@@ -7,8 +7,7 @@ import sys
 
 import pytest
 
-from prefloop.app import telemetry
-from prefloop.app.telemetry import Telemetry, round_metrics
+from prefloop.app.telemetry import Telemetry
 from prefloop.core.config import RecipeError, parse_recipe
 
 BASE = {"name": "tel", "run_dir": "runs/tel", "policy": {"model": "m"}, "data": {"train": "p"},
@@ -37,7 +36,6 @@ def test_missing_library_names_the_recipe_key_and_the_package(tmp_path, monkeypa
     with pytest.raises(RecipeError) as err:
         Telemetry.start(recipe(tmp_path, backend="wandb"), tmp_path / "run")
     assert "tracking.backend" in str(err.value) and "pip install wandb" in str(err.value)
-    assert telemetry.current() is None
 
 
 def read_tensorboard(logdir):
@@ -50,14 +48,12 @@ def read_tensorboard(logdir):
 
 def test_tensorboard_event_files_read_back(tmp_path):
     tel = Telemetry.start(recipe(tmp_path, backend="tensorboard"), tmp_path / "run")
-    assert telemetry.current() is tel  # gauges too when Ray is initialised (the whole suite), a no-op otherwise
-    telemetry.stage("rollout")
-    tel.round_done(0, {"pairs": 10, "win_rate": 0.5, "reward_mean": -0.25, "tokens_per_s": {"rollout": 900.0},
+    tel.stage("rollout")  # gauges too when Ray is initialised (the whole suite), a no-op otherwise
+    tel.round_done(0, {"pairs": 10, "win_rate": 0.5, "mean_score": -0.25, "tokens_per_s": {"rollout": 900.0},
                        "timings_s": {"train": 3.0}, "method": "dpo", "serve_swap_s": None})
-    tel.round_done(1, {"pairs": 12, "win_rate": 0.75, "reward_mean": 0.5, "tokens_per_s": {"rollout": 1000.0}})
-    telemetry.remax_step(3, {"reward_sample": 0.2, "reward_greedy": 0.1, "kl": 0.01, "generate_s": 1.5})
+    tel.round_done(1, {"pairs": 12, "win_rate": 0.75, "mean_score": 0.5, "tokens_per_s": {"rollout": 1000.0}})
+    tel.remax_step(3, {"reward_sample": 0.2, "reward_greedy": 0.1, "kl": 0.01, "generate_s": 1.5})
     tel.close()
-    assert telemetry.current() is None
     scalars = read_tensorboard(tmp_path / "run" / "tensorboard")
     assert scalars["round/win_rate"] == [(0, 0.5), (1, 0.75)]
     assert scalars["round/pairs"] == [(0, 10.0), (1, 12.0)]
@@ -102,19 +98,31 @@ def test_close_in_a_finally_marks_the_run_failed(tmp_path):
     assert MlflowClient(tracking_uri=state["uri"]).get_run(state["run_id"]).info.status == "FAILED"
 
 
-def test_round_metrics_from_a_committed_round(tmp_path):
+def test_round_summary_from_a_committed_round(tmp_path):
+    """The summary the loop builds once per round: pairs and throughput from the rollout, loss and training
+    tokens/s from the model manifest, prompts accumulated over the rounds' eval manifests."""
+    from prefloop.app.round_summary import round_summary
+    from prefloop.app.rundir import RunDir
+
     root = tmp_path / "run"
-    for r, prompts in ((0, 32), (1, 30)):
-        (root / f"round_{r}" / "rollout").mkdir(parents=True)
-        (root / f"round_{r}" / "rollout" / "manifest.json").write_text(json.dumps(
-            {"counts": {"prompts_generated": prompts}, "throughput": {"tokens_per_generator_s": 100.0 * (r + 1)}}))
-    steps = [{"stage": "train", "round": 1, "step": s, "loss": 0.7 - 0.1 * s, "tokens_per_s": 50.0 * s}
-             for s in (1, 2)]
-    (root / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in steps) + '{"cut')
-    eval_manifest = {"pairs": 28, "mean_score": 0.3, "win_rate": 0.6, "win_rate_stderr": 0.1, "mean_length": 20.0,
-                     "swap_s": 0.02, "timings_s": {"rollout": 5.0}}
-    m = round_metrics(root, 1, eval_manifest)
-    assert (m["pairs"], m["reward_mean"], m["win_rate"], m["swap_s"]) == (28, 0.3, 0.6, 0.02)
+
+    def write(r, stage, manifest):
+        (root / f"round_{r}" / stage).mkdir(parents=True)
+        (root / f"round_{r}" / stage / "manifest.json").write_text(json.dumps(manifest))
+
+    write(0, "eval", {"prompts_done": 32})
+    write(1, "rollout", {"counts": {"prompts_generated": 30, "pairs": 28},
+                         "throughput": {"tokens_per_generator_s": 200.0}})
+    write(1, "model", {"counts": {"examples": 28}, "final_metrics": {"loss": 0.5}, "tokens_per_s": 75.0})
+    rec = parse_recipe({**BASE, "train": {"method": "dpo"}}, "t.yaml")
+    m = round_summary(RunDir(root), rec, 1, swap_s=0.02, serve_swap_s=None, timings_s={"rollout": 5.0})
+    assert (m["pairs"], m["method"], m["swap_s"], m["serve_swap_s"]) == (28, "dpo", 0.02, None)
     assert m["prompts_done"] == 62 and m["train_loss"] == pytest.approx(0.5)
-    assert m["tokens_per_s"] == {"rollout": 200.0, "train": 75.0}
-    assert "train_loss" not in round_metrics(root, 0, eval_manifest)
+    assert m["tokens_per_s"] == {"rollout": 200.0, "train": 75.0} and m["timings_s"] == {"rollout": 5.0}
+
+
+def test_model_manifest_means_training_tokens_per_s():
+    from prefloop.app.model_stage import mean_of
+
+    assert mean_of([{"tokens_per_s": 50.0}, {"tokens_per_s": 100.0}, {"loss": 1.0}], "tokens_per_s") == 75.0
+    assert mean_of([{"loss": 1.0}], "tokens_per_s") is None

