@@ -16,6 +16,7 @@ A round of the loop with method remax replaces rollout + training by one ReMax r
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time

@@ -117,7 +117,7 @@ def build_app(args: dict[str, Any]) -> Any:
     model, so a config that changes only the deployment's ``user_config`` (``model_dir``, ``round``) swaps
     weights in place, as ``publish`` does.
     """
-    from prefloop.app.rundir import MODEL, RECIPE_FILE, RunDir
+    from prefloop.app.rundir import RECIPE_FILE, RunDir
     from prefloop.core.config import load_recipe
 
     unknown = set(args) - {"run_dir", "round", "replicas", "replica_cpus", "replica_gpus"}
@@ -251,7 +251,7 @@ def serve_run_dir(run_dir: str | Path, round_idx: int | None = None, **kwargs: A
     from prefloop.app.runtime import init_ray
     from prefloop.core.config import load_recipe
 
-    from prefloop.app.rundir import MODEL, RECIPE_FILE, RunDir
+    from prefloop.app.rundir import RECIPE_FILE, RunDir
 
     model_dir, round_idx = resolve_served_model(run_dir, round_idx)
     recipe_path = RunDir(run_dir).root / RECIPE_FILE  # the local copy when run_dir is a URI
