@@ -45,21 +45,48 @@ def _with_scores(batch: dict[str, Any], scores: list[list[float]]) -> dict[str, 
 
 
 class PairRMScorer:
-    """PairRM through llm-blender: compares every pair of a prompt's candidates."""
+    """PairRM through llm-blender. ``comparisons="full"``: every ordered pair of a prompt's candidates
+    (``Blender.rank``); ``"tournament"``: only the best and the worst, in about 3N/2 comparisons
+    (``core/tournament.py``, each comparison in both orders through ``Blender.compare``)."""
 
-    def __init__(self, ranker_dir: str, batch_size: int = 16, device: str = "cpu"):
+    def __init__(self, ranker_dir: str, batch_size: int = 16, device: str = "cpu", comparisons: str = "full"):
         from prefloop.actors.blender_compat import load_pairrm, ranker_safe
 
+        if comparisons not in ("full", "tournament"):
+            raise ValueError(f"scorer.comparisons: {comparisons!r} is not 'full' or 'tournament'")
         self.safe = ranker_safe
         self.blender = load_pairrm(ranker_dir, device=device)
-        self.batch_size = batch_size
+        self.batch_size, self.comparisons = batch_size, comparisons
 
     def score(self, prompts: list[str], candidates: list[list[str]]) -> list[list[float]]:
         prompts = [self.safe(p) for p in prompts]
         candidates = [[self.safe(c) for c in cands] for cands in candidates]
+        if self.comparisons == "tournament":
+            return self.tournament(prompts, candidates)
         scores = self.blender.rank(prompts, candidates, return_scores=True, batch_size=self.batch_size,
                                    disable_tqdm=True)
         return np.asarray(scores, dtype=np.float64).tolist()
+
+    def tournament(self, prompts: list[str], candidates: list[list[str]]) -> list[list[float]]:
+        from prefloop.core.tournament import min_max_tournament, tournament_scores
+
+        def compare(todo: list[tuple[int, int, int]]) -> list[float]:
+            # one batched call per tournament round; sorted by length so each mini-batch pads little
+            order = sorted(range(len(todo)), key=lambda k: len(candidates[todo[k][0]][todo[k][1]])
+                           + len(candidates[todo[k][0]][todo[k][2]]) + len(prompts[todo[k][0]]))
+            picked = [todo[k] for k in order]
+            logits = self.blender.compare([prompts[p] for p, _, _ in picked],
+                                          [candidates[p][i] for p, i, _ in picked],
+                                          [candidates[p][j] for p, _, j in picked], batch_size=self.batch_size,
+                                          return_logits=True, mode="[A,B]+[B,A]", disable_tqdm=True)
+            out = [0.0] * len(todo)
+            for k, logit in zip(order, np.asarray(logits, dtype=np.float64).reshape(-1).tolist()):
+                out[k] = logit
+            return out
+
+        results = min_max_tournament([len(c) for c in candidates], compare)
+        return [tournament_scores(len(c), best, worst, margin)
+                for c, (best, worst, margin) in zip(candidates, results)]
 
     @timed("score_s")
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:

@@ -57,7 +57,8 @@ def scorer_stage(recipe: Recipe) -> Stage:
 
     sc, res = recipe.scorer, recipe.resources
     if sc.kind == "pairrm":
-        cls, kwargs = PairRMScorer, {"ranker_dir": sc.model, "batch_size": sc.batch_size}
+        cls, kwargs = PairRMScorer, {"ranker_dir": sc.model, "batch_size": sc.batch_size,
+                                     "comparisons": sc.comparisons}
     elif sc.kind == "reward_model":
         cls, kwargs = RewardModelScorer, {"model_dir": sc.model, "chat_template": sc.chat_template,
                                           "batch_size": sc.batch_size}

@@ -74,6 +74,9 @@ class ScorerConfig(_Strict):
     chat_template: ChatTemplate = Field("tokenizer", description="Reward model's rendering of (prompt, answer).")
     num_scorers: int = Field(1, ge=1)
     batch_size: int = Field(16, ge=1, description="Prompts per scorer call.")
+    comparisons: Literal["full", "tournament"] = Field(
+        "full", description="PairRM only. full: every ordered pair, N(N-1) per prompt (scores for every "
+        "candidate); tournament: only the best and the worst, in about 3N/2 comparisons (core/tournament.py).")
 
     @model_validator(mode="after")
     def _needs_target(self) -> "ScorerConfig":
@@ -81,6 +84,8 @@ class ScorerConfig(_Strict):
             raise ValueError(f"scorer.model is required when scorer.kind is '{self.kind}'")
         if self.kind == "function" and (not self.function or ":" not in self.function):
             raise ValueError("scorer.function must be 'module:function' when scorer.kind is 'function'")
+        if self.comparisons == "tournament" and self.kind != "pairrm":
+            raise ValueError("scorer.comparisons: 'tournament' is for pairwise judges (scorer.kind: pairrm)")
         return self
 
 
@@ -161,6 +166,9 @@ class Recipe(_Strict):
         if need > self.rollout.max_model_len:
             raise ValueError(f"data.max_prompt_tokens + rollout.max_tokens = {need} exceeds "
                              f"rollout.max_model_len = {self.rollout.max_model_len}")
+        if self.scorer.comparisons == "tournament" and self.selection.length_penalty:
+            raise ValueError("selection.length_penalty must be 0 with scorer.comparisons: tournament (the "
+                             "tournament scores only the best and the worst; penalise length in the judge instead)")
         return self
 
 

@@ -59,3 +59,32 @@ def test_pairrm_ranks_candidates_that_contain_its_own_marker_tokens(tiny_assets)
     scores = PairRMScorer(str(tiny_assets.pairrm)).score([prompt], [cands])[0]
     assert len(scores) == 4 and all(np.isfinite(scores))
     assert ranker_safe(cands[1]) == "ch<candidate2><candidate> mou" and ranker_safe(cands[2]) == cands[2]
+
+
+def test_pairrm_tournament_agrees_with_the_full_ranking(tiny_assets):
+    """The tournament's best and worst against the full N x (N-1) ranking of the same real tiny PairRM on the
+    shipped prompts' kind of answers (position-averaged comparisons, so they should mostly agree)."""
+    import random
+
+    rng = random.Random(0)
+    words = ["cats", "rivers", "bread", "music", "the", "is", "good", "very", "and", "a", "kind", "stars"]
+    prompts = [f"Tell me about {w}." for w in words]
+    cands = [[" ".join(rng.choice(words) for _ in range(rng.randint(3, 14))) for _ in range(5)] for _ in prompts]
+    full = PairRMScorer(str(tiny_assets.pairrm), comparisons="full").score(prompts, cands)
+    tour = PairRMScorer(str(tiny_assets.pairrm), comparisons="tournament").score(prompts, cands)
+    agree = 0
+    for f, t in zip(full, tour):
+        assert len(t) == 5 and sum(1 for x in t if x != 0.0) in (0, 2)
+        agree += (int(np.argmax(t)) == int(np.argmax(f))) + (int(np.argmin(t)) == int(np.argmin(f)))
+    assert agree / (2 * len(prompts)) >= 0.75, (full, tour)
+
+
+def test_tournament_needs_a_pairwise_judge():
+    from prefloop.core.config import parse_recipe
+
+    base = {"name": "t", "run_dir": "r", "policy": {"model": "m"}, "data": {"train": "p"}}
+    with pytest.raises(RecipeError, match="scorer.comparisons"):
+        parse_recipe({**base, "scorer": {"kind": "function", "function": "a:b", "comparisons": "tournament"}}, "t.yaml")
+    with pytest.raises(RecipeError, match="length_penalty"):
+        parse_recipe({**base, "scorer": {"kind": "pairrm", "model": "x", "comparisons": "tournament"},
+                      "selection": {"length_penalty": 0.1}}, "t.yaml")

@@ -1,0 +1,106 @@
+"""PairRM best/worst selection: the tournament (``scorer.comparisons: tournament``) against the full ranking.
+
+    python bench/select.py [--prompts 256] [--samples 5] [--batch 32] [--repeats 3] [--json bench/results.json]
+
+Prints prompts/s of (a) a bare ``Blender.rank`` loop (every ordered pair, what selection needed before), (b) the
+same loop through ``PairRMScorer(comparisons="tournament")`` (about 3N/2 position-averaged comparisons, batched by
+round and sorted by length) and (c) the tournament as the Ray Data scorer stage, each after warm-up, repeats
+interleaved, medians and the ratios to (a); and how often the tournament's best and worst agree with the full
+ranking's on the same candidates. Candidates are the tiny policy's own samples (vLLM, once) when the tiny
+assets are built, so lengths and words look like a rollout's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def prompts_per_s(scorer, rows: list[dict], candidates: list[list[str]], batch: int) -> tuple[float, list]:
+    started, scores = time.perf_counter(), []
+    for i in range(0, len(rows), batch):
+        scores += scorer.score([r["prompt"] for r in rows[i:i + batch]], candidates[i:i + batch])
+    return len(rows) / (time.perf_counter() - started), scores
+
+
+def agreement(full: list[list[float]], tour: list[list[float]]) -> float:
+    import numpy as np
+
+    hits = sum((int(np.argmax(t)) == int(np.argmax(f))) + (int(np.argmin(t)) == int(np.argmin(f)))
+               for f, t in zip(full, tour))
+    return hits / (2 * len(full))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--prompts", type=int, default=256)
+    parser.add_argument("--samples", type=int, default=5)
+    parser.add_argument("--max-tokens", type=int, default=48)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", default=None, help="append the figures to this JSON file")
+    args = parser.parse_args()
+
+    import ray
+    import torch
+
+    from rollout import bare_generation, load_rows, ray_stage  # bench/rollout.py, beside this file
+    from prefloop.actors.generator import VLLMGenerator
+    from prefloop.actors.scorers import PairRMScorer
+    from prefloop.app.assets import build_assets, default_assets_dir
+    from prefloop.app.runtime import init_ray
+    from prefloop.core.config import ResourcesConfig
+    from prefloop.core.sampling import SampleSpec
+
+    assets = build_assets(default_assets_dir())
+    rows = load_rows(str(assets.policy), args.prompts, None)
+    gen = VLLMGenerator(str(assets.policy), SampleSpec(args.samples, 1.0, 1.0, args.max_tokens, 0), max_model_len=256)
+    _, candidates = bare_generation(gen, rows, args.batch)
+    gen.shutdown()
+    torch.set_num_threads(1)  # what Ray gives a num_cpus=1 actor
+    full = PairRMScorer(str(assets.pairrm), batch_size=args.batch)
+    tour = PairRMScorer(str(assets.pairrm), batch_size=args.batch, comparisons="tournament")
+    prompts_per_s(full, rows[: args.batch], candidates[: args.batch], args.batch)  # warm-up
+    prompts_per_s(tour, rows[: args.batch], candidates[: args.batch], args.batch)
+    bare, local, agree = [], [], []
+    for _ in range(args.repeats):  # interleaved, so drifts of the machine hit both
+        rate, full_scores = prompts_per_s(full, rows, candidates, args.batch)
+        bare.append(rate)
+        rate, tour_scores = prompts_per_s(tour, rows, candidates, args.batch)
+        local.append(rate)
+        agree.append(agreement(full_scores, tour_scores))
+    del full, tour
+    init_ray(ResourcesConfig())
+    staged = []
+    scored_rows = [dict(r, candidates=c) for r, c in zip(rows, candidates)]
+    kwargs = {"ranker_dir": str(assets.pairrm), "batch_size": args.batch, "comparisons": "tournament"}
+    for _ in range(args.repeats):
+        window, out = ray_stage(PairRMScorer, kwargs, scored_rows, args.batch, "score_s", 1.0)
+        staged.append(len(out) / window)
+    ray.shutdown()
+    med = statistics.median
+    figures = {"bench": "select", "prompts": args.prompts, "samples": args.samples, "repeats": args.repeats,
+               "bare_rank_prompts_per_s": med(bare), "tournament_prompts_per_s": med(local),
+               "tournament_stage_prompts_per_s": med(staged), "ratio_tournament": med(local) / med(bare),
+               "ratio_stage": med(staged) / med(bare), "agreement": med(agree)}
+    print(f"\nselection bench: {args.prompts} prompts x {args.samples} samples, {args.repeats} repeats (medians)")
+    print(f"  bare Blender.rank loop      {med(bare):8.1f} prompts/s   runs {[round(x, 1) for x in bare]}")
+    print(f"  tournament (same loop)      {med(local):8.1f} prompts/s   ratio {figures['ratio_tournament']:.2f}")
+    print(f"  tournament Ray Data stage   {med(staged):8.1f} prompts/s   ratio {figures['ratio_stage']:.2f}   "
+          f"runs {[round(x, 1) for x in staged]}")
+    print(f"  best and worst agree with the full ranking on {100 * med(agree):.1f}% of picks")
+    if args.json:
+        path = Path(args.json)
+        results = json.loads(path.read_text()) if path.is_file() else {}
+        results["select"] = figures
+        path.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
