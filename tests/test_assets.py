@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from prefloop.actors.blender_compat import import_llm_blender, load_pairrm
-from prefloop.app import topics as T
-from prefloop.app.assets import FORMAT_VERSION, build_assets, read_marker
-from prefloop.app.assets_judges import make_pairs
+from prefloop.tinyworld import topics as T
+from prefloop.tinyworld.assets import FORMAT_VERSION, build_assets, read_marker
+from prefloop.tinyworld.judges import make_pairs
 
 HELDOUT = [json.loads(line)["prompt"] for line in T.HELDOUT_FILE.read_text().splitlines()]
 

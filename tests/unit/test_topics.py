@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from prefloop.app import topics as T
+from prefloop.tinyworld import topics as T
 
 
 def test_world_has_forty_topics_with_distinct_words():

@@ -1,6 +1,6 @@
 """The tiny judges of the offline demo: a PairRM in llm-blender's own format, and a scalar reward model.
 
-Both are trained briefly on synthetic pairs of the demo world (``prefloop.app.topics``), ordered by
+Both are trained briefly on synthetic pairs of the demo world (``prefloop.tinyworld.topics``), ordered by
 ``topics.preference_score`` (stay on the prompt's topic, do not run long), and measured on fresh pairs for
 held-out prompts. Answers in the pairs carry small slips (dropped, repeated words, cut-off ends), like a tiny
 policy's samples, so the judges are not thrown by them. Training follows a short curriculum (clear pairs
@@ -24,21 +24,14 @@ from pathlib import Path
 
 import torch
 
-from prefloop.app import topics
-from prefloop.app.assets_policy import train_loop
+from prefloop.core.templates import ULTRARM_JINJA
+from prefloop.tinyworld import topics
+from prefloop.tinyworld.policy import train_loop
 
 log = logging.getLogger(__name__)
 
 BACKBONE = "backbone"  # the DebertaV2 dir inside the pairrm dir
 SOURCE_MAXLEN, CANDIDATE_MAXLEN = 48, 112  # tokens; the policy's answers stay well under 112
-# UltraRM's format (the ReMax card scored with it); the generation prompt ends where the answer starts.
-ULTRARM_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'user' %}{{ 'Human: ' + message['content'] + '\n' }}"
-    "{% elif message['role'] == 'assistant' %}{{ 'Assistant: ' + message['content'] + '\n' }}"
-    "{% else %}{{ message['content'] + '\n' }}{% endif %}"
-    "{% endfor %}{% if add_generation_prompt %}{{ 'Assistant: ' }}{% endif %}"
-)
 
 
 def _answer_pair(rng: random.Random, names: list[str], kind: str, marked: float) -> tuple[str, str]:
@@ -257,7 +250,7 @@ def build_reward(out: Path, tok, seed: int, heldout: list[str], policy_dir: Path
 
     torch.manual_seed(seed)
     tok = copy.deepcopy(tok)  # the shared tokenizer keeps its own template
-    tok.chat_template = ULTRARM_TEMPLATE
+    tok.chat_template = ULTRARM_JINJA  # UltraRM's format (the ReMax card scored with it)
     model = LlamaForSequenceClassification.from_pretrained(policy_dir, num_labels=1)
     n_easy, n_main = 2000, 6000
     pairs = training_pairs(seed + 5, n_easy, n_main)

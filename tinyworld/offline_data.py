@@ -1,10 +1,10 @@
-"""A small offline preference file in the synthetic world of ``app/topics.py``, shipped for ``--tiny`` runs of
+"""A small offline preference file in the synthetic world of ``tinyworld/topics.py``, shipped for ``--tiny`` runs of
 offline recipes (Archangel: SFT then KTO on ``prompt/chosen/rejected``; Contextual KTO on partitions).
 
 Chosen answers stay on the prompt's topics and are short; rejected ones drift to another topic. Both are
 checked against the documented ground truth, ``topics.preference_score``.
 
-    python -m prefloop.app.offline_data     # rewrites app/data/tiny_prefs.jsonl
+    python -m prefloop.tinyworld.offline_data     # rewrites tinyworld/data/tiny_prefs.jsonl
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import json
 import random
 from pathlib import Path
 
-from prefloop.app.topics import DATA_DIR, make_answer, preference_score, prompt_splits
+from prefloop.tinyworld.topics import DATA_DIR, make_answer, preference_score, prompt_splits
 
 TINY_PREFS = DATA_DIR / "tiny_prefs.jsonl"
 

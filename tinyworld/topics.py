@@ -281,6 +281,6 @@ def write_prompt_files(directory: Path | str = DATA_DIR, seed: int = 0) -> tuple
     return paths
 
 
-if __name__ == "__main__":  # regenerate the shipped files: python -m prefloop.app.topics
+if __name__ == "__main__":  # regenerate the shipped files: python -m prefloop.tinyworld.topics
     for p in write_prompt_files():
         print(p)
