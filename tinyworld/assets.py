@@ -8,8 +8,8 @@
   ``Blender().loadranker(root/"pairrm")`` or ``prefloop.actors.blender_compat.load_pairrm``;
 - ``root/reward``: a tiny scalar reward model (``AutoModelForSequenceClassification``, UltraRM template).
 
-The judges imitate ``prefloop.tinyworld.topics.preference_score``; their held-out pair accuracies are logged and
-kept in the marker file. Caching: everything is built in a sibling temp dir, renamed into place, and only
+The judges are proxies of ``prefloop.tinyworld.gold.gold_score``, trained on noisy labels of it; their
+held-out pair accuracies against the exact gold order are logged and kept in the marker file. Caching: everything is built in a sibling temp dir, renamed into place, and only
 then is the marker (format version + seed) written, atomically; a build that dies half-way never looks
 finished. A lock file keeps two processes from building the same dir at once.
 """
@@ -30,7 +30,7 @@ from typing import Iterator
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 3  # bump when what a build produces changes; older caches are then rebuilt
+FORMAT_VERSION = 4  # bump when what a build produces changes; older caches are then rebuilt
 MARKER = "prefloop-assets.json"
 PARTS = ("policy", "pairrm", "reward")
 
