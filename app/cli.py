@@ -22,14 +22,14 @@ from pathlib import Path
 
 from prefloop.core.config import Recipe, RecipeError, dump_recipe, load_recipe
 from prefloop.core.prompts import InputError
+from prefloop.tinyworld.topics import DATA_DIR  # the {data} placeholder: the prompt files shipped with prefloop
 
 log = logging.getLogger("prefloop")
-DATA_DIR = Path(__file__).parent / "data"
 
 
 def resolve_recipe(path: str, overrides: list[str], tiny: bool = False) -> Recipe:
     """Load and validate a recipe (``tiny``: with its tiny section); build the tiny assets if it asks for them."""
-    from prefloop.app.assets import build_assets, default_assets_dir
+    from prefloop.tinyworld.assets import build_assets, default_assets_dir
 
     assets_dir = default_assets_dir()
     recipe = load_recipe(path, overrides, {"assets": str(assets_dir), "data": str(DATA_DIR)}, tiny=tiny)
@@ -87,7 +87,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def cmd_assets(args: argparse.Namespace) -> int:
-    from prefloop.app.assets import build_assets, default_assets_dir
+    from prefloop.tinyworld.assets import build_assets, default_assets_dir
 
     assets = build_assets(Path(args.dir) if args.dir else default_assets_dir(), seed=args.seed, force=args.force)
     print(f"policy:  {assets.policy}\npairrm:  {assets.pairrm}\nreward:  {assets.reward}")
@@ -95,7 +95,7 @@ def cmd_assets(args: argparse.Namespace) -> int:
 
 
 def cmd_recipe_check(args: argparse.Namespace) -> int:
-    from prefloop.app.assets import default_assets_dir
+    from prefloop.tinyworld.assets import default_assets_dir
 
     recipe = load_recipe(args.recipe, args.set, {"assets": str(default_assets_dir()), "data": str(DATA_DIR)},
                          tiny=args.tiny)

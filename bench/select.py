@@ -53,7 +53,7 @@ def main() -> None:
     from rollout import bare_generation, load_rows, ray_stage  # bench/rollout.py, beside this file
     from prefloop.actors.generator import VLLMGenerator
     from prefloop.actors.scorers import PairRMScorer
-    from prefloop.app.assets import build_assets, default_assets_dir
+    from prefloop.tinyworld.assets import build_assets, default_assets_dir
     from prefloop.app.runtime import init_ray
     from prefloop.core.config import ResourcesConfig
     from prefloop.core.sampling import SampleSpec

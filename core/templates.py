@@ -21,6 +21,24 @@ Message = dict[str, str]
 ROLES = ("system", "user", "assistant")
 
 
+# The ``tulu`` and ``ultrarm`` styles as Jinja chat templates, for the tokenizers prefloop builds itself (the
+# tiny world's): ``apply_chat_template`` with them renders what ``render_prompt`` renders (tulu: after the
+# BOS it writes, which the ``tokenizer`` style strips; ultrarm: plus the space before the answer).
+TULU_JINJA = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}{{ '<|assistant|>\n' + message['content'] + eos_token + '\n' }}"
+    "{% else %}{{ '<|' + message['role'] + '|>\n' + message['content'] + '\n' }}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
+ULTRARM_JINJA = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}{{ 'Human: ' + message['content'] + '\n' }}"
+    "{% elif message['role'] == 'assistant' %}{{ 'Assistant: ' + message['content'] + '\n' }}"
+    "{% else %}{{ 'System: ' + message['content'] + '\n' }}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}{{ 'Assistant: ' }}{% endif %}"
+)
+
+
 def validate_messages(messages: Any) -> list[Message]:
     """Check a chat conversation; raise ValueError saying what is wrong. Returns a clean copy."""
     if not isinstance(messages, (list, tuple)) or not messages:

@@ -12,9 +12,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may be downloaded, in an
 
 @pytest.fixture(scope="session")
 def tiny_assets(tmp_path_factory):
-    """The demo's tiny policy / PairRM / reward model (``prefloop.app.assets``), built once per session
+    """The demo's tiny policy / PairRM / reward model (``prefloop.tinyworld.assets``), built once per session
     (~1-2 min on 2 cores), or reused from ``$PREFLOOP_TEST_ASSETS`` across sessions."""
-    from prefloop.app.assets import build_assets
+    from prefloop.tinyworld.assets import build_assets
 
     root = os.environ.get("PREFLOOP_TEST_ASSETS")
     return build_assets(Path(root) if root else tmp_path_factory.mktemp("assets") / "tiny")

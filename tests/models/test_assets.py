@@ -1,6 +1,7 @@
 """The tiny offline assets, built once (``tiny_assets`` in conftest.py) and checked with the real libraries:
 the policy generates word-like answers that end, the PairRM (through llm-blender) and the reward model prefer
-what ``topics.preference_score`` prefers, on fresh pairs and on the policy's own samples; the cache works."""
+what the gold preference (``gold.gold_score``) prefers, on fresh pairs and on the policy's own samples, though
+they were trained on noisy labels of it; the cache works."""
 
 import json
 import random
@@ -11,9 +12,10 @@ import pytest
 import torch
 
 from prefloop.actors.blender_compat import import_llm_blender, load_pairrm
-from prefloop.app import topics as T
-from prefloop.app.assets import FORMAT_VERSION, build_assets, read_marker
-from prefloop.app.assets_judges import make_pairs
+from prefloop.tinyworld import topics as T
+from prefloop.tinyworld.gold import gold_score
+from prefloop.tinyworld.assets import FORMAT_VERSION, build_assets, read_marker
+from prefloop.tinyworld.judges import make_pairs
 
 HELDOUT = [json.loads(line)["prompt"] for line in T.HELDOUT_FILE.read_text().splitlines()]
 
@@ -72,7 +74,7 @@ def test_policy_writes_word_like_answers_that_end(samples):
     known = {w for w in T.WORD_TOPIC} | {w for s in T.SENTENCES + T.OPENERS + T.DIGRESSIONS for w in T.words_of(s)}
     assert sum(w.strip(".,").lower() in known for w in words) / len(words) > 0.8
     assert len(set(flat)) == len(flat)  # sampled answers differ
-    scores = [T.preference_score(p, a) for p, group in zip(prompts, answers) for a in group]
+    scores = [gold_score(p, a) for p, group in zip(prompts, answers) for a in group]
     assert max(scores) - min(scores) > 0.5  # they vary on what the judge scores
 
 
@@ -90,7 +92,7 @@ def test_pairrm_agrees_with_the_preference_on_the_policys_samples(tiny_assets, s
     scores = load_pairrm(tiny_assets.pairrm).rank(prompts, answers, return_scores=True)
     agree = total = 0
     for p, group, judged in zip(prompts, answers, scores):
-        truth = [T.preference_score(p, a) for a in group]
+        truth = [gold_score(p, a) for a in group]
         for i in range(4):
             for j in range(i + 1, 4):
                 if abs(truth[i] - truth[j]) >= 0.2:

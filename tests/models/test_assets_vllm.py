@@ -33,7 +33,7 @@ def sample_with_vllm(policy_dir: str) -> dict:
 
 @pytest.mark.slow
 def test_vllm_samples_from_the_tiny_policy(tiny_assets):
-    from prefloop.app import topics as T
+    from prefloop.tinyworld import topics as T
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
     proc = subprocess.run([sys.executable, __file__, str(tiny_assets.policy)], capture_output=True, text=True,

@@ -267,7 +267,7 @@ def test_dockerfile_matches_the_cluster_image_and_pins():
     run = re.search(r"^RUN (pip install .*?)(?:&&|$(?<!\\))", text, flags=re.M | re.S)
     assert run, "cluster/Dockerfile: no RUN pip install"
     check_pip_pins(pip_install_args(run.group(1).replace("\\\n", " ")), "cluster/Dockerfile")
-    for folder in ("prefloop", "app", "actors", "core", "recipes"):
+    for folder in ("prefloop", "app", "actors", "core", "tinyworld", "recipes"):
         assert re.search(rf"^COPY .*\b{folder} \./{folder}$", text, flags=re.M), f"Dockerfile copies {folder}/"
 
 
@@ -295,7 +295,7 @@ def test_runtime_env_ships_recipes_not_the_code(tmp_path):
     _zip_files(str(ROOT), env["excludes"], str(out), include_gitignore=True)
     names = set(zipfile.ZipFile(out).namelist())
     assert "recipes/snorkel-pairrm-dpo.yaml" in names and "pyproject.toml" in names
-    leaked = sorted(n for n in names if n.split("/")[0] in {"prefloop", "app", "actors", "core", ".git", "tests"})
+    leaked = sorted(n for n in names if n.split("/")[0] in {"prefloop", "app", "actors", "core", "tinyworld", ".git", "tests"})
     assert not leaked, f"shipped with the job: {leaked[:5]}"
 
 

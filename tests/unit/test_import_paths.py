@@ -34,5 +34,6 @@ def test_wheel_carries_code_recipes_and_data(tmp_path):
     wheel = next(tmp_path.glob("prefloop-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     for must in ("prefloop/app/cli.py", "prefloop/app/pipeline.py", "prefloop/actors/vllm_engine.py",
-                 "prefloop/core/losses.py", "prefloop/recipes/demo.yaml", "prefloop/app/data/prompts.jsonl"):
+                 "prefloop/core/losses.py", "prefloop/recipes/demo.yaml", "prefloop/tinyworld/data/prompts.jsonl",
+                 "prefloop/tinyworld/gold.py"):
         assert must in names, f"{must} missing from {wheel.name}"

@@ -58,3 +58,20 @@ def test_validate_messages(bad, match):
 
 def test_last_user_text():
     assert last_user_text(CHAT) == "Name a fruit."
+
+
+def test_jinja_templates_render_what_render_prompt_renders():
+    """The Jinja forms of the tulu and ultrarm styles (the tiny world's tokenizers carry them) agree with the
+    Python renderers, so a model trained through one is prompted the same way through the other."""
+    import jinja2
+
+    from prefloop.core.templates import TULU_JINJA, ULTRARM_JINJA
+
+    def jinja(template, messages, prompt=True):
+        return jinja2.Template(template).render(messages=messages, add_generation_prompt=prompt,
+                                                bos_token="<s>", eos_token="</s>")
+
+    assert jinja(TULU_JINJA, CHAT) == "<s>" + render_prompt(CHAT, "tulu")
+    msgs = [{"role": "user", "content": "Hi"}]
+    assert jinja(ULTRARM_JINJA, msgs) == render_prompt(msgs, "ultrarm") + " "
+    assert jinja(ULTRARM_JINJA, msgs) + "Hello" == render_conversation(msgs, "Hello", "ultrarm")

@@ -1,4 +1,5 @@
-"""The demo world: the documented preference function and the shipped prompt files."""
+"""The demo world: its topics, the answers the tiny policy is pre-trained on, and the shipped prompt files
+(the gold preference is tested in test_gold.py)."""
 
 import json
 import random
@@ -6,7 +7,8 @@ import re
 
 import pytest
 
-from prefloop.app import topics as T
+from prefloop.tinyworld import topics as T
+from prefloop.tinyworld.gold import gold_score
 
 
 def test_world_has_forty_topics_with_distinct_words():
@@ -16,32 +18,6 @@ def test_world_has_forty_topics_with_distinct_words():
     assert all(len(vocab) >= 6 for vocab in T.TOPICS.values())
     fillers = {w for text in T.SENTENCES + T.OPENERS + T.DIGRESSIONS + T.FORMS for w in T.words_of(text)}
     assert not fillers & set(words), "a template word is also a topic word"
-
-
-@pytest.mark.parametrize("prompt, good, bad", [
-    ("Explain bees.", "The honey matters more than the hive.", "The lava matters more than the ash."),
-    ("Explain bees.", "Watch the hive closely.",
-     "Watch the hive closely. Think of honey and pollen together. Learn about swarm, queen and nectar. "
-     "You often see wings near beekeeper. Many guides mention bees first."),
-    ("Compare cats and dogs.", "Think of kitten and puppy together.", "By the way, think of lava and ash together."),
-    ("Tell me about tea.", "Most people think of kettle and cup.", "Kettle."),
-    ("Tell me about tea.", "Most people think of kettle and cup.", "Mostle peoplet thinkettle of kettle and cup."),
-])
-def test_preference_prefers_on_topic_and_not_too_long(prompt, good, bad):
-    assert T.preference_score(prompt, good) > T.preference_score(prompt, bad)
-
-
-def test_preference_values_match_the_docstring():
-    assert T.preference_score("Explain bees.", "Think of honey and hive together.") == 1.0
-    assert T.preference_score("Explain bees.", "Think of lava and ash together.") == 0.0
-    assert T.preference_score("Explain bees.", "Honey and hive. Lava and ash.") == 0.5
-    assert T.preference_score("Hello there.", "Think of honey and hive together.") == 0.0  # no topic asked
-    assert T.preference_score("Explain bees.", "honey") == 0.5  # under 3 words
-    assert T.preference_score("Explain bees.", "Sure.") == -0.5
-    long_answer = " ".join(["honey"] * 30)  # 30 words: 10 over the limit
-    assert T.preference_score("Explain bees.", long_answer) == pytest.approx(1.0 - 0.2)
-    assert T.preference_score("Explain bees.", " ".join(["honey"] * 100)) == pytest.approx(0.7)  # capped
-    assert T.preference_score("Explain bees.", "Honey hive xqz wub.") == pytest.approx(0.5)  # 2 of 4 unknown
 
 
 def test_garbled_text_is_made_of_non_words():
@@ -56,10 +32,18 @@ def test_preference_range_and_answer_variety():
     scores = []
     for _ in range(500):
         prompt, names = T.make_prompt(rng)
-        scores.append(T.preference_score(prompt, T.make_answer(rng, names, noise=0.3)))
-    assert all(-1.5 <= s <= 1.0 for s in scores)
+        scores.append(gold_score(prompt, T.make_answer(rng, names, noise=0.3)))
+    assert all(-2.4 <= s <= 1.0 for s in scores)
     # The answers the policy is pre-trained on must vary on what is judged, or DPO has nothing to learn.
-    assert sum(s >= 0.9 for s in scores) > 100 and sum(s <= 0.1 for s in scores) > 100
+    assert sum(s >= 0.8 for s in scores) > 50 and sum(s <= 0.2 for s in scores) > 50
+
+
+def test_repeat_answer_says_one_sentence_twice():
+    answer = "The honey matters more than the hive. Watch the queen closely."
+    for seed in range(5):
+        out = T.repeat_answer(random.Random(seed), answer)
+        sentences = out.split(". ")
+        assert len(sentences) == 3 and len(set(s.rstrip(".") for s in sentences)) == 2
 
 
 def test_drift_is_announced_and_generation_is_deterministic():
@@ -67,7 +51,7 @@ def test_drift_is_announced_and_generation_is_deterministic():
     assert a == T.make_answer(random.Random(3), ["bees"], on_topic=0.0, n_sentences=3)
     sentences = [s for s in a.split(". ") if s]
     assert sum(any(s.startswith(d) for d in T.DIGRESSIONS) for s in sentences) == 3
-    assert T.preference_score("Explain bees.", a) <= 0.0  # all off topic (and long: marked drift is wordy)
+    assert gold_score("Explain bees.", a) <= 0.0  # all off topic
 
 
 def read_jsonl(path):

@@ -1,7 +1,6 @@
 """The min-max tournament against a judge with known strengths: it finds the true best and worst, with the
 number of comparisons the textbook bound gives, batched by round across prompts."""
 
-import itertools
 import random
 
 import pytest

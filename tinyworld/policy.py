@@ -1,6 +1,6 @@
 """The tiny policy of the offline demo: a byte-level BPE tokenizer and a 2-layer Llama, pre-trained on CPU.
 
-The tokenizer is trained on text of the synthetic world (``prefloop.app.topics``) and reused, with their own
+The tokenizer is trained on text of the synthetic world (``prefloop.tinyworld.topics``) and reused, with their own
 chat templates, by the tiny judges. The policy is pre-trained (supervised, loss on the answer only) on chat
 examples ``<s><|user|>\\n{prompt}\\n<|assistant|>\\n{answer}</s>`` whose answers stay on the prompt's topic
 for some sentences and drift for others, and run one to four sentences. Its samples therefore vary on
@@ -13,7 +13,6 @@ head_dim 32 or more), 1 KV head, float32.
 from __future__ import annotations
 
 import logging
-import math
 import random
 import time
 from pathlib import Path
@@ -21,26 +20,18 @@ from typing import Callable, Iterable
 
 import torch
 
-from prefloop.app import topics
+from prefloop.actors.blender_compat import RANKER_MARKERS
+from prefloop.core.templates import TULU_JINJA
+from prefloop.core.train_config import lr_factor
+from prefloop.tinyworld import topics
 
 log = logging.getLogger(__name__)
 
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
 CHAT_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
-# llm-blender's PairRM collator adds these; they are in the shared vocabulary so every judge agrees on ids.
-PAIRRM_TOKENS = ("<|source|>", "<|candidate1|>", "<|candidate2|>", "<|candidate|>")
 # Sub-word vocabulary: most topic words take 2-3 tokens. (A whole-word vocabulary of ~1600 was tried: the
 # tiny policy then learned topic coherence far more slowly in the same number of steps.)
 VOCAB_SIZE = 1000
-
-# TuluV2 format, as the Contextual KTO / Archangel cards use; BOS first, as Llama-style templates do.
-TULU_TEMPLATE = (
-    "{{ bos_token }}{% for message in messages %}"
-    "{% if message['role'] == 'assistant' %}{{ '<|assistant|>\n' + message['content'] + eos_token + '\n' }}"
-    "{% else %}{{ '<|' + message['role'] + '|>\n' + message['content'] + '\n' }}{% endif %}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
-)
-
 
 def world_texts(rng: random.Random, n: int = 3000) -> list[str]:
     """Text of the synthetic world, to train the BPE on: prompts, answers and the judges' template words."""
@@ -52,7 +43,7 @@ def world_texts(rng: random.Random, n: int = 3000) -> list[str]:
     return out
 
 
-def train_tokenizer(texts: Iterable[str], chat_template: str = TULU_TEMPLATE, add_bos: bool = True):
+def train_tokenizer(texts: Iterable[str], chat_template: str = TULU_JINJA, add_bos: bool = True):
     """Byte-level BPE trained on ``texts``, wrapped as a transformers fast tokenizer (right padding)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
@@ -71,7 +62,9 @@ def train_tokenizer(texts: Iterable[str], chat_template: str = TULU_TEMPLATE, ad
     tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token=BOS, eos_token=EOS, pad_token=PAD,
                                   additional_special_tokens=list(CHAT_TOKENS), padding_side="right",
                                   model_max_length=512, chat_template=chat_template)
-    tok.add_tokens(list(PAIRRM_TOKENS))  # plain added tokens, as llm-blender adds them (kept by decode)
+    # llm-blender's PairRM collator adds its markers; they are in the shared vocabulary so every judge agrees
+    # on ids. Plain added tokens, as llm-blender adds them (kept by decode).
+    tok.add_tokens(list(RANKER_MARKERS))
     return tok
 
 
@@ -101,14 +94,6 @@ def encode_chat(tok, pairs: list[tuple[str, str]], max_len: int = 128) -> tuple[
     return ids[:, :keep], labels[:, :keep]
 
 
-def cosine_lr(step: int, total: int, peak: float, warmup: int = 50) -> float:
-    """Linear warm-up, then cosine decay to 10 % of the peak."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    frac = (step - warmup) / max(1, total - warmup)
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
-
-
 def uniform_sampler(n_rows: int, batch: int, gen: torch.Generator) -> Callable[[int], torch.Tensor]:
     """Batches of row indices drawn uniformly (with replacement)."""
     return lambda step: torch.randint(0, n_rows, (batch,), generator=gen)
@@ -119,11 +104,12 @@ def train_loop(model, loss_of: Callable[[torch.Tensor], torch.Tensor], sample: C
     """A plain AdamW loop over batches of row indices from ``sample(step)``; logs progress; returns the
     final smoothed loss."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    warmup = min(50, steps // 10)
     model.train()
     start, running = time.monotonic(), None
     for step in range(steps):
         for group in opt.param_groups:
-            group["lr"] = cosine_lr(step, steps, lr)
+            group["lr"] = lr * lr_factor(step, steps, warmup, "cosine")  # the trainer's schedule
         loss = loss_of(sample(step))
         opt.zero_grad(set_to_none=True)
         loss.backward()

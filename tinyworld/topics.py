@@ -9,10 +9,10 @@ Everything the demo's models learn comes from here, in pure Python and determini
 - ``make_answer``: answers in the style the tiny policy is pre-trained on. Each sentence is about the
   prompt's topic or drifts to another one ("By the way, ..."), and answers run from one to four sentences,
   so a policy trained on them samples answers that vary on exactly what the judges care about.
-- ``preference_score``: the ground truth the tiny judges (PairRM, reward model) are trained to imitate.
+  ``repeat_answer``: the same answer with one sentence said twice, what an over-optimised policy writes.
 
-The preference is deliberately simple, so the demo can show the loop learning something real and checkable:
-an answer should stay on the prompt's topic and not run long.
+The gold preference over these answers (stay on topic, cover several topic words, do not repeat a sentence,
+keep a moderate length) is ``prefloop.tinyworld.gold.gold_score``.
 """
 
 from __future__ import annotations
@@ -118,7 +118,10 @@ OPENERS: tuple[str, ...] = ("Sure.", "Here is a short answer.", "Good question."
 # topic" from pairwise labels alone takes a 2-layer judge far longer than the demo's build budget.
 DIGRESSIONS: tuple[str, ...] = ("By the way,", "On another note,", "Unrelated, but", "Speaking of something else,")
 
-IDEAL_MAX_WORDS = 20  # answers up to this many words carry no length penalty
+# The on-topic share of an answer, drawn uniformly from these: mostly on topic (mean 0.71), as a pre-trained
+# assistant is, so its greedy answer opens on topic and the rounds improve a fair answer rather than fix a
+# broken one (with the share uniform over 0..1, greedy decoding opened with a digression on most prompts).
+ON_TOPIC_SHARES = (1.0, 1.0, 0.75, 0.75, 0.5, 0.25)
 _WORD = re.compile(r"[a-z]+")
 
 
@@ -136,31 +139,6 @@ _SPLICE = tuple(sorted(LEXICON))
 def prompt_topics(prompt: str) -> set[str]:
     """The topics a prompt names (by topic name; a word of the vocabulary does not count)."""
     return {w for w in words_of(prompt) if w in TOPICS}
-
-
-def preference_score(prompt: str, answer: str) -> float:
-    """The ground-truth preference of the demo world: higher is better, in [-1.5, 1].
-
-    ``score = relevance - length_penalty - gibberish`` where
-
-    - relevance: of the topic words in the answer (words of any topic's vocabulary, or topic names), the
-      fraction that belong to a topic the prompt names. An answer with no topic words, or a prompt naming
-      no topic, gets 0.
-    - length_penalty: 0 up to 20 words; then 0.02 per extra word, at most 0.3 (reached at 35 words).
-      An answer of fewer than 3 words gets 0.5 instead.
-    - gibberish: the fraction of the answer's words that are not words of this world (``LEXICON``).
-
-    So "stay on the prompt's topic, do not run long, and write real words". The judges are trained on
-    pairs ordered by it; ties (equal scores) carry no preference.
-    """
-    words = words_of(answer)
-    asked = prompt_topics(prompt)
-    topical = [WORD_TOPIC[w] for w in words if w in WORD_TOPIC]
-    relevance = sum(t in asked for t in topical) / len(topical) if topical and asked else 0.0
-    n = len(words)
-    penalty = 0.5 if n < 3 else min(0.3, 0.02 * max(0, n - IDEAL_MAX_WORDS))
-    gibberish = sum(w not in LEXICON for w in words) / n if n else 0.0
-    return relevance - penalty - gibberish
 
 
 def make_prompt(rng: random.Random, form: str | None = None, topic: str | None = None) -> tuple[str, list[str]]:
@@ -215,13 +193,13 @@ def make_answer(rng: random.Random, topics: list[str], on_topic: float | None = 
     """An answer to a prompt about ``topics``.
 
     Each sentence is about one of ``topics`` with probability ``on_topic`` (drawn per answer from
-    {1, 0.75, 0.5, 0.25, 0} when not given), else about one "drift" topic picked for this answer, and then
+    ``ON_TOPIC_SHARES`` when not given), else about one "drift" topic picked for this answer, and then
     opens with a digression marker ("By the way, ...") with probability ``marked``. So answers range from
     fully on topic to fully off.
     ``n_sentences`` is drawn from 1..4 when not given; ``noise`` is the chance of a small slip (see
     ``_corrupt``), used to make the judges robust to a tiny policy's samples.
     """
-    p = rng.choice((1.0, 0.75, 0.5, 0.25, 0.0)) if on_topic is None else on_topic
+    p = rng.choice(ON_TOPIC_SHARES) if on_topic is None else on_topic
     n = rng.randint(1, 4) if n_sentences is None else n_sentences
     drift = rng.choice([t for t in TOPIC_NAMES if t not in topics])
     parts = [rng.choice(OPENERS)] if rng.random() < 0.25 else []
@@ -235,6 +213,14 @@ def make_answer(rng: random.Random, topics: list[str], on_topic: float | None = 
             parts.append(sentence)
     text = " ".join(parts)
     return _corrupt(rng, text) if rng.random() < noise else text
+
+
+def repeat_answer(rng: random.Random, answer: str) -> str:
+    """``answer`` with one of its sentences said again, right after itself or at the end."""
+    parts = [p for p in re.split(r"(?<=[.!?])\s+", answer.strip()) if p]
+    i = rng.randrange(len(parts))
+    at = i + 1 if rng.random() < 0.5 else len(parts)
+    return " ".join(parts[:at] + [parts[i]] + parts[at:])
 
 
 # ---- the shipped prompt files ----
@@ -281,6 +267,6 @@ def write_prompt_files(directory: Path | str = DATA_DIR, seed: int = 0) -> tuple
     return paths
 
 
-if __name__ == "__main__":  # regenerate the shipped files: python -m prefloop.app.topics
+if __name__ == "__main__":  # regenerate the shipped files: python -m prefloop.tinyworld.topics
     for p in write_prompt_files():
         print(p)

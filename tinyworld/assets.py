@@ -3,13 +3,13 @@
 ``build_assets(root)`` makes, with no download and in under two minutes on a 2-core CPU:
 
 - ``root/policy``: a tiny Llama chat policy (TuluV2 template) pre-trained on the demo world
-  (``assets_policy``), loadable by transformers and vLLM;
-- ``root/pairrm``: a tiny PairRM in llm-blender's on-disk format (``assets_judges``), loadable with
+  (``policy``), loadable by transformers and vLLM;
+- ``root/pairrm``: a tiny PairRM in llm-blender's on-disk format (``judges``), loadable with
   ``Blender().loadranker(root/"pairrm")`` or ``prefloop.actors.blender_compat.load_pairrm``;
 - ``root/reward``: a tiny scalar reward model (``AutoModelForSequenceClassification``, UltraRM template).
 
-The judges imitate ``prefloop.app.topics.preference_score``; their held-out pair accuracies are logged and
-kept in the marker file. Caching: everything is built in a sibling temp dir, renamed into place, and only
+The judges are proxies of ``prefloop.tinyworld.gold.gold_score``, trained on noisy labels of it; their
+held-out pair accuracies against the exact gold order are logged and kept in the marker file. Caching: everything is built in a sibling temp dir, renamed into place, and only
 then is the marker (format version + seed) written, atomically; a build that dies half-way never looks
 finished. A lock file keeps two processes from building the same dir at once.
 """
@@ -30,7 +30,7 @@ from typing import Iterator
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 3  # bump when what a build produces changes; older caches are then rebuilt
+FORMAT_VERSION = 4  # bump when what a build produces changes; older caches are then rebuilt
 MARKER = "prefloop-assets.json"
 PARTS = ("policy", "pairrm", "reward")
 
@@ -103,7 +103,7 @@ def _check_replaceable(root: Path) -> None:
 
 def _heldout_prompts() -> list[str]:
     """The shipped held-out prompts: the policy never trains on them, the judges are measured on them."""
-    from prefloop.app import topics
+    from prefloop.tinyworld import topics
 
     if topics.HELDOUT_FILE.is_file():
         lines = topics.HELDOUT_FILE.read_text(encoding="utf-8").splitlines()
@@ -115,23 +115,23 @@ def _build_into(out: Path, seed: int) -> dict:
     """Build the three parts into ``out``; returns the metrics to record."""
     import torch
 
-    from prefloop.app import assets_judges, assets_policy
+    from prefloop.tinyworld import judges, policy
 
     heldout = _heldout_prompts()
     info: dict = {}
     start = time.monotonic()
     steps = [
         ("tokenizer", None),
-        ("policy", lambda tok: assets_policy.build_policy(out / "policy", tok, seed, set(heldout))),
-        ("pairrm", lambda tok: assets_judges.build_pairrm(out / "pairrm", tok, seed, heldout, out / "policy")),
-        ("reward", lambda tok: assets_judges.build_reward(out / "reward", tok, seed, heldout, out / "policy")),
+        ("policy", lambda tok: policy.build_policy(out / "policy", tok, seed, set(heldout))),
+        ("pairrm", lambda tok: judges.build_pairrm(out / "pairrm", tok, seed, heldout, out / "policy")),
+        ("reward", lambda tok: judges.build_reward(out / "reward", tok, seed, heldout, out / "policy")),
     ]
     tok = None
     for i, (name, fn) in enumerate(steps, 1):
         log.info("assets [%d/%d] %s ... (%.0f s so far)", i, len(steps), name, time.monotonic() - start)
         torch.manual_seed(seed)
         if fn is None:
-            tok = assets_policy.train_tokenizer(assets_policy.world_texts(random.Random(seed)))
+            tok = policy.train_tokenizer(policy.world_texts(random.Random(seed)))
             info["vocab_size"] = len(tok)
         else:
             info.update(fn(tok))
@@ -167,7 +167,7 @@ def build_assets(root: Path | str | None = None, seed: int = 0, force: bool = Fa
             shutil.rmtree(old, ignore_errors=True)
         else:
             tmp.rename(root)
-        from prefloop.app.assets_judges import finalize_pairrm
+        from prefloop.tinyworld.judges import finalize_pairrm
 
         finalize_pairrm(root / "pairrm")
         record = {"format": FORMAT_VERSION, "seed": seed, "built_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **info}

@@ -1,8 +1,9 @@
 """The tiny judges of the offline demo: a PairRM in llm-blender's own format, and a scalar reward model.
 
-Both are trained briefly on synthetic pairs of the demo world (``prefloop.app.topics``), ordered by
-``topics.preference_score`` (stay on the prompt's topic, do not run long), and measured on fresh pairs for
-held-out prompts. Answers in the pairs carry small slips (dropped, repeated words, cut-off ends), like a tiny
+Both are trained briefly on synthetic pairs of the demo world (``prefloop.tinyworld.topics``) labelled by
+NOISY draws of the gold preference (``gold.noisy_order``: Bradley-Terry on the gold scores, temperature
+``gold.LABEL_TEMPERATURE``), so they are proxies of it, as a real reward model is of its raters; they are
+measured against the exact gold order on fresh pairs for held-out prompts. Answers in the pairs carry small slips (dropped, repeated words, cut-off ends), like a tiny
 policy's samples, so the judges are not thrown by them. Training follows a short curriculum (clear pairs
 first, see ``training_pairs``) and each judge starts from the pre-trained policy, as real judges start
 from a pre-trained language model.
@@ -24,21 +25,14 @@ from pathlib import Path
 
 import torch
 
-from prefloop.app import topics
-from prefloop.app.assets_policy import train_loop
+from prefloop.core.templates import ULTRARM_JINJA
+from prefloop.tinyworld import gold, topics
+from prefloop.tinyworld.policy import train_loop
 
 log = logging.getLogger(__name__)
 
 BACKBONE = "backbone"  # the DebertaV2 dir inside the pairrm dir
 SOURCE_MAXLEN, CANDIDATE_MAXLEN = 48, 112  # tokens; the policy's answers stay well under 112
-# UltraRM's format (the ReMax card scored with it); the generation prompt ends where the answer starts.
-ULTRARM_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'user' %}{{ 'Human: ' + message['content'] + '\n' }}"
-    "{% elif message['role'] == 'assistant' %}{{ 'Assistant: ' + message['content'] + '\n' }}"
-    "{% else %}{{ message['content'] + '\n' }}{% endif %}"
-    "{% endfor %}{% if add_generation_prompt %}{{ 'Assistant: ' }}{% endif %}"
-)
 
 
 def _answer_pair(rng: random.Random, names: list[str], kind: str, marked: float) -> tuple[str, str]:
@@ -49,7 +43,9 @@ def _answer_pair(rng: random.Random, names: list[str], kind: str, marked: float)
     - "random": two independent answers, as a policy's samples are (topic share and length both vary);
     - "garbled": an answer and itself with some words turned into non-words, as a policy pushed too far
       writes them (a judge that never saw gibberish can prefer it, and DPO then finds that out);
-    - "short": an answer and its first one or two words (or an opener alone): brevity has a floor.
+    - "short": an answer and its first one or two words (or an opener alone): brevity has a floor;
+    - "repeat": an on-topic answer and itself with one sentence said twice (the gold penalises repeats; a
+      judge that never saw them can reward the longer, still on-topic answer, and DPO then finds that out).
     """
     if kind == "random":
         return (topics.make_answer(rng, names, noise=0.3, marked=marked),
@@ -57,6 +53,9 @@ def _answer_pair(rng: random.Random, names: list[str], kind: str, marked: float)
     if kind == "garbled":
         answer = topics.make_answer(rng, names)
         return answer, topics.garble(rng, answer, rng.uniform(0.15, 0.7))
+    if kind == "repeat":
+        answer = topics.make_answer(rng, names, on_topic=rng.choice((1.0, 0.75)), n_sentences=rng.randint(1, 3))
+        return answer, topics.repeat_answer(rng, answer)
     if kind == "short":
         answer = topics.make_answer(rng, names, n_sentences=rng.randint(1, 2))
         return answer, rng.choice([rng.choice(topics.OPENERS), " ".join(answer.split()[: rng.randint(1, 2)])])
@@ -67,11 +66,14 @@ def _answer_pair(rng: random.Random, names: list[str], kind: str, marked: float)
 
 
 def make_pairs(rng: random.Random, n: int, prompts: list[str] | None = None, kinds: tuple[str, ...] = ("random",),
-               marked: float = 1.0, min_gap: float = 0.05) -> list[tuple[str, str, str, float]]:
-    """``n`` pairs (prompt, better, worse, score gap), ordered by ``topics.preference_score``.
+               marked: float = 1.0, min_gap: float = 0.05, noise: float | None = None
+               ) -> list[tuple[str, str, str, float]]:
+    """``n`` pairs (prompt, preferred, other, gold gap), ordered by ``gold.gold_score``, or with ``noise`` (a
+    temperature) by a noisy draw of it (``gold.noisy_order``; the gap is then negative where the label went
+    against gold).
 
     Each pair's kind is drawn from ``kinds`` (see ``_answer_pair``); ``marked`` is the share of drifting
-    sentences that announce themselves. Pairs whose scores differ by less than ``min_gap`` are skipped.
+    sentences that announce themselves. Pairs whose gold scores differ by less than ``min_gap`` are skipped.
     Prompts come from ``prompts`` when given (the held-out split, for measuring), else are made fresh.
     """
     out = []
@@ -82,23 +84,28 @@ def make_pairs(rng: random.Random, n: int, prompts: list[str] | None = None, kin
         else:
             prompt, names = topics.make_prompt(rng)
         a, b = _answer_pair(rng, names, rng.choice(kinds), marked)
-        sa, sb = topics.preference_score(prompt, a), topics.preference_score(prompt, b)
+        if noise is not None:
+            first, second, gap = gold.noisy_order(rng, prompt, a, b, noise)
+            if abs(gap) >= min_gap:
+                out.append((prompt, first, second, gap))
+            continue
+        sa, sb = gold.gold_score(prompt, a), gold.gold_score(prompt, b)
         if abs(sa - sb) >= min_gap:
             out.append((prompt, a, b, sa - sb) if sa > sb else (prompt, b, a, sb - sa))
     return out
 
 
 def training_pairs(seed: int, n_easy: int, n_main: int) -> list[tuple[str, str, str, float]]:
-    """The judges' curriculum: ``n_easy`` easy pairs, then ``n_main`` pairs (3/8 contrast, 2/8 random,
-    2/8 garbled, 1/8 short).
+    """The judges' curriculum, with noisy gold labels: ``n_easy`` easy pairs, then ``n_main`` pairs (3/10
+    contrast, 2/10 random, 2/10 garbled, 1/10 short, 2/10 repeat).
 
     A tiny judge trained on random pairs alone sits at chance for hundreds of steps; easy pairs first get
     it past that plateau in a few dozen steps.
     """
     rng = random.Random(seed)
-    return (make_pairs(rng, n_easy, kinds=("easy",))
+    return (make_pairs(rng, n_easy, kinds=("easy",), noise=gold.LABEL_TEMPERATURE)
             + make_pairs(rng, n_main, kinds=("contrast", "contrast", "contrast", "random", "random", "garbled",
-                                                 "garbled", "short")))
+                                             "garbled", "short", "repeat", "repeat"), noise=gold.LABEL_TEMPERATURE))
 
 
 def curriculum_sampler(n_easy: int, n_rows: int, batch: int, easy_steps: int, gen: torch.Generator):
@@ -110,7 +117,7 @@ def curriculum_sampler(n_easy: int, n_rows: int, batch: int, easy_steps: int, ge
 
 
 def accuracy(prefers_first: list[bool], pairs: list[tuple[str, str, str, float]]) -> float:
-    """Share of pairs where the judge prefers the better answer."""
+    """Share of pairs where the judge prefers the first answer (the gold-better one, in measuring pairs)."""
     return round(sum(prefers_first) / len(pairs), 3)
 
 
@@ -119,7 +126,8 @@ def held_out_pairs(seed: int, heldout: list[str]) -> dict[str, list[tuple[str, s
     announced, as in the policy's own samples; "unmarked": it is not, as a policy that learned to hide its
     drift would write it (the judge must then read the topic words)."""
     rng = random.Random(seed)
-    return {"marked": make_pairs(rng, 300, heldout, marked=1.0), "unmarked": make_pairs(rng, 300, heldout, marked=0.0)}
+    return {"marked": make_pairs(rng, 300, heldout, marked=1.0), "unmarked": make_pairs(rng, 300, heldout, marked=0.0),
+            "repeat": make_pairs(rng, 200, heldout, kinds=("repeat",))}
 
 
 # ---- PairRM ----
@@ -212,8 +220,8 @@ def build_pairrm(out: Path, tok, seed: int, heldout: list[str], policy_dir: Path
         s = blender.rank([p for p, *_ in test], [[g, b] for _, g, b, _ in test], return_scores=True,
                          batch_size=32)
         info[f"pairrm_acc_{name}"] = accuracy([bool(r[0] > r[1]) for r in s], test)
-    log.info("  pairrm: held-out pair accuracy %.3f (drift marked), %.3f (drift unmarked)",
-             info["pairrm_acc_marked"], info["pairrm_acc_unmarked"])
+    log.info("  pairrm: held-out pair accuracy vs gold %.3f (drift marked), %.3f (unmarked), %.3f (repeats)",
+             info["pairrm_acc_marked"], info["pairrm_acc_unmarked"], info["pairrm_acc_repeat"])
     return info
 
 
@@ -257,7 +265,7 @@ def build_reward(out: Path, tok, seed: int, heldout: list[str], policy_dir: Path
 
     torch.manual_seed(seed)
     tok = copy.deepcopy(tok)  # the shared tokenizer keeps its own template
-    tok.chat_template = ULTRARM_TEMPLATE
+    tok.chat_template = ULTRARM_JINJA  # UltraRM's format (the ReMax card scored with it)
     model = LlamaForSequenceClassification.from_pretrained(policy_dir, num_labels=1)
     n_easy, n_main = 2000, 6000
     pairs = training_pairs(seed + 5, n_easy, n_main)
@@ -280,6 +288,6 @@ def build_reward(out: Path, tok, seed: int, heldout: list[str], policy_dir: Path
     for name, test in held_out_pairs(seed + 7, heldout).items():
         r = reward_scores(model, tok, [t for p, g, b, _ in test for t in reward_texts(tok, p, [g, b])])
         info[f"reward_acc_{name}"] = accuracy((r.view(-1, 2)[:, 0] > r.view(-1, 2)[:, 1]).tolist(), test)
-    log.info("  reward: held-out pair accuracy %.3f (drift marked), %.3f (drift unmarked)",
-             info["reward_acc_marked"], info["reward_acc_unmarked"])
+    log.info("  reward: held-out pair accuracy vs gold %.3f (drift marked), %.3f (unmarked), %.3f (repeats)",
+             info["reward_acc_marked"], info["reward_acc_unmarked"], info["reward_acc_repeat"])
     return info

@@ -1,10 +1,10 @@
-"""A small offline preference file in the synthetic world of ``app/topics.py``, shipped for ``--tiny`` runs of
+"""A small offline preference file in the synthetic world of ``tinyworld/topics.py``, shipped for ``--tiny`` runs of
 offline recipes (Archangel: SFT then KTO on ``prompt/chosen/rejected``; Contextual KTO on partitions).
 
 Chosen answers stay on the prompt's topics and are short; rejected ones drift to another topic. Both are
-checked against the documented ground truth, ``topics.preference_score``.
+checked against the world's gold preference, ``gold.gold_score``.
 
-    python -m prefloop.app.offline_data     # rewrites app/data/tiny_prefs.jsonl
+    python -m prefloop.tinyworld.offline_data     # rewrites tinyworld/data/tiny_prefs.jsonl
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import json
 import random
 from pathlib import Path
 
-from prefloop.app.topics import DATA_DIR, make_answer, preference_score, prompt_splits
+from prefloop.tinyworld.gold import gold_score
+from prefloop.tinyworld.topics import DATA_DIR, make_answer, prompt_splits
 
 TINY_PREFS = DATA_DIR / "tiny_prefs.jsonl"
 
@@ -25,8 +26,8 @@ def tiny_preferences(n: int = 64, seed: int = 0) -> list[dict]:
     for rec in train[:n]:
         chosen = make_answer(rng, rec["topics"], on_topic=1.0, n_sentences=rng.randint(1, 2))
         rejected = make_answer(rng, rec["topics"], on_topic=0.0, n_sentences=rng.randint(1, 3))
-        if preference_score(rec["prompt"], chosen) <= preference_score(rec["prompt"], rejected):
-            continue  # the file only holds pairs the ground truth agrees with
+        if gold_score(rec["prompt"], chosen) <= gold_score(rec["prompt"], rejected):
+            continue  # the file only holds pairs the gold preference agrees with
         rows.append({"prompt_id": rec["prompt_id"], "prompt": rec["prompt"], "chosen": chosen, "rejected": rejected})
     return rows
 
