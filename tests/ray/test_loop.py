@@ -19,8 +19,6 @@ import pytest
 
 from prefloop.app.cli import resolve_recipe
 from prefloop.app.loop import run_loop
-from prefloop.app.topics import preference_score  # the tiny world's gold preference (moves with the tiny world)
-from prefloop.core.eval_metrics import preference
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
@@ -36,43 +34,24 @@ def stage_mtimes(run_dir: Path, stage: str, rounds: int) -> list[int]:
     return [(run_dir / f"round_{r}" / stage / "manifest.json").stat().st_mtime_ns for r in range(rounds)]
 
 
-EVAL_KEYS = {"win_rate", "win_rate_stderr", "judge_win_rate", "lc_win_rate", "lc_unstable", "mean_length",
-             "truncation_rate", "repetition_rate", "distinct_2", "base_mean_length", "base_truncation_rate",
-             "base_repetition_rate", "base_distinct_2", "judge", "judge_independent"}
 LEARN_MARGIN = 0.1  # the last round must beat the base by the gold judge by this much (a broken loop sits near 0.5)
 
 
-def check_graded_by_gold(run_dir: Path, m: dict) -> None:
-    """The eval manifest has the fixed keys, and its win rate is the tiny world's preference on the answers
-    (recomputed here, independent of the loop's code): the round was graded by a judge that did not train it."""
-    import pyarrow.parquet as pq
-
-    assert EVAL_KEYS <= set(m), EVAL_KEYS - set(m)
-    assert m["judge"] == "function" and m["judge_independent"] is True
-    rows = pq.read_table(run_dir / f"round_{m['round']}" / "eval" / "answers.parquet").to_pylist()
-    gold = [preference(preference_score(r["prompt"], r["answer"]), preference_score(r["prompt"], r["base_answer"]))
-            for r in rows]
-    assert [r["eval_preference"] for r in rows] == gold
-    assert m["win_rate"] == pytest.approx(sum(gold) / len(gold))
-    training = [r["judge_preference"] for r in rows]
-    assert m["judge_win_rate"] == pytest.approx(sum(training) / len(training))
-    assert m["truncation_rate"] == pytest.approx(sum(r["finish_reason"] == "length" for r in rows) / len(rows))
-
-
-def test_snorkel_tiny_rounds_swap_in_place_and_resume_is_a_no_op(tmp_path, tiny_env, ray_cluster):
+def test_snorkel_tiny_rounds_swap_in_place_and_resume_is_a_no_op(tmp_path, tiny_env, ray_cluster,
+                                                                 graded_by_gold):
     recipe = resolve_recipe(str(RECIPES / "snorkel-pairrm-dpo.yaml"), [f"run_dir={tmp_path / 'run'}"], tiny=True)
     rows = run_loop(recipe)
     run_dir = tmp_path / "run"
     assert [m["round"] for m in rows] == [0, 1]
     for m in rows:
         assert m["n"] == 12 and m["pairs"] > 0 and m["method"] == "dpo"
-        check_graded_by_gold(run_dir, m)
+        graded_by_gold(run_dir, m)
         assert 0.0 < m["swap_s"] < 60.0  # the weights were swapped into the running engines
         best = pq_rows(run_dir / f"round_{m['round']}" / "eval" / "best_of.parquet")
         assert m["best_of_n"] == 4 and len(best) == 12
         for b in best:  # the kept sample is PairRM's top one of 4
             assert len(b["rerank_scores"]) == 4 and b["best_index"] == b["rerank_scores"].index(max(b["rerank_scores"]))
-    print("eval manifests:", json.dumps([{k: m[k] for k in sorted(EVAL_KEYS | {"best_of_win_rate"})} for m in rows]))
+    print("eval manifests:", json.dumps(rows, default=str))
     assert rows[-1]["win_rate"] >= 0.5 + LEARN_MARGIN, f"the loop did not learn by the gold judge: {rows[-1]}"
     alpaca = json.loads((run_dir / "round_1" / "eval" / "alpaca_eval.json").read_text())
     assert len(alpaca) == 12 and {"instruction", "output", "generator"} <= set(alpaca[0])
