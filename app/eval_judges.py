@@ -17,7 +17,7 @@ import logging
 from typing import Any
 
 from prefloop.app.rollout import generator_stage, run_stages, scorer_stage
-from prefloop.core.config import Recipe, ScorerConfig
+from prefloop.core.config import Recipe, RecipeError, ScorerConfig
 from prefloop.core.eval_metrics import preference
 from prefloop.core.sampling import SampleSpec
 
@@ -38,6 +38,32 @@ def judge_independent(recipe: Recipe) -> bool:
         return True
     return judge.as_scorer().model_dump(include={"kind", "model", "function", "chat_template"}) != \
         recipe.scorer.model_dump(include={"kind", "model", "function", "chat_template"})
+
+
+def preflight(recipe: Recipe) -> None:
+    """Check the eval judge on the driver before round 0, so a typo fails in a second, not after a round's
+    training: the function imports, the model directories exist, the LLM judge's API key is set."""
+    from pathlib import Path
+
+    from prefloop.actors.common import check_model_dir
+    from prefloop.actors.scorers import load_function
+
+    judge = recipe.eval.judge
+    if judge is None:
+        return
+    if judge.kind == "function":
+        try:
+            load_function(judge.function)
+        except RecipeError as err:  # its message names scorer.function: say which key it really is
+            raise RecipeError(f"eval.judge.function: {err}") from None
+    elif judge.kind == "pairrm" and not Path(judge.model, "config.json").is_file():
+        raise FileNotFoundError(f"eval.judge.model {judge.model!r}: not a PairRM ranker directory (no config.json)")
+    elif judge.kind == "reward_model":
+        check_model_dir(judge.model, "eval.judge.model")
+    elif judge.kind == "llm_judge":
+        from prefloop.app.llm_judge import LLMJudge
+
+        LLMJudge(judge)  # raises when api_key_env names an unset variable
 
 
 def _with_scorer(recipe: Recipe, scorer: ScorerConfig) -> Recipe:

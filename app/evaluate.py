@@ -43,6 +43,7 @@ NOT_INDEPENDENT = ("the eval judge is the training scorer: its win rate cannot s
 def eval_prompts(recipe: Recipe, tokenizer: Any) -> PreparedPrompts:
     if not recipe.data.eval:
         raise ValueError("data.eval: the round loop needs held-out prompts to evaluate on")
+    eval_judges.preflight(recipe)
     prepared = prepare_prompts(recipe, recipe.data.eval, tokenizer)
     prepared.rows = prepared.rows[: recipe.loop.eval_limit]
     return prepared

@@ -56,3 +56,20 @@ def test_a_base_stage_without_finish_reasons_reports_no_truncation_rate():
     training = [{"score": 1.0, "base_score": 0.0, "preference": 1.0}] * 4
     m = round_summary(recipe, answers, base, training, training)
     assert m["base_truncation_rate"] is None and m["base_mean_length"] == 5.0
+
+
+def test_the_eval_judge_is_checked_before_any_round(tmp_path, monkeypatch):
+    from prefloop.app.eval_judges import preflight
+    from prefloop.core.config import RecipeError
+
+    def judge(**j):
+        return parse_recipe({**RAW, "eval": {"judge": j}}, "r")
+
+    preflight(judge(kind="function", function="prefloop.core.eval_metrics:preference"))
+    with pytest.raises(RecipeError, match="eval.judge.function: .*no_such_module"):
+        preflight(judge(kind="function", function="no_such_module:f"))
+    with pytest.raises(FileNotFoundError, match="eval.judge.model"):
+        preflight(judge(kind="pairrm", model=str(tmp_path / "none")))
+    monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
+    with pytest.raises(RuntimeError, match="NO_SUCH_KEY_VAR is not set"):
+        preflight(judge(kind="llm_judge", base_url="http://x/v1", model_name="j", api_key_env="NO_SUCH_KEY_VAR"))
