@@ -153,7 +153,10 @@ class PolicyServer:
         finally:
             self._lock.release()
         for i, out in zip(todo, outputs):
-            cands = [api.Candidate(c.text, c.finish_reason or "stop", len(c.token_ids)) for c in out.outputs]
+            top = requests[i].top_logprobs if requests[i].logprobs else None
+            cands = [api.Candidate(c.text, c.finish_reason or "stop", len(c.token_ids),
+                                   None if top is None else api.logprob_content(c.token_ids, c.logprobs, top))
+                     for c in out.outputs]
             results[i] = {"candidates": cands, "prompt_tokens": len(out.prompt_token_ids), "round": round_idx}
         return results
 

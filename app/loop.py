@@ -115,8 +115,9 @@ def run_loop(recipe: Recipe) -> list[dict]:
                 log.info("round %d already committed: skipping", r)
                 continue
             m = run_round(recipe, run, r, pool, eval_rows, base, tel)
-            log.info("round %d: %d pairs, win rate vs base %.3f (+-%.3f), mean length %.1f, swap %.3f s",
-                     r, m["pairs"], m["win_rate"], m["win_rate_stderr"], m["mean_length"], m["swap_s"])
+            log.info("round %d: %d pairs, win rate vs base %.3f (+-%.3f) by the eval judge (%s), %.3f by the "
+                     "training scorer, mean length %.1f, swap %.3f s", r, m["pairs"], m["win_rate"],
+                     m["win_rate_stderr"], m["judge"], m["judge_win_rate"], m["mean_length"], m["swap_s"])
             tel.round_done(r, m)
             report.write_report(recipe, run)
     finally:

@@ -89,6 +89,66 @@ class ScorerConfig(_Strict):
         return self
 
 
+class JudgeConfig(_Strict):
+    """The eval judge (``eval.judge``): who grades the held-out answers, independent of the training scorer.
+
+    ``pairrm`` / ``reward_model`` / ``function`` run as the scorer stages do (their fields mean the same as in
+    ``scorer``); ``llm_judge`` asks any OpenAI-compatible ``/v1/chat/completions`` endpoint, with AlpacaEval 2.0's
+    pairwise protocol in both answer orders (``core/llm_judge.py``)."""
+
+    kind: Literal["pairrm", "reward_model", "function", "llm_judge"] = Field(
+        description="pairrm (llm-blender ranker dir), reward_model (HF sequence classifier), function "
+        "('module:function(prompt, completion) -> float'), or llm_judge (an OpenAI-compatible endpoint).")
+    model: str | None = Field(None, description="Ranker dir (pairrm) or HF dir (reward_model); default null.")
+    function: str | None = Field(None, description="'module:function' (function); default null.")
+    chat_template: ChatTemplate = Field("tokenizer", description="Reward model's rendering of (prompt, answer).")
+    batch_size: int = Field(16, ge=1, description="Prompts per scorer call (pairrm, reward_model, function).")
+    base_url: str | None = Field(None, description="llm_judge: the endpoint's base URL, up to and including "
+                                 "'/v1' (e.g. http://host:8000/v1); default null.")
+    model_name: str | None = Field(None, description="llm_judge: the 'model' field of each request; default null.")
+    api_key_env: str | None = Field(None, description="llm_judge: name of the environment variable holding the "
+                                    "API key (sent as a Bearer token); null = no key. Default null.")
+    max_tokens: int = Field(4, ge=1, description="llm_judge: tokens the judge may answer with (the verdict is "
+                            "one identifier); default 4.")
+    top_logprobs: int = Field(5, ge=0, le=20, description="llm_judge: alternatives asked per answer token, to read "
+                              "the preference from log-probs; 0 = read the text only. Default 5.")
+    timeout_s: float = Field(60.0, gt=0, description="llm_judge: seconds per HTTP request; default 60.")
+    retries: int = Field(2, ge=0, description="llm_judge: retries of a failed request (connection error, "
+                         "HTTP 429 / 5xx), with backoff; default 2.")
+    concurrency: int = Field(4, ge=1, description="llm_judge: requests in flight at once; default 4.")
+
+    @model_validator(mode="after")
+    def _fields_fit_kind(self) -> "JudgeConfig":
+        if self.kind in ("pairrm", "reward_model") and not self.model:
+            raise ValueError(f"eval.judge.model is required when eval.judge.kind is '{self.kind}'")
+        if self.kind == "function" and (not self.function or ":" not in self.function):
+            raise ValueError("eval.judge.function must be 'module:function' when eval.judge.kind is 'function'")
+        if self.kind == "llm_judge":
+            missing = [k for k in ("base_url", "model_name") if not getattr(self, k)]
+            if missing:
+                raise ValueError(f"eval.judge.{missing[0]} is required when eval.judge.kind is 'llm_judge'")
+        elif self.base_url or self.model_name or self.api_key_env:
+            raise ValueError("eval.judge.base_url / model_name / api_key_env are only used by kind 'llm_judge'")
+        return self
+
+    def as_scorer(self) -> "ScorerConfig":
+        """The same judge as a ``scorer`` section, to run through the scorer stages (not for llm_judge)."""
+        if self.kind == "llm_judge":
+            raise ValueError("an llm_judge is not a scorer stage")
+        return ScorerConfig(kind=self.kind, model=self.model, function=self.function,
+                            chat_template=self.chat_template, batch_size=self.batch_size)
+
+
+class EvalConfig(_Strict):
+    """How each round's held-out answers are judged against the base model's (``round_R/eval``)."""
+
+    judge: JudgeConfig | None = Field(None, description="The eval judge; null = the training scorer, and the "
+                                      "report warns that the judge is not independent. Default null.")
+    best_of: int | None = Field(None, ge=2, description="Also evaluate best-of-N: N samples per held-out prompt, "
+                                "reranked by PairRM (the eval judge if pairrm, else the training scorer, which "
+                                "must then be pairrm), the top one judged like the greedy answer. Default null.")
+
+
 class SelectionConfig(_Strict):
     """Turning scored candidates into DPO pairs and KTO examples."""
 
@@ -156,12 +216,15 @@ class Recipe(_Strict):
     loop: LoopConfig = LoopConfig()
     resources: ResourcesConfig = ResourcesConfig()
     tracking: TrackingConfig = TrackingConfig()
+    eval: EvalConfig = Field(EvalConfig(), description="The eval judge and best-of-N evaluation (see EvalConfig).")
     train: "TrainConfig | None" = None  # noqa: F821 - resolved by core/train_config.py (imported at the end)
 
     @model_validator(mode="after")
     def _lengths_fit(self) -> "Recipe":
         if self.loop.methods is not None and len(self.loop.methods) != self.loop.rounds:
             raise ValueError(f"loop.methods has {len(self.loop.methods)} entries for loop.rounds = {self.loop.rounds}")
+        if self.eval.best_of is not None and "pairrm" not in (self.scorer.kind, self.eval_judge_kind):
+            raise ValueError("eval.best_of needs a PairRM reranker: set eval.judge.kind or scorer.kind to pairrm")
         need = self.data.max_prompt_tokens + self.rollout.max_tokens
         if need > self.rollout.max_model_len:
             raise ValueError(f"data.max_prompt_tokens + rollout.max_tokens = {need} exceeds "
@@ -170,6 +233,11 @@ class Recipe(_Strict):
             raise ValueError("selection.length_penalty must be 0 with scorer.comparisons: tournament (the "
                              "tournament scores only the best and the worst; penalise length in the judge instead)")
         return self
+
+
+    @property
+    def eval_judge_kind(self) -> str | None:
+        return self.eval.judge.kind if self.eval.judge is not None else None
 
 
 def apply_override(raw: dict[str, Any], assignment: str) -> None:

@@ -4,9 +4,11 @@ Pure (no ray, no vllm): the deployment in ``actors/serve.py`` is a thin shell ar
 
 A request body is the OpenAI ``/v1/chat/completions`` body. Supported fields: ``messages`` (text content, or
 a list of ``{"type": "text"}`` parts), ``model``, ``n``, ``max_tokens`` / ``max_completion_tokens``,
-``temperature``, ``top_p``, ``seed``, ``stop``, ``presence_penalty``, ``frequency_penalty``, ``stream``.
+``temperature``, ``top_p``, ``seed``, ``stop``, ``presence_penalty``, ``frequency_penalty``, ``stream``,
+``logprobs`` / ``top_logprobs`` (each answer token's log-probability and its ``top_logprobs`` most likely
+alternatives, in OpenAI's ``choices[i].logprobs.content`` shape; not with ``stream``).
 Fields that would change the meaning of the answer and are not implemented (``tools``, ``response_format``,
-``logprobs`` ...) are refused; other unknown fields (``user``, ``stream_options`` ...) are ignored, as
+``logit_bias`` ...) are refused; other unknown fields (``user``, ``stream_options`` ...) are ignored, as
 OpenAI-compatible servers commonly do.
 
 Best-of-N with PairRM, two spellings (extensions to the OpenAI body):
@@ -33,8 +35,8 @@ from typing import Any, Sequence
 from prefloop.core.templates import validate_messages
 
 RERANKERS = ("pairrm",)
-REFUSED = ("tools", "tool_choice", "functions", "function_call", "response_format", "logprobs", "top_logprobs",
-           "logit_bias")
+REFUSED = ("tools", "tool_choice", "functions", "function_call", "response_format", "logit_bias")
+MAX_TOP_LOGPROBS = 20  # OpenAI's bound, and vLLM's default max_logprobs
 
 
 class RequestError(ValueError):
@@ -72,6 +74,8 @@ class ChatRequest:
     frequency_penalty: float = 0.0
     stream: bool = False
     return_candidates: bool = False
+    logprobs: bool = False
+    top_logprobs: int = 0
 
     def sampling_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``vllm.SamplingParams``."""
@@ -82,6 +86,8 @@ class ChatRequest:
             kwargs["stop"] = list(self.stop)
         if self.seed is not None:
             kwargs["seed"] = self.seed
+        if self.logprobs:
+            kwargs["logprobs"] = self.top_logprobs  # vLLM: the sampled token's log-prob plus this many alternatives
         return kwargs
 
 
@@ -92,6 +98,7 @@ class Candidate:
     text: str
     finish_reason: str
     num_tokens: int
+    logprobs: list[dict[str, Any]] | None = None  # OpenAI's logprobs.content, when the request asked for them
 
 
 def parse_json_body(raw: bytes | str) -> Any:
@@ -206,13 +213,19 @@ def parse_chat_request(body: Any, limits: Limits = Limits()) -> ChatRequest:
         raise RequestError("model", "'model' must be a string")
     num_samples, num_return, rerank = _sample_counts(body, limits)
     seed = _int(body, "seed", None, 0, 2**63 - 1)
+    logprobs, top_logprobs = _bool(body, "logprobs"), _int(body, "top_logprobs", 0, 0, MAX_TOP_LOGPROBS)
+    if top_logprobs and not logprobs:
+        raise RequestError("top_logprobs", "'top_logprobs' needs 'logprobs': true")
+    if logprobs and _bool(body, "stream"):
+        raise RequestError("logprobs", "'logprobs' is not supported with 'stream'")
     return ChatRequest(
         messages=_messages(body), model=model, num_samples=num_samples, num_return=num_return, rerank=rerank,
         max_tokens=_max_tokens(body, limits), temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
         top_p=_number(body, "top_p", 1.0, 0.0, 1.0, lo_open=True), seed=seed, stop=_stop(body),
         presence_penalty=_number(body, "presence_penalty", 0.0, -2.0, 2.0),
         frequency_penalty=_number(body, "frequency_penalty", 0.0, -2.0, 2.0),
-        stream=_bool(body, "stream"), return_candidates=_bool(body, "return_candidates"))
+        stream=_bool(body, "stream"), return_candidates=_bool(body, "return_candidates"), logprobs=logprobs,
+        top_logprobs=top_logprobs)
 
 
 def check_length(prompt_tokens: int, max_tokens: int, max_model_len: int) -> None:
@@ -244,6 +257,27 @@ def best_indices(scores: Sequence[float], k: int) -> list[int]:
     return sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:k]
 
 
+def _token_entry(text: str | None, logprob: float) -> dict[str, Any]:
+    text = text or ""
+    return {"token": text, "logprob": float(logprob), "bytes": list(text.encode("utf-8"))}
+
+
+def logprob_content(token_ids: Sequence[int], steps: Sequence[dict[int, Any]] | None, top: int) -> list[dict]:
+    """OpenAI's ``logprobs.content`` from an engine's per-position log-probs.
+
+    ``steps[i]`` maps token id -> an object with ``logprob``, ``rank`` (1 = most likely) and ``decoded_token``
+    (vLLM's ``Logprob``); it holds the ``top`` most likely tokens and the sampled one ``token_ids[i]``."""
+    content = []
+    for tid, step in zip(token_ids, steps or []):
+        chosen = step.get(tid)
+        alternatives = sorted((lp for lp in step.values() if lp.rank is not None and lp.rank <= top),
+                              key=lambda lp: lp.rank)
+        entry = _token_entry(getattr(chosen, "decoded_token", None), chosen.logprob if chosen else float("nan"))
+        entry["top_logprobs"] = [_token_entry(lp.decoded_token, lp.logprob) for lp in alternatives]
+        content.append(entry)
+    return content
+
+
 def _finish_reason(reason: str) -> str:
     return reason if reason in ("stop", "length") else "stop"
 
@@ -255,6 +289,9 @@ def chat_completion(request: ChatRequest, *, model_id: str, round_idx: int | Non
     chosen = list(range(len(candidates))) if chosen is None else list(chosen)
     choices = [{"index": i, "message": {"role": "assistant", "content": candidates[c].text},
                 "finish_reason": _finish_reason(candidates[c].finish_reason)} for i, c in enumerate(chosen)]
+    if request.logprobs:
+        for choice, c in zip(choices, chosen):
+            choice["logprobs"] = {"content": candidates[c].logprobs or []}
     completion_tokens = sum(c.num_tokens for c in candidates)  # every sample drawn was paid for
     out: dict[str, Any] = {
         "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",

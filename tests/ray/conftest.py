@@ -66,3 +66,34 @@ def build_tiny_llama(out: Path, seed: int = 0) -> Path:
 def tiny_llama(tmp_path_factory) -> Path:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     return build_tiny_llama(tmp_path_factory.mktemp("tiny") / "llama")
+
+
+EVAL_KEYS = {"win_rate", "win_rate_stderr", "judge_win_rate", "lc_win_rate", "lc_unstable", "mean_length",
+             "truncation_rate", "repetition_rate", "distinct_2", "base_mean_length", "base_truncation_rate",
+             "base_repetition_rate", "base_distinct_2", "judge", "judge_independent"}
+
+
+def check_graded_by_gold(run_dir: Path, m: dict) -> None:
+    """The eval manifest has the fixed keys, and its win rate is the tiny world's preference on the answers
+    (recomputed here, independent of the loop's code): the round was graded by a judge that did not train it."""
+    import pyarrow.parquet as pq
+
+    from prefloop.tinyworld.gold import gold_score as preference_score  # the tiny world's gold preference
+    from prefloop.core.eval_metrics import preference
+
+    assert EVAL_KEYS <= set(m), EVAL_KEYS - set(m)
+    assert m["judge"] == "function" and m["judge_independent"] is True
+    rows = pq.read_table(Path(run_dir) / f"round_{m['round']}" / "eval" / "answers.parquet").to_pylist()
+    gold = [preference(preference_score(r["prompt"], r["answer"]), preference_score(r["prompt"], r["base_answer"]))
+            for r in rows]
+    assert [r["eval_preference"] for r in rows] == gold
+    assert m["win_rate"] == pytest.approx(sum(gold) / len(gold))
+    training = [r["judge_preference"] for r in rows]
+    assert m["judge_win_rate"] == pytest.approx(sum(training) / len(training))
+    assert m["truncation_rate"] == pytest.approx(sum(r["finish_reason"] == "length" for r in rows) / len(rows))
+
+
+@pytest.fixture
+def graded_by_gold():
+    """``check_graded_by_gold(run_dir, eval_manifest)``: a round's eval was graded by the tiny world's preference."""
+    return check_graded_by_gold

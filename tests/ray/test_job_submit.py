@@ -5,7 +5,8 @@ own (so its address file never lands in /tmp/ray, where ``ray.init()`` of other 
 The demo recipe, unchanged (3 rounds of online DPO on the tiny assets), is submitted with the repository as
 working dir and the cluster's runtime env (``cluster/runtime_env.yaml``); the job must SUCCEED, its logs show the
 round lines, and the demo must do what it promises: its final round beats the base model on the held-out
-prompts by its own judge, by a fixed margin (this is the demo's learning test too). While it runs, the head's
+prompts by a fixed margin, graded by the recipe's eval judge (the tiny world's own preference, which did not
+train the model; the tiny PairRM that did is only reported beside it). This is the demo's learning test too. While it runs, the head's
 Prometheus endpoint is scraped for the loop's ``ray_prefloop_*`` gauges. The same command submitted again must
 succeed at once and say the rounds are already committed (resume = same run directory).
 
@@ -199,6 +200,7 @@ def test_job_submit_runs_the_demo_which_beats_the_base_then_resumes(job_head, ti
         assert re.search(rf"round {r}: \d+ pairs, win rate vs base", logs), logs[-4000:]
     final = json.loads((run_dir / f"round_{ROUNDS - 1}" / "eval" / "manifest.json").read_text())
     assert final["round"] == ROUNDS - 1
+    assert final["judge"] == "function" and final["judge_independent"] is True, final
     win, se = final["win_rate"], final["win_rate_stderr"]
     assert win > 0.5 + WIN_MARGIN and win - 2 * se > 0.5, f"the demo did not learn: {final}"
     assert stages, "the head's metrics never showed a running prefloop stage"
@@ -206,7 +208,8 @@ def test_job_submit_runs_the_demo_which_beats_the_base_then_resumes(job_head, ti
     print(f"first job: {time.monotonic() - started:.0f} s; stages seen on the metrics port: {sorted(stages)}; "
           f"gauges seen: {sorted(gauges)}")
 
-    print(f"final round: win rate {win:.3f} ± {se:.3f} over {final['n']} held-out prompts")
+    print(f"final round: win rate {win:.3f} ± {se:.3f} over {final['n']} held-out prompts by the gold judge, "
+          f"{final['judge_win_rate']:.3f} by the training PairRM")
     eval_mtime = (run_dir / f"round_{ROUNDS - 1}" / "eval" / "manifest.json").stat().st_mtime_ns
     started = time.monotonic()
     second = submit(url, env, run_dir, tiny_assets.root)

@@ -34,22 +34,41 @@ def stage_mtimes(run_dir: Path, stage: str, rounds: int) -> list[int]:
     return [(run_dir / f"round_{r}" / stage / "manifest.json").stat().st_mtime_ns for r in range(rounds)]
 
 
-def test_snorkel_tiny_rounds_swap_in_place_and_resume_is_a_no_op(tmp_path, tiny_env, ray_cluster):
+LEARN_MARGIN = 0.1  # the last round must beat the base by the gold judge by this much (a broken loop sits near 0.5)
+
+
+def test_snorkel_tiny_rounds_swap_in_place_and_resume_is_a_no_op(tmp_path, tiny_env, ray_cluster,
+                                                                 graded_by_gold):
     recipe = resolve_recipe(str(RECIPES / "snorkel-pairrm-dpo.yaml"), [f"run_dir={tmp_path / 'run'}"], tiny=True)
     rows = run_loop(recipe)
     run_dir = tmp_path / "run"
     assert [m["round"] for m in rows] == [0, 1]
     for m in rows:
-        assert 0.0 <= m["win_rate"] <= 1.0 and m["n"] == 12 and m["pairs"] > 0 and m["method"] == "dpo"
-        assert 0.0 <= m["swap_s"] < 60.0
+        assert m["n"] == 12 and m["pairs"] > 0 and m["method"] == "dpo"
+        graded_by_gold(run_dir, m)
+        assert 0.0 < m["swap_s"] < 60.0  # the weights were swapped into the running engines
+        best = pq_rows(run_dir / f"round_{m['round']}" / "eval" / "best_of.parquet")
+        assert m["best_of_n"] == 4 and len(best) == 12
+        for b in best:  # the kept sample is PairRM's top one of 4
+            assert len(b["rerank_scores"]) == 4 and b["best_index"] == b["rerank_scores"].index(max(b["rerank_scores"]))
+    print("eval manifests:", json.dumps(rows, default=str))
+    assert rows[-1]["win_rate"] >= 0.5 + LEARN_MARGIN, f"the loop did not learn by the gold judge: {rows[-1]}"
     alpaca = json.loads((run_dir / "round_1" / "eval" / "alpaca_eval.json").read_text())
     assert len(alpaca) == 12 and {"instruction", "output", "generator"} <= set(alpaca[0])
     report = (run_dir / "report.md").read_text()
-    assert "| 1 |" in report and (run_dir / "report.png").stat().st_size > 1000
+    assert "| 1 |" in report or "| 1 (!) |" in report
+    assert "eval judge (`function`)" in report and "Warning" not in report
+    assert (run_dir / "report.png").stat().st_size > 1000
     assert (run_dir / "round_1" / "model" / "config.json").is_file()
     before = stage_mtimes(run_dir, "model", 2)
     assert [m["round"] for m in run_loop(recipe)] == [0, 1]
     assert stage_mtimes(run_dir, "model", 2) == before
+
+
+def pq_rows(path: Path) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pylist()
 
 
 def test_killed_driver_resumes_without_redoing_committed_work(tmp_path, tiny_env):

@@ -45,9 +45,11 @@ def test_remax_learns_a_reward_and_survives_worker_and_generator_deaths(tmp_path
     steps = [json.loads(line) for line in (model / "remax_metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in steps] == list(range(1, 17))
     assert max(m["generator_retries"] for m in steps) >= 1  # the killed generator's work was retried
-    for m in steps:
-        assert all(m[f"{part}_s"] >= 0 for part in ("generate", "score", "train", "sync"))
-        assert m["sync_s"] > 0 and m["kl"] >= 0 and abs(m["advantage"]) <= 1.0
+    for m in steps:  # every step generated, scored, trained and pushed weights; the advantage is clipped
+        assert all(m[f"{part}_s"] > 0 for part in ("generate", "score", "train", "sync")), m
+        assert abs(m["advantage"]) <= 1.0
+    # step 1 runs the reference's own weights: its KL to the reference is 0; the last steps have moved away
+    assert steps[0]["kl"] < 1e-4, steps[0]
     first = statistics.mean(m["reward_sample"] for m in steps[:4])
     last = statistics.mean(m["reward_sample"] for m in steps[-4:])
     assert last > first + 0.08, (first, last)  # learning, not only changed weights
@@ -55,7 +57,8 @@ def test_remax_learns_a_reward_and_survives_worker_and_generator_deaths(tmp_path
     assert (model / "config.json").is_file() and not (tmp_path / "run" / "round_0" / "remax").exists()
 
 
-def test_remax_recipe_tiny_in_the_loop_with_serve_on_a_uri_run_dir(tmp_path, tiny_env, ray_cluster, monkeypatch):
+def test_remax_recipe_tiny_in_the_loop_with_serve_on_a_uri_run_dir(tmp_path, tiny_env, ray_cluster, monkeypatch,
+                                                                   graded_by_gold):
     """Also the run directory on shared storage: a ``file://`` URI (the same pyarrow path as s3:// or gs://)."""
     from prefloop.app.rundir import RunDir
     from prefloop.app.serve import replica_states, stop_serving
@@ -70,7 +73,8 @@ def test_remax_recipe_tiny_in_the_loop_with_serve_on_a_uri_run_dir(tmp_path, tin
         states = replica_states("prefloop")
     finally:
         stop_serving("prefloop")
-    assert [m["round"] for m in rows] == [0] and rows[0]["method"] == "remax" and 0.0 <= rows[0]["win_rate"] <= 1.0
+    assert [m["round"] for m in rows] == [0] and rows[0]["method"] == "remax"
+    graded_by_gold(RunDir(uri).root, rows[0])  # the tiny section's eval judge: the tiny world's preference
     local = RunDir(uri).root
     final = str((local / "round_0" / "model").resolve())
     for state in states.values():

@@ -66,7 +66,10 @@ def test_best_of_spellings(body, n_samples, n_return, rerank):
     ({"stream": "yes"}, "stream"),
     ({"model": 3}, "model"),
     ({"tools": [{"type": "function"}]}, "tools"),
-    ({"logprobs": True}, "logprobs"),
+    ({"logit_bias": {"5": 1}}, "logit_bias"),
+    ({"top_logprobs": 3}, "top_logprobs"),
+    ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+    ({"logprobs": True, "stream": True}, "logprobs"),
     ({"presence_penalty": 5}, "presence_penalty"),
 ])
 def test_bad_fields_are_named(body, param):
@@ -153,3 +156,27 @@ def test_models_list():
     assert out["object"] == "list"
     assert [m["id"] for m in out["data"]] == ["prefloop-round-2", "prefloop"]
     assert all(m["prefloop_round"] == 2 and m["object"] == "model" for m in out["data"])
+
+
+def test_logprobs_reach_the_engine_and_come_back_in_openai_shape():
+    from collections import namedtuple
+
+    from prefloop.core.openai_api import logprob_content
+
+    req = parse_chat_request({"messages": USER, "logprobs": True, "top_logprobs": 2, "max_tokens": 2})
+    assert (req.logprobs, req.top_logprobs, req.sampling_kwargs()["logprobs"]) == (True, 2, 2)
+    assert "logprobs" not in parse_chat_request({"messages": USER}).sampling_kwargs()
+    Lp = namedtuple("Lp", "logprob rank decoded_token")
+    # position 0: the sampled token 7 is the 3rd most likely (outside the top 2, still reported as the token);
+    # position 1: the sampled token 4 is the most likely
+    steps = [{5: Lp(-0.5, 1, "M"), 6: Lp(-1.5, 2, "m"), 7: Lp(-2.0, 3, "x")}, {4: Lp(-0.1, 1, "é")}]
+    content = logprob_content([7, 4], steps, 2)
+    assert content[0]["token"] == "x" and content[0]["logprob"] == -2.0
+    assert [(t["token"], t["logprob"]) for t in content[0]["top_logprobs"]] == [("M", -0.5), ("m", -1.5)]
+    assert content[1]["bytes"] == [0xC3, 0xA9] and [t["token"] for t in content[1]["top_logprobs"]] == ["é"]
+    cands = [Candidate("x", "length", 2, content)]
+    done = chat_completion(req, model_id="m", round_idx=0, candidates=cands, prompt_tokens=1)
+    assert done["choices"][0]["logprobs"] == {"content": content}
+    plain = chat_completion(parse_chat_request({"messages": USER}), model_id="m", round_idx=0, candidates=cands,
+                            prompt_tokens=1)
+    assert "logprobs" not in plain["choices"][0]
