@@ -2,7 +2,7 @@
 
 import pytest
 
-from prefloop.app.evaluate import NOT_INDEPENDENT, answer_rows, round_summary
+from prefloop.app.evaluate import NOT_INDEPENDENT, answer_rows, judged_summary
 from prefloop.core.config import parse_recipe
 
 RAW = {"name": "t", "run_dir": "x", "policy": {"model": "/p"}, "data": {"train": "/d"},
@@ -23,7 +23,7 @@ def test_independent_judge_summary():
     answers, base = sides()
     training = [{"score": s, "base_score": 0.0, "preference": p} for s, p in ((1, 1.0), (1, 1.0), (1, 1.0), (0, 0.5))]
     verdicts = [{"score": s, "base_score": 0.0, "preference": p} for s, p in ((1, 1.0), (-1, 0.0), (0, 0.5), (0, 0.5))]
-    m = round_summary(recipe, answers, base, training, verdicts)
+    m = judged_summary(recipe, answers, base, training, verdicts)
     assert m["win_rate"] == 0.5 and m["judge_win_rate"] == pytest.approx(3.5 / 4)
     assert (m["wins"], m["ties"], m["losses"]) == (1, 2, 1)
     assert m["judge"] == "function" and m["judge_independent"] is True and "warning" not in m
@@ -41,11 +41,11 @@ def test_no_eval_judge_means_the_training_scorer_with_a_warning():
     recipe = parse_recipe(RAW, "r")
     answers, base = sides()
     training = [{"score": 1.0, "base_score": 0.0, "preference": 1.0}] * 4
-    m = round_summary(recipe, answers, base, training, training)
+    m = judged_summary(recipe, answers, base, training, training)
     assert m["judge"] == "pairrm" and m["judge_independent"] is False and m["warning"] == NOT_INDEPENDENT
     assert m["win_rate"] == m["judge_win_rate"] == 1.0
     same = parse_recipe({**RAW, "eval": {"judge": {"kind": "pairrm", "model": "/r"}}}, "r")
-    assert round_summary(same, answers, base, training, training)["judge_independent"] is False
+    assert judged_summary(same, answers, base, training, training)["judge_independent"] is False
 
 
 def test_a_base_stage_without_finish_reasons_reports_no_truncation_rate():
@@ -54,7 +54,7 @@ def test_a_base_stage_without_finish_reasons_reports_no_truncation_rate():
     for b in base:
         del b["finish_reason"]
     training = [{"score": 1.0, "base_score": 0.0, "preference": 1.0}] * 4
-    m = round_summary(recipe, answers, base, training, training)
+    m = judged_summary(recipe, answers, base, training, training)
     assert m["base_truncation_rate"] is None and m["base_mean_length"] == 5.0
 
 
