@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from prefloop.app.rollout import PreparedPrompts, generator_stage, prepare_prompts, run_stages, scorer_stage
+from prefloop.app.model_files import rows_for_model
 from prefloop.app.rundir import RunDir, write_manifest
 from prefloop.app.tables import read_parquet_rows, write_parquet
 from prefloop.core.config import Recipe
@@ -37,6 +38,7 @@ def eval_prompts(recipe: Recipe, tokenizer: Any) -> PreparedPrompts:
 
 def generate_answers(recipe: Recipe, rows: list[dict], pool: Any) -> list[dict]:
     """One answer per held-out prompt from the model the pool holds now."""
+    rows = rows_for_model(rows, pool.model, recipe.policy.chat_template)  # a cSFT model's control token
     spec = SampleSpec(1, recipe.loop.eval_temperature, 1.0, recipe.rollout.max_tokens, recipe.rollout.seed)
     out = run_stages(rows, [generator_stage(recipe, pool.model, pool, spec)], recipe.resources.stage_timeout_s,
                      "eval: answers")

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from prefloop.app import telemetry
+from prefloop.app.model_files import stamp_model
 from prefloop.app.rollout import prepare_prompts, preflight, scorer_stage
 from prefloop.app.rundir import RunDir, write_manifest
 from prefloop.app.tables import write_jsonl
@@ -102,7 +103,7 @@ def run_remax(recipe: Recipe, round_idx: int, pool: Any, publish: Callable[[str]
     model_dir = start_model(run, recipe, round_idx)
     ref_dir = model_dir if cfg.reference == "previous" else recipe.policy.model
     preflight(recipe, model_dir)
-    prepared = prepare_prompts(recipe, recipe.data.train, AutoTokenizer.from_pretrained(model_dir))
+    prepared = prepare_prompts(recipe, recipe.data.train, AutoTokenizer.from_pretrained(model_dir), round_idx)
     check_recipe(recipe, len(prepared.rows))
     seed = recipe.seed if cfg.seed is None else cfg.seed
     total = plan_steps(len(prepared.rows), cfg.epochs, cfg.remax.prompts_per_step, cfg.remax.max_steps)
@@ -142,6 +143,7 @@ def run_remax(recipe: Recipe, round_idx: int, pool: Any, publish: Callable[[str]
     commit(run, round_idx, result, prepared, {"start_model": model_dir, "reference": ref_dir, "steps": total,
                                              "prompts": len(prepared.rows), "started": started,
                                              "train": cfg.model_dump(mode="json"),
+                                             "chat_template": recipe.policy.chat_template,
                                              "checkpoint_storage": storage})
     final = run.stage_dir(round_idx, STAGE)
     # The engines (and Serve) hold weights from folders about to be removed: move them to the committed model.
@@ -160,6 +162,7 @@ def commit(run: RunDir, round_idx: int, result: Any, prepared: Any, info: dict[s
         history = [json.loads(line) for line in (ckpt / "metrics.jsonl").read_text().splitlines()]
         with run.stage(round_idx, STAGE) as out:
             shutil.copytree(ckpt / "model", out, dirs_exist_ok=True)
+            model_info = stamp_model(out, info["chat_template"], "remax")  # the policy's template in its tokenizer
             write_jsonl(out / "rejected_inputs.jsonl", [r.to_dict() for r in prepared.read.rejected])
             write_jsonl(out / "remax_metrics.jsonl", history)
             seconds = {p: sum(m.get(f"{p}_s", 0.0) for m in history) for p in PARTS}
@@ -171,7 +174,7 @@ def commit(run: RunDir, round_idx: int, result: Any, prepared: Any, info: dict[s
                 "steps": {"planned": info["steps"], "done": state["step"], "restored_from": state["restored_from"]},
                 "first_metrics": history[0] if history else {}, "final_metrics": history[-1] if history else {},
                 "timings_s": {**seconds, "total": time.perf_counter() - info["started"]},
-                "train": info["train"], "checkpoint_storage": info["checkpoint_storage"],
+                "train": info["train"], "checkpoint_storage": info["checkpoint_storage"], "model_info": model_info,
             })
     append_metrics(run, round_idx, [{"method": "remax", **m} for m in history])
     log.info("round %d: ReMax model committed after %d steps (restored from %s)", round_idx, state["step"],

@@ -29,10 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from prefloop.actors.common import check_model_dir
+from prefloop.app.model_files import stamp_model
 from prefloop.app.rundir import RunDir, write_manifest
 from prefloop.app.runtime import init_ray, iterate_with_timeout, wait_for
 from prefloop.app.tables import write_jsonl
 from prefloop.core.config import Recipe
+from prefloop.core.partition import round_path
 from prefloop.core.templates import render_prompt
 from prefloop.core.train_config import TrainConfig
 from prefloop.core.train_data import (CONTROL_TOKENS, TrainDataError, TrainRows, add_kl_completions,
@@ -53,10 +55,10 @@ def start_model(run: RunDir, recipe: Recipe, round_idx: int) -> str:
     return str(run.stage_dir(round_idx - 1, STAGE))
 
 
-def load_rows(run: RunDir, cfg: TrainConfig, round_idx: int) -> tuple[TrainRows, str]:
+def load_rows(run: RunDir, cfg: TrainConfig, round_idx: int, offset: int = 0) -> tuple[TrainRows, str]:
     """This round's training rows (validated) and where they came from."""
     if cfg.data:
-        source = cfg.data.replace("{round}", str(round_idx))  # per-iteration partitions, e.g. Snorkel's
+        source = round_path(cfg.data, round_idx, offset)  # per-iteration partitions, e.g. Snorkel's
         return read_train_rows(source), source
     if not run.is_committed(round_idx, "rollout"):
         raise TrainDataError(f"round {round_idx} has no committed rollout ({run.stage_dir(round_idx, 'rollout')}): "
@@ -167,7 +169,7 @@ def run_train(recipe: Recipe, round_idx: int = 0, *, kill_at_step: int | None = 
     ref_dir = model_dir if cfg.reference == "previous" else recipe.policy.model
     if cfg.method in NEEDS_REFERENCE:
         check_model_dir(ref_dir, "reference model")
-    rows, source = load_rows(run, cfg, round_idx)
+    rows, source = load_rows(run, cfg, round_idx, recipe.data.round_offset)
     log.info("train data %s: %d rows accepted, %d rejected", source, len(rows.accepted), len(rows.rejected))
     if not rows.accepted:
         first = rows.rejected[0] if rows.rejected else None
@@ -202,6 +204,7 @@ def run_train(recipe: Recipe, round_idx: int = 0, *, kill_at_step: int | None = 
         history = [json.loads(line) for line in (ckpt / "metrics.jsonl").read_text().splitlines()]
         with run.stage(round_idx, STAGE) as out:
             shutil.copytree(ckpt / "model", out, dirs_exist_ok=True)
+            model_info = stamp_model(out, recipe.policy.chat_template, cfg.method)  # template + control token
             write_jsonl(out / "rejected_inputs.jsonl", [r.to_dict() for r in rows.rejected])
             write_jsonl(out / "train_metrics.jsonl", history)
             write_manifest(out, {
@@ -213,7 +216,7 @@ def run_train(recipe: Recipe, round_idx: int = 0, *, kill_at_step: int | None = 
                 "final_metrics": history[-1] if history else {},
                 "timings_s": {"prepare": t_prepare, "reference_pass": t_reference, "fit": t_fit,
                               "total": time.perf_counter() - started},
-                "train": cfg.model_dump(mode="json"), "checkpoint_storage": storage,
+                "train": cfg.model_dump(mode="json"), "checkpoint_storage": storage, "model_info": model_info,
             })
     append_metrics(run, round_idx, history)
     run.drop_train_storage(round_idx, "train")  # checkpoints of a committed round are not needed any more
