@@ -88,7 +88,11 @@ def write_table(path: Path, rows: list[dict], columns: tuple[str, ...]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.Table.from_pylist(rows) if rows else pa.table({c: pa.array([], pa.string()) for c in columns})
+    if not rows:
+        pq.write_table(pa.table({c: pa.array([], pa.string()) for c in columns}), path)
+        return
+    names = list(dict.fromkeys(k for r in rows for k in r))  # every row's columns (from_pylist takes the first's)
+    table = pa.Table.from_pylist([{k: r.get(k) for k in names} for r in rows])
     pq.write_table(table, path)
 
 
@@ -99,7 +103,6 @@ def prepare(kind: str, sources: dict[str, str], out: Path, partitions: int = 1, 
         raise InputError(f"unknown kind {kind!r} (kinds: {', '.join(KINDS)})")
     if partitions < 1:
         raise InputError(f"--partitions must be >= 1, got {partitions}")
-    out.mkdir(parents=True, exist_ok=True)
     paired = kind in ("snorkel-pairs", "archangel-mix")
     conv, fingerprints, per_source, parts = ds.Converted(), {}, {}, None
     for name, spec in sources.items():
@@ -142,6 +145,7 @@ def prepare(kind: str, sources: dict[str, str], out: Path, partitions: int = 1, 
 
 def write_outputs(kind: str, out: Path, groups: list[list[dict]], conv: ds.Converted, not_selected: list[dict],
                   info: dict[str, Any]) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
     files: dict[str, list[str]] = {}
     sizes = []
     for i, rows in enumerate(groups):

@@ -169,8 +169,7 @@ def oasst_pairs(rows: Iterable[SourceRow]) -> Converted:
         try:
             if not better:
                 raise ValueError(f"rank: no sibling reply ranked {node['rank'] - 1:g} to prefer over it")
-            path = _oasst_path(nodes[node["parent"]], nodes) if node["parent"] in nodes else \
-                _oasst_path(node, nodes)[:-1]
+            path = _oasst_path(node, nodes)[:-1]  # root .. the message it answers
             if not path or path[-1]["role"] != "user":
                 raise ValueError("parent_id: the reply does not answer a prompter message")
         except ValueError as err:
