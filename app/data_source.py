@@ -66,6 +66,18 @@ def _parquet_rows(path: Path, where: str) -> RowIter:
 
 
 def _jsonl_rows(path: Path, where: str) -> RowIter:
+    """JSON lines; or, for a ``.json`` file holding one array (AlpacaEval's ``alpaca_eval.json``), its items."""
+    if path.suffix == ".json":
+        with open(path, "rb") as fh:
+            head = fh.read(64).lstrip()
+        if head.startswith(b"["):
+            try:
+                items = json.loads(path.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as err:
+                raise InputError(f"{path}: not a readable JSON array: {err}") from None
+            for i, row in enumerate(items):
+                yield where, f"item {i}", row
+            return
     for _, loc, row, _ in _iter_jsonl(path):
         yield where, loc, row
 

@@ -147,3 +147,11 @@ def test_cli_and_clear_errors(tmp_path, capsys):
         prepare("alpaca-eval", {"a": str(src)}, tmp_path / "o2", split_name="test")
     assert main(["data", "prepare", "archangel-mix", "--source", "x", "--out", str(tmp_path / "o3")]) == 2
     assert "archangel-mix takes hh=SRC" in capsys.readouterr().err and not (tmp_path / "o3").exists()
+
+
+def test_alpaca_eval_json_array_as_distributed(tmp_path):
+    items = [{"instruction": f"Do {i}", "output": "o", "generator": "g", "dataset": "vicuna"} for i in range(3)]
+    (tmp_path / "alpaca_eval.json").write_text(json.dumps(items + [{"instruction": None}], indent=1))
+    m = prepare("alpaca-eval", {"a": str(tmp_path / "alpaca_eval.json")}, tmp_path / "out")
+    check_counts(m, 4, 3, 1)
+    assert rejected(tmp_path / "out")[0]["location"] == "item 3"
