@@ -30,7 +30,8 @@ from ray import serve
 from prefloop.actors.common import check_model_dir
 from prefloop.actors.vllm_engine import build_llm, reload_in_place, reloadable_in_place, shutdown_llm
 from prefloop.core import openai_api as api
-from prefloop.core.templates import last_user_text, render_prompt
+from prefloop.core.model_info import control_token_of
+from prefloop.core.templates import generation_text, last_user_text
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +138,8 @@ class PolicyServer:
             todo, prompts, params = [], [], []
             for i, req in enumerate(requests):
                 try:
-                    text = render_prompt(req.messages, self.spec["chat_template"], engine.tokenizer)
+                    text = generation_text(req.messages, self.spec["chat_template"], engine.tokenizer,
+                                           control_token_of(engine.model_dir))
                     ids = engine.tokenizer(text, add_special_tokens=True)["input_ids"]
                     api.check_length(len(ids), req.max_tokens, self.spec["max_model_len"])
                 except (api.RequestError, ValueError) as err:

@@ -7,6 +7,7 @@
     prefloop train RECIPE [--round R] [--set key=value ...]     train that round's model on Ray Train
     prefloop assets build [DIR] [--seed S] [--force]            build the tiny offline models
     prefloop recipe check RECIPE [--set key=value ...]          validate a recipe and print it resolved
+    prefloop data prepare KIND --source SRC --out DIR [...]     the cards' datasets -> prefloop's partitions
 
 Recipes may use ``{assets}`` (the tiny assets dir, $PREFLOOP_ASSETS or ~/.cache/prefloop/assets) and
 ``{data}`` (the prompt files shipped with prefloop) in paths.
@@ -150,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rebuild even if cached")
     p.set_defaults(func=cmd_assets)
 
+    from prefloop.app.data_prepare import add_parser as add_data_parser
+
+    add_data_parser(sub)  # prefloop data prepare KIND --source SRC --out DIR ...
     recipe = sub.add_parser("recipe", help="recipes").add_subparsers(dest="action", required=True)
     p = recipe.add_parser("check", help="validate a recipe and print it resolved")
     with_recipe(p)

@@ -29,6 +29,7 @@ from prefloop.app import eval_judges
 from prefloop.app.pipeline import pooled_generator_stage, run_stages
 from prefloop.app.rollout import PreparedPrompts, prepare_prompts
 from prefloop.app.rundir import BASE_ANSWERS, EVAL, RunDir, write_manifest
+from prefloop.app.model_files import rows_for_model
 from prefloop.app.tables import read_parquet_rows, write_parquet
 from prefloop.core.config import Recipe
 from prefloop.core.eval_metrics import answer_metrics, lc_win_rate, win_rate
@@ -51,6 +52,7 @@ def eval_prompts(recipe: Recipe, tokenizer: Any) -> PreparedPrompts:
 
 def generate_answers(recipe: Recipe, rows: list[dict], pool: Any) -> list[dict]:
     """One answer per held-out prompt from the model the pool holds now, with its length and finish reason."""
+    rows = rows_for_model(rows, pool.model, recipe.policy.chat_template)  # a cSFT model's control token
     spec = SampleSpec(1, recipe.loop.eval_temperature, 1.0, recipe.rollout.max_tokens, recipe.rollout.seed)
     out = run_stages(rows, [pooled_generator_stage(recipe, pool, spec)], recipe.resources.stage_timeout_s,
                      "eval: answers")

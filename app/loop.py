@@ -96,6 +96,7 @@ def run_loop(recipe: Recipe) -> list[dict]:
 
     if recipe.train is None:
         raise ValueError("train: the round loop needs a train section in the recipe")
+    recipe.check_round_prompts()  # each round reads its own prompts, unless data.reuse_prompts
     run = RunDir(recipe.run_dir)
     run.save_text(RECIPE_FILE, dump_recipe(recipe))
     rounds = range(recipe.loop.rounds)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from prefloop.app.model_files import stamp_model
 from prefloop.app.rundir import MODEL, RunDir, write_manifest
 from prefloop.app.tables import write_jsonl
 from prefloop.core.config import Recipe
@@ -51,11 +52,12 @@ def round_models(run: RunDir, recipe: Recipe, round_idx: int) -> RoundModels:
     return RoundModels(start, start if previous else recipe.policy.model)
 
 
-def commit_model(run: RunDir, round_idx: int, checkpoint: Any, *, rejected: list[dict[str, Any]],
-                 metrics_file: str, manifest: dict[str, Any],
+def commit_model(run: RunDir, round_idx: int, checkpoint: Any, *, chat_template: str,
+                 rejected: list[dict[str, Any]], metrics_file: str, manifest: dict[str, Any],
                  summarize: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None) -> dict[str, Any]:
     """Commit ``checkpoint``'s model (``model/``, ``state.json``, ``metrics.jsonl``, as the workers write them)
-    as the round's model stage. ``manifest`` gets ``stage``, ``round``, ``steps`` and the first and final
+    as the round's model stage, its tokenizer stamped with the ``chat_template`` it was trained in (and a cSFT
+    model's control token, ``app/model_files.py``). ``manifest`` gets ``stage``, ``round``, ``steps`` and the first and final
     metrics added, and ``summarize(history)``'s keys where given; returns that manifest."""
     with checkpoint.as_directory() as ckpt:
         ckpt = Path(ckpt)
@@ -70,6 +72,7 @@ def commit_model(run: RunDir, round_idx: int, checkpoint: Any, *, rejected: list
                     **(summarize(history) if summarize else {})}
         with run.commit(round_idx, MODEL) as out:
             shutil.copytree(ckpt / "model", out, dirs_exist_ok=True)
+            manifest["model_info"] = stamp_model(out, chat_template, manifest["method"])
             write_jsonl(out / "rejected_inputs.jsonl", rejected)
             write_jsonl(out / metrics_file, history)
             write_manifest(out, manifest)

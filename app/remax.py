@@ -107,7 +107,7 @@ def run_remax(recipe: Recipe, round_idx: int, pool: GeneratorPool,
     models = round_models(run, recipe, round_idx)
     model_dir, ref_dir = models.start, models.reference
     preflight(recipe, model_dir)
-    prepared = prepare_prompts(recipe, recipe.data.train, AutoTokenizer.from_pretrained(model_dir))
+    prepared = prepare_prompts(recipe, recipe.data.train, AutoTokenizer.from_pretrained(model_dir), round_idx)
     check_recipe(recipe, len(prepared.rows))
     seed = recipe.seed if cfg.seed is None else cfg.seed
     total = remax_total_steps(len(prepared.rows), cfg.epochs, cfg.remax.prompts_per_step, cfg.remax.max_steps)
@@ -149,7 +149,7 @@ def run_remax(recipe: Recipe, round_idx: int, pool: GeneratorPool,
                 "counts": {"read": prepared.read.read, "accepted": len(prepared.read.accepted),
                            "rejected": len(prepared.read.rejected), "prompts": len(prepared.rows)},
                 "steps": {"planned": total}, "train": cfg.model_dump(mode="json"), "checkpoint_storage": storage}
-    committed = commit_model(run, round_idx, result.checkpoint,
+    committed = commit_model(run, round_idx, result.checkpoint, chat_template=recipe.policy.chat_template,
                              rejected=[r.to_dict() for r in prepared.read.rejected],
                              metrics_file="remax_metrics.jsonl", manifest=manifest,
                              summarize=lambda history: {"timings_s": {

@@ -26,9 +26,11 @@ from prefloop.app.pipeline import generator_stage, run_stages, scorer_stage
 from prefloop.app.runtime import init_ray
 from prefloop.app.tables import write_jsonl, write_parquet
 from prefloop.core.config import Recipe
+from prefloop.core.partition import RoundPart
 from prefloop.core.prompts import Fields, ReadResult, read_prompts
 from prefloop.core.selection import PAIRED, choose_pair, dpo_pair, kto_examples
-from prefloop.core.templates import render_prompt
+from prefloop.core.model_info import control_token_of
+from prefloop.core.templates import generation_text
 
 if TYPE_CHECKING:
     from prefloop.actors.generator_pool import GeneratorPool
@@ -41,25 +43,31 @@ class PreparedPrompts:
     read: ReadResult
     rows: list[dict[str, Any]]  # what goes into Ray Data, one per used prompt
     results: list[dict[str, Any]] = field(default_factory=list)  # what came back, in input order
+    partition: dict[str, Any] | None = None  # which file / partition the round read (RoundPart.describe)
 
 
-def prepare_prompts(recipe: Recipe, source: str, tokenizer: Any) -> PreparedPrompts:
-    """Read, validate and tokenise the prompts; over-budget prompts are rejected, not truncated."""
+def prepare_prompts(recipe: Recipe, source: str, tokenizer: Any, round_idx: int | None = None) -> PreparedPrompts:
+    """Read, validate and tokenise the prompts; over-budget prompts are rejected, not truncated.
+
+    ``round_idx``: only that round's prompts (``{round}`` in the path, or its ``data.partitions`` share)."""
     style, budget = recipe.policy.chat_template, recipe.data.max_prompt_tokens
+    control = control_token_of(getattr(tokenizer, "name_or_path", None))  # a cSFT model's <|good|>
 
     def token_ids(messages: list[dict[str, str]]) -> list[int]:
-        return tokenizer(render_prompt(messages, style, tokenizer), add_special_tokens=True)["input_ids"]
+        return tokenizer(generation_text(messages, style, tokenizer, control), add_special_tokens=True)["input_ids"]
 
     def too_long(messages: list[dict[str, str]]) -> str | None:
         n = len(token_ids(messages))
         return f"prompt is {n} tokens, over data.max_prompt_tokens={budget}" if n > budget else None
 
     fields = Fields(recipe.data.prompt_field, recipe.data.messages_field, recipe.data.id_field)
-    read = read_prompts(source, fields, too_long)
-    used = read.accepted[: recipe.data.limit] if recipe.data.limit is not None else read.accepted
+    part = RoundPart(recipe.data, source, round_idx)
+    read = read_prompts(part.path, fields, too_long)
+    mine = part.select(read.accepted)
+    used = mine[: recipe.data.limit] if recipe.data.limit is not None else mine
     rows = [{"prompt_id": r.prompt_id, "prompt": r.prompt, "messages": json.dumps(r.messages),
              "prompt_token_ids": token_ids(r.messages)} for r in used]
-    return PreparedPrompts(read, rows)
+    return PreparedPrompts(read, rows, partition=part.describe(len(mine)))
 
 
 def preflight(recipe: Recipe, policy_dir: str) -> None:
@@ -137,11 +145,11 @@ def run_rollout(recipe: Recipe, round_idx: int = 0, policy_dir: str | None = Non
 
     started = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(policy_dir)
-    prepared = prepare_prompts(recipe, recipe.data.train, tokenizer)
+    prepared = prepare_prompts(recipe, recipe.data.train, tokenizer, round_idx)
     read = prepared.read
     log.info("prompts: %d read, %d accepted, %d rejected", read.read, len(read.accepted), len(read.rejected))
     if not prepared.rows:
-        raise RuntimeError(f"{recipe.data.train}: no usable prompts ({len(read.rejected)} rejected; "
+        raise RuntimeError(f"{prepared.partition['path']}: no usable prompts ({len(read.rejected)} rejected; "
                            f"first reason: {read.rejected[0].reason if read.rejected else 'empty file'})")
     t_read = time.perf_counter() - started
     init_ray(recipe.resources)
@@ -175,8 +183,11 @@ def rollout_manifest(recipe: Recipe, round_idx: int, policy_dir: str, prepared: 
     tokens = sum(int(n) for r in results for n in r["num_tokens"])
     return {
         "stage": ROLLOUT, "round": round_idx, "policy": policy_dir, "source": recipe.data.train,
+        "partition": prepared.partition,
         "counts": {"read": read.read, "accepted": len(read.accepted), "rejected": len(read.rejected),
-                   "used": len(prepared.rows), "not_used_over_limit": len(read.accepted) - len(prepared.rows),
+                   "used": len(prepared.rows),
+                   "not_used_other_partitions": len(read.accepted) - prepared.partition["prompts_in_partition"],
+                   "not_used_over_limit": prepared.partition["prompts_in_partition"] - len(prepared.rows),
                    "prompts_generated": len(results), "candidates": sum(len(r["candidates"]) for r in results),
                    "pairs": len(pairs), "kto_examples": len(kto), "unpaired": unpaired},
         "timings_s": timings,

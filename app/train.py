@@ -30,6 +30,7 @@ from prefloop.app.model_stage import commit_model, round_models, round_recipe
 from prefloop.app.rundir import MODEL, ROLLOUT, TRAIN_WORK, RunDir
 from prefloop.app.runtime import init_ray, iterate_with_timeout, wait_for
 from prefloop.core.config import Recipe
+from prefloop.core.partition import round_path
 from prefloop.core.templates import render_prompt
 from prefloop.core.train_config import TrainConfig
 from prefloop.core.train_data import (CONTROL_TOKENS, TrainDataError, TrainRows, add_kl_completions,
@@ -40,10 +41,10 @@ log = logging.getLogger(__name__)
 NEEDS_REFERENCE = ("dpo", "kto")
 
 
-def load_rows(run: RunDir, cfg: TrainConfig, round_idx: int) -> tuple[TrainRows, str]:
+def load_rows(run: RunDir, cfg: TrainConfig, round_idx: int, offset: int = 0) -> tuple[TrainRows, str]:
     """This round's training rows (validated) and where they came from."""
     if cfg.data:
-        source = cfg.data.replace("{round}", str(round_idx))  # per-iteration partitions, e.g. Snorkel's
+        source = round_path(cfg.data, round_idx, offset)  # per-iteration partitions, e.g. Snorkel's
         return read_train_rows(source), source
     if not run.is_committed(round_idx, ROLLOUT):
         raise TrainDataError(f"round {round_idx} has no committed rollout ({run.stage_dir(round_idx, ROLLOUT)}): "
@@ -155,7 +156,7 @@ def run_train(recipe: Recipe, round_idx: int = 0, *, kill_at_step: int | None = 
     check_model_dir(model_dir, "training start model")
     if cfg.method in NEEDS_REFERENCE:
         check_model_dir(ref_dir, "reference model")
-    rows, source = load_rows(run, cfg, round_idx)
+    rows, source = load_rows(run, cfg, round_idx, recipe.data.round_offset)
     log.info("train data %s: %d rows accepted, %d rejected", source, len(rows.accepted), len(rows.rejected))
     if not rows.accepted:
         first = rows.rejected[0] if rows.rejected else None
@@ -192,7 +193,8 @@ def run_train(recipe: Recipe, round_idx: int = 0, *, kill_at_step: int | None = 
         "timings_s": {"prepare": t_prepare, "reference_pass": t_reference, "fit": t_fit,
                       "total": time.perf_counter() - started},
         "train": cfg.model_dump(mode="json"), "checkpoint_storage": storage}
-    committed = commit_model(run, round_idx, result.checkpoint, rejected=[r.to_dict() for r in rows.rejected],
+    committed = commit_model(run, round_idx, result.checkpoint, chat_template=recipe.policy.chat_template,
+                             rejected=[r.to_dict() for r in rows.rejected],
                              metrics_file="train_metrics.jsonl", manifest=manifest)
     run.drop_train_storage(round_idx, TRAIN_WORK)  # checkpoints of a committed round are not needed any more
     log.info("round %d model committed after %d steps (restored from %s)", round_idx,

@@ -46,7 +46,18 @@ class DataConfig(_Strict):
     messages_field: str = "messages"
     id_field: str = "prompt_id"
     max_prompt_tokens: int = Field(256, ge=1, description="Prompts longer than this (templated) are rejected.")
-    limit: int | None = Field(None, ge=1, description="Use only the first N accepted prompts.")
+    limit: int | None = Field(None, ge=1, description="Use only the first N accepted prompts (of the round's "
+                              "partition, when partitioned).")
+    round_offset: int = Field(0, ge=0, description="Round r reads partition r + round_offset: the number put for "
+                              "'{round}' in data.train / train.data, or the index under data.partitions (e.g. 1 "
+                              "for files numbered from 1, like the Snorkel card's train_iteration_1..3).")
+    partitions: int | None = Field(None, ge=1, description="Split data.train into K disjoint partitions by a "
+                                   "seeded hash of prompt_id (as `prefloop data prepare --partitions K`); round r "
+                                   "reads partition r + round_offset. null = no split.")
+    partition_seed: int = Field(0, description="Seed of the data.partitions hash (prepare's --seed).")
+    reuse_prompts: bool = Field(False, description="Allow every online round to read the same prompts (no "
+                                "'{round}' and no data.partitions). Off: a multi-round online recipe must give "
+                                "each round its own prompts.")
 
 
 class RolloutConfig(_Strict):
@@ -225,6 +236,7 @@ class Recipe(_Strict):
             raise ValueError(f"loop.methods has {len(self.loop.methods)} entries for loop.rounds = {self.loop.rounds}")
         if self.eval.best_of is not None and "pairrm" not in (self.scorer.kind, self.eval_judge_kind):
             raise ValueError("eval.best_of needs a PairRM reranker: set eval.judge.kind or scorer.kind to pairrm")
+        self._rounds_have_own_prompts()
         need = self.data.max_prompt_tokens + self.rollout.max_tokens
         if need > self.rollout.max_model_len:
             raise ValueError(f"data.max_prompt_tokens + rollout.max_tokens = {need} exceeds "
@@ -238,6 +250,22 @@ class Recipe(_Strict):
     @property
     def eval_judge_kind(self) -> str | None:
         return self.eval.judge.kind if self.eval.judge is not None else None
+    def _rounds_have_own_prompts(self) -> None:
+        """A round never sees another round's prompts unless the recipe says so (data.reuse_prompts)."""
+        d, rounds = self.data, self.loop.rounds
+        if "{round}" in d.train and d.partitions is not None:
+            raise ValueError("data.train has '{round}' and data.partitions is set: choose one way to partition")
+        if d.partitions is not None and d.partitions < rounds + d.round_offset and not d.reuse_prompts:
+            raise ValueError(f"data.partitions = {d.partitions} is too few for loop.rounds = {rounds} with "
+                             f"data.round_offset = {d.round_offset} (or set data.reuse_prompts: true)")
+
+    def check_round_prompts(self) -> None:
+        """For the round loop: a round never sees another round's prompts unless the recipe says so."""
+        d, offline = self.data, self.train is not None and (self.train.data is not None or self.train.method == "remax")
+        partitioned = "{round}" in d.train or d.partitions is not None
+        if self.loop.rounds > 1 and not offline and not partitioned and not d.reuse_prompts:
+            raise RecipeError(f"data.train {d.train!r}: every online round would read the same prompts; put "
+                              "'{round}' in the path, set data.partitions, or set data.reuse_prompts: true")
 
 
 def apply_override(raw: dict[str, Any], assignment: str) -> None:

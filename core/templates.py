@@ -119,3 +119,52 @@ def last_user_text(messages: Sequence[Message]) -> str:
         if m["role"] == "user":
             return m["content"]
     raise ValueError("no user message")
+
+
+def generation_text(messages: Sequence[Message], style: str, tokenizer: Any = None,
+                    control_token: str | None = None) -> str:
+    """What a model is asked to continue: the rendered prompt, then the model's control token if it has one.
+
+    A conditional-SFT model (Archangel) was trained on ``prompt <|good|> answer``: asked without the token it
+    answers out of its training distribution. Rollout, evaluation and Serve all render through this."""
+    return render_prompt(messages, style, tokenizer) + (control_token or "")
+
+
+# Jinja chat templates that reproduce render_prompt: saved into every trained model's tokenizer, so that
+# apply_chat_template (AlpacaEval, vLLM's OpenAI server, Serve) prompts it in the format it was trained on.
+# They start with BOS (when the tokenizer has one) because such tools tokenise the templated text without
+# adding special tokens; render_prompt('tokenizer') strips it again (the BOS rule above).
+_BOS = "{%- if bos_token %}{{ bos_token }}{% endif -%}"
+_TULU_JINJA = (_BOS + "{%- for m in messages -%}"
+               "{%- if m['role'] == 'assistant' -%}{{ '<|assistant|>\\n' + m['content'] + eos_token + '\\n' }}"
+               "{%- else -%}{{ '<|' + m['role'] + '|>\\n' + m['content'] + '\\n' }}{%- endif -%}"
+               "{%- endfor -%}"
+               "{%- if add_generation_prompt -%}{{ '<|assistant|>\\n' }}__CONTROL__{%- endif -%}")
+_MISTRAL_JINJA = (_BOS + "{%- set ns = namespace(system='') -%}{%- for m in messages -%}"
+                  "{%- if m['role'] == 'system' -%}{%- set ns.system = m['content'] + '\\n\\n' -%}"
+                  "{%- elif m['role'] == 'user' -%}{{ '[INST] ' + ns.system + m['content'] + ' [/INST]' }}"
+                  "{%- set ns.system = '' -%}"
+                  "{%- else -%}{{ m['content'] + eos_token }}{%- endif -%}{%- endfor -%}"
+                  "{%- if add_generation_prompt -%}__CONTROL__{%- endif -%}")
+_ULTRARM_JINJA = ("{%- for m in messages -%}{%- if not loop.first -%}{{ '\\n' }}{%- endif -%}"
+                  "{{ {'user': 'Human', 'assistant': 'Assistant', 'system': 'System'}[m['role']] + ': ' + "
+                  "m['content'] }}{%- endfor -%}"
+                  "{%- if add_generation_prompt -%}{{ '\\nAssistant:' }}__CONTROL__{%- endif -%}")
+_JINJA = {"tulu": _TULU_JINJA, "mistral": _MISTRAL_JINJA, "ultrarm": _ULTRARM_JINJA}
+
+
+def _jinja_literal(text: str) -> str:
+    return "{{ " + repr(text) + " }}" if text else ""
+
+
+def chat_template_for(style: str, base_template: str | None = None, control_token: str | None = None) -> str | None:
+    """The Jinja chat template a model trained in ``style`` should carry (with its control token after the
+    generation prompt, for conditional SFT). ``tokenizer`` style: the base's own template, kept as it is
+    (control token appended to its generation prompt); None if the base has none."""
+    if style in _JINJA:
+        return _JINJA[style].replace("__CONTROL__", _jinja_literal(control_token or ""))
+    if style != "tokenizer":
+        raise ValueError(f"unknown chat template style {style!r}")
+    if base_template is None or not control_token or control_token in base_template:
+        return base_template
+    return base_template + "{%- if add_generation_prompt -%}" + _jinja_literal(control_token) + "{%- endif -%}"

@@ -1,8 +1,9 @@
 """The round loop end to end on real components, through the shipped recipes' ``--tiny`` switch.
 
-- Snorkel (online DPO): two rounds with the vLLM generators kept across rounds and swapped, PairRM, Ray Train;
-  then the same command again is a no-op.
-- Contextual KTO (online KTO): the driver is killed (SIGKILL, its whole process group) right after the first
+- Snorkel (online DPO): three rounds, each on its own partition of the prepared tiny Snorkel copy (disjoint
+  prompts), with the vLLM generators kept across rounds and swapped, PairRM, Ray Train; then the same command
+  again is a no-op.
+- Contextual KTO (its online variant, online KTO): the driver is killed (SIGKILL, its whole process group) right after the first
   rollout commits; the same command again finishes without redoing that rollout or training twice.
 - Archangel (offline SFT then KTO on a preference file, no rollout).
 """
@@ -15,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from prefloop.app.cli import resolve_recipe
@@ -42,7 +44,15 @@ def test_snorkel_tiny_rounds_swap_in_place_and_resume_is_a_no_op(tmp_path, tiny_
     recipe = resolve_recipe(str(RECIPES / "snorkel-pairrm-dpo.yaml"), [f"run_dir={tmp_path / 'run'}"], tiny=True)
     rows = run_loop(recipe)
     run_dir = tmp_path / "run"
-    assert [m["round"] for m in rows] == [0, 1]
+    assert [m["round"] for m in rows] == [0, 1, 2]
+    seen = []  # each round rolled out its own partition (the card's iteration), never another round's prompts
+    for r in range(3):
+        manifest = json.loads((run_dir / f"round_{r}" / "rollout" / "manifest.json").read_text())
+        assert manifest["partition"]["path"].endswith(f"snorkel_tiny_prepared/prompts-{r}.parquet")
+        ids = set(pq.read_table(run_dir / f"round_{r}" / "rollout" / "candidates.parquet")["prompt_id"].to_pylist())
+        assert len(ids) == manifest["counts"]["used"] == 32
+        seen.append(ids)
+    assert not (seen[0] & seen[1]) and not (seen[0] & seen[2]) and not (seen[1] & seen[2])
     for m in rows:
         assert m["n"] == 12 and m["pairs"] > 0 and m["method"] == "dpo"
         graded_by_gold(run_dir, m)
@@ -60,9 +70,9 @@ def test_snorkel_tiny_rounds_swap_in_place_and_resume_is_a_no_op(tmp_path, tiny_
     assert "eval judge (`function`)" in report and "Warning" not in report
     assert (run_dir / "report.png").stat().st_size > 1000
     assert (run_dir / "round_1" / "model" / "config.json").is_file()
-    before = stage_mtimes(run_dir, "model", 2)
-    assert [m["round"] for m in run_loop(recipe)] == [0, 1]
-    assert stage_mtimes(run_dir, "model", 2) == before
+    before = stage_mtimes(run_dir, "model", 3)
+    assert [m["round"] for m in run_loop(recipe)] == [0, 1, 2]
+    assert stage_mtimes(run_dir, "model", 3) == before
 
 
 def pq_rows(path: Path) -> list[dict]:
@@ -74,7 +84,8 @@ def pq_rows(path: Path) -> list[dict]:
 def test_killed_driver_resumes_without_redoing_committed_work(tmp_path, tiny_env):
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "prefloop.app.cli", "run", str(RECIPES / "contextual-kto-pairrm.yaml"), "--tiny",
-           "--set", f"run_dir={run_dir}", "--set", "loop.rounds=1"]
+           "--set", f"run_dir={run_dir}", "--set", "loop.rounds=1",
+           "--set", "train.data=null"]  # the online variant: it has a rollout to kill the driver after
     proc = subprocess.Popen(cmd, env=tiny_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     rollout0 = run_dir / "round_0" / "rollout" / "manifest.json"
@@ -101,3 +112,5 @@ def test_archangel_tiny_offline_sft_then_kto(tmp_path, tiny_env, ray_cluster):
     assert [(m["round"], m["method"]) for m in rows] == [(0, "sft"), (1, "kto")]
     assert all(m["pairs"] > 0 for m in rows)
     assert not (tmp_path / "run" / "round_0" / "rollout").exists(), "offline rounds run no rollout"
+    info = json.loads((tmp_path / "run" / "round_1" / "model" / "prefloop_model.json").read_text())
+    assert info == {"chat_template": "tokenizer", "method": "kto", "control_token": None}
