@@ -174,9 +174,12 @@ def save_backbone(out: Path, tok, embeddings: torch.Tensor) -> None:
     backbone_tokenizer(tok).save_pretrained(out)
 
 
-def build_pairrm(out: Path, tok, seed: int, heldout: list[str], policy_dir: Path, steps: int = 300,
+def build_pairrm(out: Path, tok, seed: int, heldout: list[str], policy_dir: Path, steps: int = 600,
                  batch: int = 32) -> dict:
-    """Train a tiny PairRM through llm-blender's own classes and save it in llm-blender's ranker format."""
+    """Train a tiny PairRM through llm-blender's own classes and save it in llm-blender's ranker format.
+
+    600 steps: with noisy labels and the gold's finer distinctions (coverage, repeats), 300 steps left the
+    2-layer ranker on its chance plateau (held-out accuracy 0.50); 600 reach 0.80 (about 35 s more)."""
     import safetensors.torch
     from transformers import AutoModelForCausalLM
 

@@ -122,6 +122,10 @@ DIGRESSIONS: tuple[str, ...] = ("By the way,", "On another note,", "Unrelated, b
 # assistant is, so its greedy answer opens on topic and the rounds improve a fair answer rather than fix a
 # broken one (with the share uniform over 0..1, greedy decoding opened with a digression on most prompts).
 ON_TOPIC_SHARES = (1.0, 1.0, 0.75, 0.75, 0.5, 0.25)
+# Sentences per answer, drawn uniformly from these: one-sentence answers are rare, so greedy decoding does not
+# stop after the first sentence (with 1..4 uniform, end-of-answer was the likeliest token there, and greedy
+# answers were one short sentence that preference pairs, whose losers are long drifting answers, never grew).
+N_SENTENCES = (1, 2, 2, 3, 3, 4, 4, 4)
 _WORD = re.compile(r"[a-z]+")
 
 
@@ -196,11 +200,11 @@ def make_answer(rng: random.Random, topics: list[str], on_topic: float | None = 
     ``ON_TOPIC_SHARES`` when not given), else about one "drift" topic picked for this answer, and then
     opens with a digression marker ("By the way, ...") with probability ``marked``. So answers range from
     fully on topic to fully off.
-    ``n_sentences`` is drawn from 1..4 when not given; ``noise`` is the chance of a small slip (see
+    ``n_sentences`` is drawn from ``N_SENTENCES`` when not given; ``noise`` is the chance of a small slip (see
     ``_corrupt``), used to make the judges robust to a tiny policy's samples.
     """
     p = rng.choice(ON_TOPIC_SHARES) if on_topic is None else on_topic
-    n = rng.randint(1, 4) if n_sentences is None else n_sentences
+    n = rng.choice(N_SENTENCES) if n_sentences is None else n_sentences
     drift = rng.choice([t for t in TOPIC_NAMES if t not in topics])
     parts = [rng.choice(OPENERS)] if rng.random() < 0.25 else []
     for _ in range(n):

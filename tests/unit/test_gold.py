@@ -75,3 +75,24 @@ def test_gold_win_rate_counts_ties_half():
     base = ["Think of honey and hive together."] * 4
     answers = [GOOD, base[0], "Think of lava and ash together.", GOOD]  # win, tie, loss, win
     assert G.win_rate(prompts, answers, base) == pytest.approx((1 + 0.5 + 0 + 1) / 4)
+
+
+def test_grade_run_reads_a_run_directory(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from prefloop.tinyworld.grade import grade_run
+
+    def write(path, answers):
+        path.parent.mkdir(parents=True)
+        pq.write_table(pa.Table.from_pylist([{"prompt_id": f"p{i}", "prompt": "Explain bees.", "answer": a}
+                                             for i, a in enumerate(answers)]), path)
+
+    base = ["Think of honey and hive together."] * 2
+    write(tmp_path / "round_0" / "base_answers" / "answers.parquet", base)
+    write(tmp_path / "round_0" / "eval" / "answers.parquet", [GOOD, base[0]])  # a win and a tie
+    write(tmp_path / "round_1" / "eval" / "answers.parquet", [GOOD + " " + GOOD, GOOD])  # a loss, a win
+    rows = grade_run(tmp_path)
+    assert [r["round"] for r in rows] == ["base", 0, 1]
+    assert rows[1]["gold_win_rate"] == 0.75 and rows[2]["gold_win_rate"] == 0.5
+    assert rows[0]["repetition_rate"] == 0.0 and rows[2]["repetition_rate"] == 0.25  # (3/6 + 0) / 2
