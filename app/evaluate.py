@@ -19,7 +19,7 @@ from typing import Any
 from prefloop.app.rollout import PreparedPrompts, generator_stage, prepare_prompts, run_stages, scorer_stage
 from prefloop.app.rundir import RunDir, write_manifest
 from prefloop.app.tables import read_parquet_rows, write_parquet
-from prefloop.core.config import Recipe
+from prefloop.core.config import Recipe, response_tokens
 from prefloop.core.metrics import summarize_comparison
 from prefloop.core.sampling import SampleSpec
 
@@ -37,7 +37,7 @@ def eval_prompts(recipe: Recipe, tokenizer: Any) -> PreparedPrompts:
 
 def generate_answers(recipe: Recipe, rows: list[dict], pool: Any) -> list[dict]:
     """One answer per held-out prompt from the model the pool holds now."""
-    spec = SampleSpec(1, recipe.loop.eval_temperature, 1.0, recipe.rollout.max_tokens, recipe.rollout.seed)
+    spec = SampleSpec(1, recipe.loop.eval_temperature, 1.0, response_tokens(recipe), recipe.rollout.seed)
     out = run_stages(rows, [generator_stage(recipe, pool.model, pool, spec)], recipe.resources.stage_timeout_s,
                      "eval: answers")
     by_id = {r["prompt_id"]: r for r in out}

@@ -25,7 +25,7 @@ from prefloop.actors.common import check_model_dir
 from prefloop.app.rundir import RunDir, write_manifest
 from prefloop.app.runtime import init_ray, iterate_with_timeout
 from prefloop.app.tables import write_jsonl, write_parquet
-from prefloop.core.config import Recipe
+from prefloop.core.config import Recipe, response_tokens
 from prefloop.core.prompts import Fields, ReadResult, read_prompts
 from prefloop.core.sampling import SampleSpec
 from prefloop.core.selection import PAIRED, choose_pair, dpo_pair, kto_examples
@@ -104,7 +104,7 @@ def scorer_stage(recipe: Recipe) -> Stage:
 
 def sample_spec(recipe: Recipe) -> SampleSpec:
     ro = recipe.rollout
-    return SampleSpec(ro.num_samples, ro.temperature, ro.top_p, ro.max_tokens, ro.seed)
+    return SampleSpec(ro.num_samples, ro.temperature, ro.top_p, response_tokens(recipe), ro.seed)
 
 
 def engine_kwargs(recipe: Recipe) -> dict[str, Any]:

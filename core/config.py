@@ -164,6 +164,14 @@ class Recipe(_Strict):
         return self
 
 
+def response_tokens(recipe: Recipe) -> int:
+    """The recipe's own response length, for rollout and evaluation of every method: ``rollout.max_tokens`` when
+    the recipe sets it, else ``train.max_response_len`` (ReMax samples that many), else the rollout default."""
+    if "max_tokens" in recipe.rollout.model_fields_set or recipe.train is None:
+        return recipe.rollout.max_tokens
+    return recipe.train.max_response_len
+
+
 def apply_override(raw: dict[str, Any], assignment: str) -> None:
     """Apply one ``dotted.key=value`` override in place; the value is parsed as YAML (``8``, ``true``, ``null``)."""
     if "=" not in assignment:
