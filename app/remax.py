@@ -115,6 +115,7 @@ def run_remax(recipe: Recipe, round_idx: int, pool: Any, publish: Callable[[str]
     timeout = recipe.resources.stage_timeout_s
     scorer = start_scorer(stage.cls, stage.kwargs, stage.num_cpus, stage.num_gpus, scorer_name, timeout)
     loop_config = {"train": cfg.model_dump(), "model_dir": model_dir, "ref_dir": ref_dir, "seed": seed,
+                   "dtype": recipe.policy.dtype,
                    "total_steps": total, "prompts": prepared.rows, "generators": pool.names,
                    "scorer": scorer_name, "sync_dir": str(work / "sync"), "timeout_s": timeout,
                    "sample_seed": recipe.rollout.seed, "publish_dir": str(work / "published") if publish else None,

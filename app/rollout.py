@@ -95,7 +95,8 @@ def scorer_stage(recipe: Recipe) -> Stage:
         cls, kwargs = PairRMScorer, {"ranker_dir": sc.model, "batch_size": sc.batch_size}
     elif sc.kind == "reward_model":
         cls, kwargs = RewardModelScorer, {"model_dir": sc.model, "chat_template": sc.chat_template,
-                                          "batch_size": sc.batch_size}
+                                          "batch_size": sc.batch_size,
+                                          "reward_head": sc.reward_head.model_dump() if sc.reward_head else None}
     else:
         cls, kwargs = FunctionScorer, {"function": sc.function}
     gpus = res.scorer_gpus if sc.kind != "function" else 0.0

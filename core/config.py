@@ -65,6 +65,13 @@ class RolloutConfig(_Strict):
     tensor_parallel_size: int = Field(1, ge=1)
 
 
+class RewardHeadConfig(_Strict):
+    """A reward model that is a base model plus a custom scalar head (UltraRM's ``regression_head``)."""
+
+    name: str = Field(description="Attribute name of the head in the checkpoint: its weight key is NAME.weight.")
+    bias: bool = Field(False, description="Whether the head has a bias (NAME.bias).")
+
+
 class ScorerConfig(_Strict):
     """Who judges the candidates: PairRM, a scalar reward model, or a user function."""
 
@@ -74,6 +81,10 @@ class ScorerConfig(_Strict):
     chat_template: ChatTemplate = Field("tokenizer", description="Reward model's rendering of (prompt, answer).")
     num_scorers: int = Field(1, ge=1)
     batch_size: int = Field(16, ge=1, description="Prompts per scorer call.")
+    reward_head: RewardHeadConfig | None = Field(
+        None, description="reward_model only: a base model + scalar head checkpoint (e.g. {name: regression_head, "
+        "bias: false}); null = recognised from config.json (architectures LlamaRewardModel: UltraRM's "
+        "regression_head) or AutoModelForSequenceClassification.")
 
     @model_validator(mode="after")
     def _needs_target(self) -> "ScorerConfig":
