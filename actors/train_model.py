@@ -95,7 +95,7 @@ def load_model(model_dir: str, device: torch.device, trainable: bool, cfg: Train
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=load_dtype)
     if not trainable:
         model = model.to(device).eval().requires_grad_(False)
-        setattr(model, COMPUTE_ATTR, p.frozen)
+        setattr(model, COMPUTE_ATTR, p.compute)  # frozen fp32 weights still compute under bf16 autocast if asked
         return model
     if cfg.gradient_checkpointing:
         model.config.use_cache = False

@@ -12,7 +12,7 @@ Choices (documented in the README's "Running the real recipes"):
 - reference models (DPO/KTO live, ReMax, the precomputed reference pass): the compute dtype, no grad; under
   FSDP the ReMax / live reference is sharded like the policy.
 
-``policy.dtype: float32`` keeps the old switch: ``train.bf16`` asks for bf16 compute. float16 is honoured for
+``policy.dtype: float32`` keeps every weight fp32 (and what is saved); ``train.bf16`` then adds bf16 autocast. float16 is honoured for
 frozen weights (references, LoRA base) on a GPU; its *training* compute is bf16 where the hardware has it
 (fp16 training needs loss scaling, which prefloop does not do), else fp32, with a warning. On a CPU (the tests)
 bf16 works as on a GPU, only slower; fp16 falls back to fp32.
@@ -37,10 +37,9 @@ def resolve_precision(policy_dtype: str, bf16: bool, device_type: str, bf16_supp
     asked = policy_dtype
     if asked == "auto":
         asked = config_dtype if config_dtype in ("float32", "bfloat16", "float16") else "float32"
-    if asked == "float32" and bf16:
-        asked = "bfloat16"
-    if asked == "float32":
-        return Precision("float32", "float32")
+    if asked == "float32":  # fp32 weights everywhere; train.bf16 adds bf16 autocast, as before policy.dtype
+        bf16 = bf16 and (device_type != "cuda" or bf16_supported)
+        return Precision("bfloat16" if bf16 else "float32", "float32")
     if asked == "bfloat16":
         if device_type == "cuda" and not bf16_supported:
             return Precision("float32", "float32", note="bf16 asked for but this GPU has no bfloat16: float32")

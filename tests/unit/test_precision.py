@@ -19,7 +19,8 @@ def test_rule_bf16_policy_on_gpu_and_cpu():
 
 def test_rule_float32_keeps_the_bf16_switch():
     assert resolve_precision("float32", False, "cuda", True) == Precision("float32", "float32")
-    assert resolve_precision("float32", True, "cuda", True).compute == "bfloat16"
+    assert resolve_precision("float32", True, "cuda", True) == Precision("bfloat16", "float32")
+    assert resolve_precision("float32", True, "cuda", False) == Precision("float32", "float32")
 
 
 def test_rule_fallbacks_say_why():
