@@ -107,3 +107,14 @@ def test_plan_cli_prints_every_actor(capsys):
     for actor in ("generator", "scorer", "trainer", "reference pass", "serve replica", "serve re-ranker"):
         assert f"\n{actor} " in out
     assert "weights 14.5" in out
+
+
+def test_prefloop_run_refuses_before_starting_anything(capsys, monkeypatch):
+    import prefloop.app.loop as loop
+    from prefloop.app.cli import main
+
+    monkeypatch.setattr(loop, "run_loop", lambda recipe: pytest.fail("the loop must not start"))
+    rc = main(["run", str(ROOT / "recipes" / "remax-ultrarm.yaml"),
+               "--cluster", str(ROOT / "cluster" / "kuberay" / "rayservice.yaml")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "trainer (gpu-1x, g5.2xlarge, A10G)" in err and "short by" in err
