@@ -176,11 +176,12 @@ class Recipe(_Strict):
 
 
 def response_tokens(recipe: Recipe) -> int:
-    """The recipe's own response length, for rollout and evaluation of every method: ``rollout.max_tokens`` when
-    the recipe sets it, else ``train.max_response_len`` (ReMax samples that many), else the rollout default."""
-    if "max_tokens" in recipe.rollout.model_fields_set or recipe.train is None:
-        return recipe.rollout.max_tokens
-    return recipe.train.max_response_len
+    """The recipe's own response length, for rollout and evaluation of every method: ReMax samples (and so is
+    evaluated at) ``train.max_response_len``; every other method trains on what the rollout generated, at
+    ``rollout.max_tokens``."""
+    if recipe.train is not None and recipe.train.method == "remax":
+        return recipe.train.max_response_len
+    return recipe.rollout.max_tokens
 
 
 def apply_override(raw: dict[str, Any], assignment: str) -> None:

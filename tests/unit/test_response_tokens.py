@@ -14,10 +14,15 @@ def test_remax_without_rollout_max_tokens_uses_train_max_response_len():
     assert response_tokens(recipe) == 384
 
 
-def test_rollout_max_tokens_wins_when_set():
+def test_other_methods_use_the_rollout_length():
     assert response_tokens(load_recipe(RECIPES / "snorkel-pairrm-dpo.yaml", placeholders=PH)) == 1024
-    assert response_tokens(load_recipe(RECIPES / "remax-ultrarm.yaml", placeholders=PH, tiny=True)) == 32
     assert response_tokens(load_recipe(RECIPES / "demo.yaml", placeholders=PH)) == 48
+
+
+def test_remax_follows_its_train_length_even_with_a_rollout_length():
+    recipe = load_recipe(RECIPES / "remax-ultrarm.yaml", ["rollout.max_tokens=64", "train.max_response_len=200"],
+                         placeholders=PH)
+    assert response_tokens(recipe) == 200
 
 
 def test_eval_and_rollout_specs_use_it():
