@@ -67,8 +67,9 @@ def read_tensors(model_dir: Path, keys: list[str]) -> tuple[dict[str, Any], list
             from safetensors import safe_open
 
             with safe_open(str(path), framework="pt") as f:
-                all_keys += list(f.keys())
-                found.update({k: f.get_tensor(k) for k in keys if k in f.keys()})
+                names = list(f.keys())
+                all_keys += names
+                found.update({k: f.get_tensor(k) for k in keys if k in names})
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
             all_keys += list(state)

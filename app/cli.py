@@ -108,7 +108,13 @@ def cmd_recipe_check(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from prefloop.app.assets import default_assets_dir
-    from prefloop.app.plan import format_plan, gpu_nodes, plan_needs, shortfalls, uses_gpu
+    from prefloop.app.plan import (
+        format_plan,
+        gpu_nodes,
+        plan_needs,
+        shortfalls,
+        uses_gpu,
+    )
 
     recipe = load_recipe(args.recipe, args.set, {"assets": str(default_assets_dir()), "data": str(DATA_DIR)},
                          tiny=args.tiny)

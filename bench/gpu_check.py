@@ -32,9 +32,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the working tree: prefloop's pure modules, no install needed
 
-from prefloop.core import plan as P  # noqa: E402
-from prefloop.core.logprobs import sequence_logps  # noqa: E402
-from prefloop.core.losses import dpo_loss  # noqa: E402
+from prefloop.core import plan as P
+from prefloop.core.logprobs import sequence_logps
+from prefloop.core.losses import dpo_loss
 
 CONFIGS = ROOT / "recipes" / "model_configs"
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.time()
     name = "cpu" if smoke else torch.cuda.get_device_name()
     print(f"device {name}; peak bf16 {peak_flops(name)} FLOP/s; torch {torch.__version__}", flush=True)
-    print("DPO, Mistral-7B shape, LoRA r=%d all linear, bf16, seq %d:" % (args.lora_r, args.seq_len), flush=True)
+    print(f"DPO, Mistral-7B shape, LoRA r={args.lora_r} all linear, bf16, seq {args.seq_len}:", flush=True)
     result = {"device": name, "train": train_check(args, device, started + args.budget_s)}
     print("scorer, UltraRM-13b shape, bf16:", flush=True)
     result["scorer"] = scorer_check(args, device)

@@ -12,7 +12,8 @@ Choices (documented in the README's "Running the real recipes"):
 - reference models (DPO/KTO live, ReMax, the precomputed reference pass): the compute dtype, no grad; under
   FSDP the ReMax / live reference is sharded like the policy.
 
-``policy.dtype: float32`` keeps every weight fp32 (and what is saved); ``train.bf16`` then adds bf16 autocast. float16 is honoured for
+``policy.dtype: float32`` keeps every weight fp32 (and what is saved); ``train.bf16`` then adds bf16
+autocast. float16 is honoured for
 frozen weights (references, LoRA base) on a GPU; its *training* compute is bf16 where the hardware has it
 (fp16 training needs loss scaling, which prefloop does not do), else fp32, with a warning. On a CPU (the tests)
 bf16 works as on a GPU, only slower; fp16 falls back to fp32.

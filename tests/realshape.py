@@ -23,8 +23,9 @@ import random
 from pathlib import Path
 
 CONFIGS = Path(__file__).resolve().parents[1] / "recipes" / "model_configs"
-WORDS = ("tell me about cats rivers bread trains music gardens stars boats tea maps birds snow clocks shoes "
-         "lamps books is good and kind bad no please the a very warm cold").split()
+WORDS = ["tell", "me", "about", "cats", "rivers", "bread", "trains", "music", "gardens", "stars", "boats", "tea",
+         "maps", "birds", "snow", "clocks", "shoes", "lamps", "books", "is", "good", "and", "kind", "bad", "no",
+         "please", "the", "a", "very", "warm", "cold"]
 MISTRAL_TEMPLATE = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}{{ '[INST] ' + m['content'] "
                     "+ ' [/INST]' }}{% else %}{{ m['content'] + eos_token }}{% endif %}{% endfor %}")
 
@@ -36,7 +37,14 @@ def corpus(seed: int = 0) -> list[str]:
 
 def sp_tokenizer(seed: int = 0):
     """Byte-fallback BPE with Llama's special-token and byte-token layout, trained on a small corpus."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     meta = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
@@ -114,7 +122,8 @@ def deberta_v3_tokenizer(out: Path, seed: int = 0):
     out.mkdir(parents=True, exist_ok=True)
     text = out / "corpus.txt"
     text.write_text("\n".join(corpus(seed)))
-    spm.SentencePieceTrainer.train(input=str(text), model_prefix=str(out / "spm"), vocab_size=56, hard_vocab_limit=False,
+    spm.SentencePieceTrainer.train(input=str(text), model_prefix=str(out / "spm"), vocab_size=56,
+                                   hard_vocab_limit=False,
                                    pad_id=0, unk_id=3, bos_id=1, eos_id=2, pad_piece="[PAD]", unk_piece="[UNK]",
                                    bos_piece="[CLS]", eos_piece="[SEP]", user_defined_symbols=["[MASK]"],
                                    minloglevel=2)

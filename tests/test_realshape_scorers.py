@@ -36,7 +36,7 @@ def test_pairrm_download_layout_ranks_order_equivariantly(dirs):
     a = scorer.score(["tell me about cats"], [CANDS])[0]
     b = scorer.score(["tell me about cats"], [[CANDS[2], CANDS[0], CANDS[1]]])[0]
     assert len(a) == 3 and max(a) - min(a) > 1e-2  # distinct scores, so the permutation check can fail
-    assert b == pytest.approx([a[2], a[0], a[1]], abs=1e-4)  # the full comparison matrix follows the candidates  # the full comparison matrix follows the candidates
+    assert b == pytest.approx([a[2], a[0], a[1]], abs=1e-4)  # the full comparison matrix follows the candidates
 
 
 def test_ultrarm_layout_padded_batch_equals_one_by_one_and_hand_forward(dirs):

@@ -110,7 +110,7 @@ def test_plan_cli_prints_every_actor(capsys):
 
 
 def test_prefloop_run_refuses_before_starting_anything(capsys, monkeypatch):
-    import prefloop.app.loop as loop
+    from prefloop.app import loop
     from prefloop.app.cli import main
 
     monkeypatch.setattr(loop, "run_loop", lambda recipe: pytest.fail("the loop must not start"))

@@ -15,7 +15,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from prefloop.actors.reward_model import HeadSpec, ensure_pad_token, head_spec, last_token_index, load_reward_model
+from prefloop.actors.reward_model import (
+    HeadSpec,
+    ensure_pad_token,
+    head_spec,
+    last_token_index,
+    load_reward_model,
+)
 
 ULTRARM = Path(__file__).resolve().parents[2] / "recipes" / "model_configs" / "UltraRM-13b" / "config.json"
 
