@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from prefloop.actors.remax_rollout import StepRollout
-from prefloop.actors.train_model import autocast, load_model
+from prefloop.actors.train_model import autocast, load_reference
 from prefloop.actors.trainer import Stats, Worker, unwrap
 from prefloop.core.logprobs import full_kl, token_logps
 from prefloop.core.losses import remax_advantage, remax_loss
@@ -42,7 +42,8 @@ class RemaxWorker(Worker):
     def __init__(self, config: RemaxWorkerConfig):
         super().__init__(config)
         self.rx = self.cfg.remax
-        self.ref_model = load_model(config.ref_dir, self.device, trainable=False)
+        # the frozen reference in the training dtype, sharded over the workers as the policy is (FSDP)
+        self.ref_model = load_reference(config.ref_dir, self.device, self.cfg, config.dtype, self.world, self.sharded)
         self.prompts: list[dict[str, Any]] = config.prompts
         names = config.generators
         self.own_generator = names[self.rank % len(names)]
@@ -87,9 +88,9 @@ class RemaxWorker(Worker):
         enc = pack_sequences([r["prompt_token_ids"] for r in rows], [s["token_ids"] for s in samples],
                              self.cfg.max_prompt_len, self.cfg.max_response_len, self.pad_id)
         ids, attn, mask = (enc[k].to(device) for k in ("input_ids", "attention_mask", "loss_mask"))
-        with autocast(self.cfg, device):
+        with autocast(self.cfg, device, self.model):
             logits = self.model(input_ids=ids, attention_mask=attn).logits
-        with torch.no_grad():
+        with torch.no_grad(), autocast(self.cfg, device, self.ref_model):
             ref_logits = self.ref_model(input_ids=ids, attention_mask=attn).logits
         policy_logps = token_logps(logits, ids, mask)
         kl_args: dict[str, Any] = {}

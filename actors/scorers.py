@@ -2,8 +2,12 @@
 
 - ``PairRMScorer``: llm-blender's PairRM ranker over all N candidates of a prompt (``Blender.rank`` with
   ``return_scores=True``: each candidate's aggregate of the full N x (N-1) comparison matrix).
-- ``RewardModelScorer``: a scalar reward model (``AutoModelForSequenceClassification``), fed each
-  (prompt, answer) in the reward model's own chat template, which may differ from the policy's.
+- ``RewardModelScorer``: a scalar reward model (``AutoModelForSequenceClassification``, or a base model plus a
+  custom head such as UltraRM's, see ``actors/reward_model.py``), fed each (prompt, answer) in the reward model's
+  own chat template, which may differ from the policy's.
+
+PairRM and reward models run on the GPU their actor was given (``actors/devices.py``): fp16/bf16 there, fp32 on
+the CPU.
 - ``FunctionScorer``: a user function ``module:function`` with signature ``(prompt: str, completion: str) -> float``.
 
 Each scorer reads the columns ``prompt``, ``messages`` and ``candidates`` and adds ``scores``.
@@ -49,13 +53,20 @@ class PairRMScorer:
     (``Blender.rank``); ``"tournament"``: only the best and the worst, in about 3N/2 comparisons
     (``core/tournament.py``, each comparison in both orders through ``Blender.compare``)."""
 
-    def __init__(self, ranker_dir: str, batch_size: int = 16, device: str = "cpu", comparisons: str = "full"):
+    def __init__(self, ranker_dir: str, batch_size: int = 16, device: str | None = None,
+                 comparisons: str = "full"):
         from prefloop.actors.blender_compat import load_pairrm, ranker_safe
+        from prefloop.actors.devices import actor_device
 
         if comparisons not in ("full", "tournament"):
             raise ValueError(f"scorer.comparisons: {comparisons!r} is not 'full' or 'tournament'")
         self.safe = ranker_safe
-        self.blender = load_pairrm(ranker_dir, device=device)
+        device = device or actor_device()[0]
+        # llm-blender halves the ranker only for the device string "cuda" (PairRM was trained in fp16); inside an
+        # actor its assigned GPU is cuda:0, so "cuda" names it
+        self.blender = load_pairrm(ranker_dir, device="cuda" if device.startswith("cuda") else device)
+        if device.startswith("cuda"):
+            self.blender.ranker.half()
         self.batch_size, self.comparisons = batch_size, comparisons
 
     def score(self, prompts: list[str], candidates: list[list[str]]) -> list[list[float]]:
@@ -97,15 +108,24 @@ class RewardModelScorer:
     """A scalar reward model: one forward pass per (prompt, candidate), in the model's own template."""
 
     def __init__(self, model_dir: str, chat_template: str = "tokenizer", batch_size: int = 16,
-                 device: str = "cpu"):
+                 device: str | None = None, reward_head: dict[str, Any] | None = None):
         check_model_dir(model_dir, "reward model")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoTokenizer
+
+        from prefloop.actors.devices import actor_device
+        from prefloop.actors.reward_model import ensure_pad_token, load_reward_model
 
         self.torch = torch
+        if device is None:
+            device, dtype_name = actor_device()
+        else:
+            dtype_name = "float32" if device == "cpu" else "bfloat16"
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.model = AutoModelForSequenceClassification.from_pretrained(model_dir).to(device).eval()
+        ensure_pad_token(self.tokenizer)
+        self.model = load_reward_model(model_dir, device, getattr(torch, dtype_name), reward_head,
+                                       pad_token_id=self.tokenizer.pad_token_id)
         self.template, self.batch_size, self.device = chat_template, batch_size, device
 
     def score_texts(self, texts: list[str]) -> list[float]:
@@ -114,7 +134,7 @@ class RewardModelScorer:
             chunk = texts[start:start + self.batch_size]
             enc = self.tokenizer(chunk, return_tensors="pt", padding=True, truncation=True).to(self.device)
             with self.torch.no_grad():
-                out.extend(self.model(**enc).logits[:, 0].float().tolist())
+                out.extend(self.model(enc["input_ids"], enc["attention_mask"]).float().tolist())
         return out
 
     def score(self, messages: list[list[dict[str, str]]], candidates: list[list[str]]) -> list[list[float]]:

@@ -29,7 +29,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from prefloop.actors.train_model import autocast, encode, load_model, seq_logps
+from prefloop.actors.train_model import autocast, encode, load_model, load_reference, seq_logps, shard_fsdp
 from prefloop.core.losses import dpo_loss, kto_loss, sft_loss
 from prefloop.core.train_config import lr_factor, warmup_steps
 from prefloop.core.worker_config import TrainWorkerConfig
@@ -101,7 +101,7 @@ def kto_step(w: "Worker", batch: dict[str, np.ndarray], stats: Stats) -> tuple[t
 def sft_step(w: "Worker", batch: dict[str, np.ndarray], stats: Stats) -> tuple[torch.Tensor, int]:
     enc = encode(w.tokenizer, batch["prompt_text"], batch["completion"], w.cfg)
     ids, attn, mask = (enc[k].to(w.device) for k in ("input_ids", "attention_mask", "loss_mask"))
-    with autocast(w.cfg, w.device):
+    with autocast(w.cfg, w.device, w.model):
         logits = w.model(input_ids=ids, attention_mask=attn).logits
     out = sft_loss(logits, ids, mask)
     stats.add("loss", out.nll_sum.detach().sum(), out.n_tokens.sum())  # per-token NLL
@@ -115,19 +115,6 @@ STEPS = {"dpo": dpo_step, "kto": kto_step, "sft": sft_step, "csft": sft_step}
 
 def unwrap(model: Any) -> Any:
     return model.module if hasattr(model, "module") else model
-
-
-def shard_fsdp(model: Any, device: torch.device, world: int) -> Any:
-    """FSDP2 (``fully_shard``): each transformer block (the model's ``_no_split_modules``), then the root, over
-    all workers. Unlike FSDP1 it runs with gloo on CPU as with NCCL on GPUs, so CPU tests cover it."""
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
-
-    mesh = init_device_mesh(device.type, (world,))
-    blocks = set(getattr(model, "_no_split_modules", None) or ())
-    for module in [m for m in model.modules() if type(m).__name__ in blocks]:
-        fully_shard(module, mesh=mesh)
-    return fully_shard(model, mesh=mesh)
 
 
 class Worker:
@@ -145,7 +132,7 @@ class Worker:
         self.total_steps = config.total_steps
         torch.manual_seed(config.seed)  # the same LoRA init on every rank
         self.tokenizer = AutoTokenizer.from_pretrained(config.model_dir)
-        model = load_model(config.model_dir, self.device, True, self.cfg)
+        model = load_model(config.model_dir, self.device, True, self.cfg, config.dtype)
         self.state: dict[str, Any] = {"step": 0, "epoch": 0, "micro_in_epoch": 0, "restored_from": []}
         self.history: list[dict[str, Any]] = []
         checkpoint = ray.train.get_checkpoint()
@@ -157,7 +144,8 @@ class Worker:
         else:
             self.model = ray.train.torch.prepare_model(model, parallel_strategy="ddp")
         live = self.cfg.reference_mode == "live" and config.ref_dir
-        self.ref_model = load_model(config.ref_dir, self.device, False) if live else None
+        self.ref_model = load_reference(config.ref_dir, self.device, self.cfg, config.dtype,
+                                        self.world, self.sharded) if live else None
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         warm, total, schedule = warmup_steps(self.cfg, self.total_steps), self.total_steps, self.cfg.schedule
@@ -311,7 +299,8 @@ class Worker:
     def _save_model(self, out: Path, weights: dict[str, torch.Tensor]) -> None:
         """The round's model as a plain HF directory: LoRA merged, tokenizer and chat template alongside."""
         if self.sharded:
-            model = load_model(self.config.model_dir, torch.device("cpu"), trainable=False)
+            model = load_model(self.config.model_dir, torch.device("cpu"), False, self.cfg,
+                               self.config.dtype)  # saved in the policy's dtype
             model.load_state_dict(weights, strict=False)
         else:
             model = unwrap(self.model)

@@ -62,9 +62,11 @@ def cmd_one_round(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from prefloop.app.loop import run_loop
+    from prefloop.app.plan import check_plan
     from prefloop.app.report import format_table
 
     recipe = resolve_recipe(args.recipe, args.set, args.tiny)
+    check_plan(recipe, args.cluster or os.environ.get("PREFLOOP_CLUSTER"))
     rows = run_loop(recipe)
     print(format_table(rows))
     from prefloop.app.run_mirror import is_uri
@@ -104,6 +106,29 @@ def cmd_recipe_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from prefloop.app.assets import default_assets_dir
+    from prefloop.app.plan import (
+        format_plan,
+        gpu_nodes,
+        plan_needs,
+        shortfalls,
+        uses_gpu,
+    )
+
+    recipe = load_recipe(args.recipe, args.set, {"assets": str(default_assets_dir()), "data": str(DATA_DIR)},
+                         tiny=args.tiny)
+    if not uses_gpu(recipe):
+        print(f"{recipe.name}: the recipe asks for no GPU: nothing to plan")
+        return 0
+    print(format_plan(recipe, plan_needs(recipe), gpu_nodes(args.cluster), args.cluster))
+    errors, risks = shortfalls(recipe, args.cluster)
+    if risks:
+        print("\nfits only some node types (Ray may place it on the small one; keep it off):\n  " + "\n  ".join(risks))
+    print("\n" + ("does NOT fit:\n  " + "\n  ".join(errors) if errors else "every actor fits a node type"))
+    return 1 if errors else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prefloop", description="Align chat models in rounds on Ray.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -123,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="the round loop: rollout -> train -> swap -> evaluate, every round")
     with_recipe(p)
+    p.add_argument("--cluster", default=None, help="cluster file (ray-cluster.yaml, cluster/*.yaml, KubeRay): "
+                   "refuse to start when an actor cannot fit its GPUs (default $PREFLOOP_CLUSTER; none: no check)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("demo", help="run recipes/demo.yaml on the tiny models and serve the result")
@@ -154,6 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
     from prefloop.app.data_prepare import add_parser as add_data_parser
 
     add_data_parser(sub)  # prefloop data prepare KIND --source SRC --out DIR ...
+
+    p = sub.add_parser("plan", help="GPU memory of every actor from the models' config.json, against a cluster")
+    with_recipe(p)
+    p.add_argument("--cluster", default="ray-cluster.yaml", help="cluster launcher or KubeRay file "
+                   "(default ray-cluster.yaml)")
+    p.set_defaults(func=cmd_plan)
+
     recipe = sub.add_parser("recipe", help="recipes").add_subparsers(dest="action", required=True)
     p = recipe.add_parser("check", help="validate a recipe and print it resolved")
     with_recipe(p)

@@ -31,7 +31,7 @@ from prefloop.app.rollout import PreparedPrompts, prepare_prompts
 from prefloop.app.rundir import BASE_ANSWERS, EVAL, RunDir, write_manifest
 from prefloop.app.model_files import rows_for_model
 from prefloop.app.tables import read_parquet_rows, write_parquet
-from prefloop.core.config import Recipe
+from prefloop.core.config import Recipe, response_tokens
 from prefloop.core.eval_metrics import answer_metrics, lc_win_rate, win_rate
 from prefloop.core.metrics import summarize_comparison
 from prefloop.core.sampling import SampleSpec
@@ -53,7 +53,7 @@ def eval_prompts(recipe: Recipe, tokenizer: Any) -> PreparedPrompts:
 def generate_answers(recipe: Recipe, rows: list[dict], pool: Any) -> list[dict]:
     """One answer per held-out prompt from the model the pool holds now, with its length and finish reason."""
     rows = rows_for_model(rows, pool.model, recipe.policy.chat_template)  # a cSFT model's control token
-    spec = SampleSpec(1, recipe.loop.eval_temperature, 1.0, recipe.rollout.max_tokens, recipe.rollout.seed)
+    spec = SampleSpec(1, recipe.loop.eval_temperature, 1.0, response_tokens(recipe), recipe.rollout.seed)
     out = run_stages(rows, [pooled_generator_stage(recipe, pool, spec)], recipe.resources.stage_timeout_s,
                      "eval: answers")
     by_id = {r["prompt_id"]: r for r in out}

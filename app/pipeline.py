@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from tqdm import tqdm
 
 from prefloop.app.runtime import iterate_with_timeout
-from prefloop.core.config import Recipe
+from prefloop.core.config import Recipe, response_tokens
 from prefloop.core.sampling import SampleSpec
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ class Stage:
 def sample_spec(recipe: Recipe) -> SampleSpec:
     """The rollout's sampling settings: N candidates per prompt."""
     ro = recipe.rollout
-    return SampleSpec(ro.num_samples, ro.temperature, ro.top_p, ro.max_tokens, ro.seed)
+    return SampleSpec(ro.num_samples, ro.temperature, ro.top_p, response_tokens(recipe), ro.seed)
 
 
 def engine_kwargs(recipe: Recipe) -> dict[str, Any]:
@@ -61,7 +61,8 @@ def scorer_stage(recipe: Recipe) -> Stage:
                                      "comparisons": sc.comparisons}
     elif sc.kind == "reward_model":
         cls, kwargs = RewardModelScorer, {"model_dir": sc.model, "chat_template": sc.chat_template,
-                                          "batch_size": sc.batch_size}
+                                          "batch_size": sc.batch_size,
+                                          "reward_head": sc.reward_head.model_dump() if sc.reward_head else None}
     else:
         cls, kwargs = FunctionScorer, {"function": sc.function}
     gpus = res.scorer_gpus if sc.kind != "function" else 0.0

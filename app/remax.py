@@ -120,7 +120,7 @@ def run_remax(recipe: Recipe, round_idx: int, pool: GeneratorPool,
     timeout = recipe.resources.stage_timeout_s
     scorer = start_scorer(stage.cls, stage.kwargs, stage.num_cpus, stage.num_gpus, scorer_name, timeout)
     worker = RemaxWorkerConfig(
-        train=cfg, model_dir=model_dir, ref_dir=ref_dir, seed=seed, total_steps=total, prompts=prepared.rows,
+        train=cfg, model_dir=model_dir, dtype=recipe.policy.dtype, ref_dir=ref_dir, seed=seed, total_steps=total, prompts=prepared.rows,
         generators=pool.names, scorer=scorer_name, sync_dir=str(work / "sync"), timeout_s=timeout,
         sample_seed=recipe.rollout.seed, publish_dir=str(work / "published") if on_checkpoint else None,
         steps_file=str(work / "steps.jsonl"), kill_at_step=kill_at_step,

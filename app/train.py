@@ -83,13 +83,13 @@ def add_control_tokens(model_dir: str, out: Path) -> str:
 
 
 def reference_pass(examples: list[dict], ref_dir: str, tokenizer_dir: str, cfg: TrainConfig,
-                   timeout_s: float) -> list[dict]:
+                   timeout_s: float, dtype: str = "float32") -> list[dict]:
     """Reference log-probs of every example, computed once, by a Ray Data actor pool (no grad)."""
     import ray
     from prefloop.actors.train_model import ReferenceLogps
 
     ds = ray.data.from_items(examples)
-    ds = ds.map_batches(ReferenceLogps, fn_constructor_args=(ref_dir, tokenizer_dir, cfg.model_dump()),
+    ds = ds.map_batches(ReferenceLogps, fn_constructor_args=(ref_dir, tokenizer_dir, cfg.model_dump(), dtype),
                         batch_size=cfg.micro_batch_size * 4, batch_format="numpy",
                         compute=ray.data.ActorPoolStrategy(size=cfg.num_workers),
                         num_cpus=cfg.cpus_per_worker, num_gpus=1 if cfg.use_gpu else 0)
@@ -176,9 +176,10 @@ def run_train(recipe: Recipe, round_idx: int = 0, *, kill_at_step: int | None = 
     t_prepare = time.perf_counter() - started
     precompute = cfg.method in NEEDS_REFERENCE and cfg.reference_mode == "precomputed"
     if precompute:
-        examples = reference_pass(examples, ref_dir, model_dir, cfg, recipe.resources.stage_timeout_s)
+        examples = reference_pass(examples, ref_dir, model_dir, cfg, recipe.resources.stage_timeout_s,
+                                  recipe.policy.dtype)
     t_reference = time.perf_counter() - started - t_prepare
-    worker = TrainWorkerConfig(train=cfg, model_dir=model_dir, seed=seed, total_steps=total_steps,
+    worker = TrainWorkerConfig(train=cfg, model_dir=model_dir, dtype=recipe.policy.dtype, seed=seed, total_steps=total_steps,
                                ref_dir=ref_dir if cfg.method in NEEDS_REFERENCE else None,
                                kill_at_step=kill_at_step, fault_marker=str(work / "fault-injected"))
     storage = run.train_storage(round_idx, TRAIN_WORK)

@@ -76,6 +76,13 @@ class RolloutConfig(_Strict):
     tensor_parallel_size: int = Field(1, ge=1)
 
 
+class RewardHeadConfig(_Strict):
+    """A reward model that is a base model plus a custom scalar head (UltraRM's ``regression_head``)."""
+
+    name: str = Field(description="Attribute name of the head in the checkpoint: its weight key is NAME.weight.")
+    bias: bool = Field(False, description="Whether the head has a bias (NAME.bias).")
+
+
 class ScorerConfig(_Strict):
     """Who judges the candidates: PairRM, a scalar reward model, or a user function."""
 
@@ -88,6 +95,10 @@ class ScorerConfig(_Strict):
     comparisons: Literal["full", "tournament"] = Field(
         "full", description="PairRM only. full: every ordered pair, N(N-1) per prompt (scores for every "
         "candidate); tournament: only the best and the worst, in about 3N/2 comparisons (core/tournament.py).")
+    reward_head: RewardHeadConfig | None = Field(
+        None, description="reward_model only: a base model + scalar head checkpoint (e.g. {name: regression_head, "
+        "bias: false}); null = recognised from config.json (architectures LlamaRewardModel: UltraRM's "
+        "regression_head) or AutoModelForSequenceClassification.")
 
     @model_validator(mode="after")
     def _needs_target(self) -> "ScorerConfig":
@@ -250,6 +261,7 @@ class Recipe(_Strict):
     @property
     def eval_judge_kind(self) -> str | None:
         return self.eval.judge.kind if self.eval.judge is not None else None
+
     def _rounds_have_own_prompts(self) -> None:
         """A round never sees another round's prompts unless the recipe says so (data.reuse_prompts)."""
         d, rounds = self.data, self.loop.rounds
@@ -266,6 +278,15 @@ class Recipe(_Strict):
         if self.loop.rounds > 1 and not offline and not partitioned and not d.reuse_prompts:
             raise RecipeError(f"data.train {d.train!r}: every online round would read the same prompts; put "
                               "'{round}' in the path, set data.partitions, or set data.reuse_prompts: true")
+
+
+def response_tokens(recipe: Recipe) -> int:
+    """The recipe's own response length, for rollout and evaluation of every method: ReMax samples (and so is
+    evaluated at) ``train.max_response_len``; every other method trains on what the rollout generated, at
+    ``rollout.max_tokens``."""
+    if recipe.train is not None and recipe.train.method == "remax":
+        return recipe.train.max_response_len
+    return recipe.rollout.max_tokens
 
 
 def apply_override(raw: dict[str, Any], assignment: str) -> None:

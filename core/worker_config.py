@@ -21,6 +21,7 @@ class TrainWorkerConfig:
     model_dir: str  # the start model (HF directory); also the tokenizer
     seed: int
     total_steps: int
+    dtype: str = "float32"  # policy.dtype: the weights' dtype (core/precision.py decides the compute dtype)
     ref_dir: str | None = None  # the reference model for ``reference_mode: live``; None when not needed
     kill_at_step: int | None = None  # tests only: the last rank exits once at this step
     fault_marker: str | None = None  # tests only: the file that says the fault already happened

@@ -24,7 +24,7 @@ import math
 import random
 import re
 
-from prefloop.tinyworld.topics import LEXICON, TOPICS, WORD_TOPIC, prompt_topics, words_of
+from prefloop.tinyworld.topics import LEXICON, WORD_TOPIC, prompt_topics, words_of
 
 COVERAGE_WORDS = 6  # distinct topic words for full coverage
 MIN_WORDS, MAX_WORDS = 10, 30  # the moderate length: no penalty in between

@@ -1,0 +1,96 @@
+"""The cluster recipes' path on real architectures shrunk in width and depth (tests/realshape.py), on CPU:
+
+- a Mistral-shaped policy with ``policy.dtype: bfloat16`` through DPO on Ray Train (2 workers, FSDP2 with its
+  bf16 mixed-precision policy and a live, sharded bf16 reference), saved in bf16, then loaded by vLLM in bf16
+  and swapped in place with ``reload_weights``: greedy output changes to the trained weights';
+- the UltraRM-shaped reward model (LlamaRewardModel layout, sharded .bin) in the rollout's scorer stage.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from prefloop.app.rundir import RunDir, write_manifest
+from prefloop.app.tables import write_parquet
+from prefloop.core.config import parse_recipe
+from tests.realshape import mistral_policy, ultrarm
+
+pytestmark = pytest.mark.ray
+TOPICS = ["cats", "rivers", "bread", "trains", "music", "gardens", "stars", "boats"]
+
+
+def pairs():
+    return [{"prompt_id": f"p{i}", "prompt": f"tell me about {t}", "messages": [{"role": "user",
+             "content": f"tell me about {t}"}], "chosen": f"{t} is good and kind", "rejected": "no no bad",
+             "score_chosen": 1.0, "score_rejected": 0.0, "margin": 1.0} for i, t in enumerate(TOPICS * 2)]
+
+
+def test_mistral_bf16_dpo_fsdp_then_vllm_reload(ray_cluster, tmp_path):
+    from safetensors import safe_open
+
+    from prefloop.app.train import run_train
+
+    policy = mistral_policy(tmp_path / "Mistral-7B-Instruct-v0.2")
+    run = RunDir(tmp_path / "run")
+    with run.stage(0, "rollout") as out:
+        write_parquet(out / "pairs.parquet", pairs())
+        write_manifest(out, {"stage": "rollout"})
+    recipe = parse_recipe({
+        "name": "mistral-bf16", "run_dir": str(run.root), "seed": 0, "data": {"train": "unused"},
+        "policy": {"model": str(policy), "chat_template": "mistral", "dtype": "bfloat16"},
+        "scorer": {"kind": "function", "function": "m:f"},
+        "train": {"method": "dpo", "lr": 2e-2, "epochs": 2, "micro_batch_size": 4, "max_prompt_len": 32,
+                  "max_response_len": 16, "strategy": "fsdp", "reference_mode": "live", "reference": "base",
+                  "num_workers": 2, "checkpoint_every_steps": 100, "log_every_steps": 100}}, "test")
+    trained = run_train(recipe, 0)
+    rows = [json.loads(x) for x in (trained / "train_metrics.jsonl").read_text().splitlines()]
+    assert rows and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
+    with safe_open(str(trained / "model.safetensors"), framework="pt") as f:  # saved in the policy's dtype
+        assert {f.get_tensor(k).dtype for k in list(f.keys())} == {torch.bfloat16}
+    script = tmp_path / "gen.py"
+    script.write_text(textwrap.dedent("""
+        import json, sys
+        if __name__ == "__main__":
+            from vllm import LLM, SamplingParams
+            llm = LLM(model=sys.argv[1], dtype="bfloat16", max_model_len=128, enforce_eager=True,
+                      kv_cache_memory_bytes=64 * 1024**2)
+            prompts = ["[INST] tell me about cats [/INST]", "[INST] tell me about boats [/INST]"]
+            params = SamplingParams(max_tokens=8, temperature=0.0)
+            first = [o.outputs[0].token_ids for o in llm.generate(prompts, params)]
+            llm.collective_rpc("reload_weights", kwargs={"weights_path": sys.argv[2]})
+            llm.reset_prefix_cache()
+            second = [o.outputs[0].token_ids for o in llm.generate(prompts, params)]
+            print("RESULT " + json.dumps([list(map(list, first)), list(map(list, second))]))
+    """))
+    proc = subprocess.run([sys.executable, str(script), str(policy), str(trained)], capture_output=True, text=True,
+                          timeout=600, check=False)
+    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    assert proc.returncode == 0 and line, proc.stderr[-3000:]
+    first, second = json.loads(line[0][len("RESULT "):])
+    assert all(first) and all(second)
+    assert first != second  # the in-place swap serves the trained weights
+
+
+def test_ultrarm_shape_in_the_scorer_stage(ray_cluster, tmp_path):
+    from prefloop.actors.scorers import RewardModelScorer
+    from prefloop.app.rollout import run_stages, scorer_stage
+
+    rm = ultrarm(tmp_path / "UltraRM-13b")
+    recipe = parse_recipe({"name": "rm", "run_dir": str(tmp_path / "run"), "policy": {"model": "unused"},
+                           "data": {"train": "unused"},
+                           "scorer": {"kind": "reward_model", "model": str(rm), "chat_template": "ultrarm",
+                                      "batch_size": 2}}, "test")
+    rows = [{"prompt_id": f"p{i}", "prompt": f"tell me about {t}",
+             "messages": json.dumps([{"role": "user", "content": f"tell me about {t}"}]),
+             "candidates": [f"{t} is good", "no", f"very warm {t} and tea please"]} for i, t in enumerate(TOPICS)]
+    out = {r["prompt_id"]: list(r["scores"]) for r in run_stages(rows, [scorer_stage(recipe)], 300, "rm stage")}
+    direct = RewardModelScorer(str(rm), chat_template="ultrarm", batch_size=3, device="cpu")
+    for r in rows:
+        want = direct.score([json.loads(r["messages"])], [r["candidates"]])[0]
+        assert out[r["prompt_id"]] == pytest.approx(want, abs=1e-4)

@@ -1,0 +1,32 @@
+"""Rollout and evaluation use the recipe's own response length, for every method (ReMax included)."""
+
+from pathlib import Path
+
+from prefloop.core.config import load_recipe, response_tokens
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+PH = {"assets": "a", "data": "d"}
+
+
+def test_remax_without_rollout_max_tokens_uses_train_max_response_len():
+    recipe = load_recipe(RECIPES / "remax-ultrarm.yaml", placeholders=PH)
+    assert "max_tokens" not in recipe.rollout.model_fields_set
+    assert response_tokens(recipe) == 384
+
+
+def test_other_methods_use_the_rollout_length():
+    assert response_tokens(load_recipe(RECIPES / "snorkel-pairrm-dpo.yaml", placeholders=PH)) == 1024
+    assert response_tokens(load_recipe(RECIPES / "demo.yaml", placeholders=PH)) == 48
+
+
+def test_remax_follows_its_train_length_even_with_a_rollout_length():
+    recipe = load_recipe(RECIPES / "remax-ultrarm.yaml", ["rollout.max_tokens=64", "train.max_response_len=200"],
+                         placeholders=PH)
+    assert response_tokens(recipe) == 200
+
+
+def test_eval_and_rollout_specs_use_it():
+    from prefloop.app.rollout import sample_spec
+
+    recipe = load_recipe(RECIPES / "remax-ultrarm.yaml", placeholders=PH)
+    assert sample_spec(recipe).max_tokens == 384
