@@ -19,7 +19,9 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
+from prefloop.app.runlock import RecipeChangedError, RunLockedError
 from prefloop.core.config import Recipe, RecipeError, dump_recipe, load_recipe
 from prefloop.core.prompts import InputError
 
@@ -38,18 +40,20 @@ def resolve_recipe(path: str, overrides: list[str], tiny: bool = False) -> Recip
     return recipe
 
 
-def save_resolved(recipe: Recipe) -> None:
+def save_resolved(recipe: Recipe, allow_recipe_change: bool = False) -> Any:
+    """Lock the run directory and check/save its resolved recipe: ``with save_resolved(recipe): ...``."""
     from prefloop.app.rundir import RunDir
+    from prefloop.app.runlock import hold_run
 
-    RunDir(recipe.run_dir).save_text("recipe.yaml", dump_recipe(recipe))
+    return hold_run(RunDir(recipe.run_dir), dump_recipe(recipe), allow_recipe_change)
 
 
 def cmd_rollout(args: argparse.Namespace) -> int:
     from prefloop.app.rollout import run_rollout
 
     recipe = resolve_recipe(args.recipe, args.set, args.tiny)
-    save_resolved(recipe)
-    folder = run_rollout(recipe, round_idx=args.round)
+    with save_resolved(recipe, args.allow_recipe_change):
+        folder = run_rollout(recipe, round_idx=args.round)
     print(f"rollout committed: {folder}")
     return 0
 
@@ -59,7 +63,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from prefloop.app.report import format_table
 
     recipe = resolve_recipe(args.recipe, args.set, args.tiny)
-    rows = run_loop(recipe)
+    rows = run_loop(recipe, args.allow_recipe_change)
     print(format_table(rows))
     from prefloop.app.run_mirror import is_uri
 
@@ -72,7 +76,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """The demo recipe on the local Ray and the tiny models: rounds, a served answer, the table."""
     from prefloop.app.demo import run_demo
 
-    return run_demo(args.set)
+    return run_demo(args.set, args.allow_recipe_change)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -115,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a recipe value, e.g. --set rollout.num_samples=8 (repeatable)")
         p.add_argument("--tiny", action="store_true",
                        help="apply the recipe's tiny: section (tiny offline models, small sizes, CPU)")
+        p.add_argument("--allow-recipe-change", action="store_true",
+                       help="resume a run with a recipe that differs from its saved recipe.yaml (the difference "
+                            "is recorded in RUN_DIR/recipe_changes.jsonl); refused otherwise")
 
     p = sub.add_parser("rollout", help="sample, score and select one round's preference data")
     with_recipe(p)
@@ -127,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run recipes/demo.yaml on the tiny models and serve the result")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a demo value")
+    p.add_argument("--allow-recipe-change", action="store_true",
+                   help="rerun the demo's run directory with other --set values (recorded in the run)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("serve", help="serve a run's round with an OpenAI-compatible API (Ray Serve)")
@@ -165,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         return args.func(args)
-    except (RecipeError, InputError, FileNotFoundError) as err:
+    except (RecipeError, InputError, FileNotFoundError, RunLockedError, RecipeChangedError) as err:
         # User errors: a clear message naming the file / key, no traceback.
         print(f"prefloop: error: {err}", file=sys.stderr)
         return 2

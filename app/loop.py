@@ -18,8 +18,9 @@ from prefloop.app import evaluate, report, telemetry
 from prefloop.app.remax import run_remax
 from prefloop.app.rollout import engine_kwargs, run_rollout, sample_spec
 from prefloop.app.rundir import RunDir
+from prefloop.app.runlock import hold_run
 from prefloop.app.runtime import init_ray
-from prefloop.app.train import run_train, start_model
+from prefloop.app.train import append_metrics, run_train, start_model
 from prefloop.core.config import Recipe, dump_recipe
 
 log = logging.getLogger(__name__)
@@ -96,14 +97,22 @@ def run_round(recipe: Recipe, run: RunDir, r: int, pool: Any, eval_rows: list[di
     return evaluate.evaluate_round(recipe, run, r, eval_rows, base, pool, extra, started)
 
 
-def run_loop(recipe: Recipe) -> list[dict]:
-    """Run every round not yet committed; return the per-round eval manifests."""
-    from transformers import AutoTokenizer
+def run_loop(recipe: Recipe, allow_recipe_change: bool = False) -> list[dict]:
+    """Run every round not yet committed; return the per-round eval manifests.
 
+    The run directory is locked for the whole loop, and a resume must bring the recipe it was started with
+    (``allow_recipe_change`` records a changed one instead; see ``app/runlock.py``)."""
     if recipe.train is None:
         raise ValueError("train: the round loop needs a train section in the recipe")
     run = RunDir(recipe.run_dir)
-    run.save_text("recipe.yaml", dump_recipe(recipe))
+    with hold_run(run, dump_recipe(recipe), allow_recipe_change):
+        append_metrics(run)  # a kill between a model commit and its metrics rows loses nothing
+        return _run_rounds(recipe, run)
+
+
+def _run_rounds(recipe: Recipe, run: RunDir) -> list[dict]:
+    from transformers import AutoTokenizer
+
     rounds = range(recipe.loop.rounds)
     if all(run.is_committed(r, evaluate.EVAL_STAGE) for r in rounds):
         log.info("all %d rounds already committed", len(rounds))

@@ -10,7 +10,8 @@
 
 A stage writes into ``<stage>.partial-<pid>/`` and, when everything is written and fsynced, renames it to
 ``<stage>/`` (an atomic rename on one filesystem). So a crash mid-stage leaves only a ``.partial`` folder,
-which is ignored and cleaned on the next attempt, and the last good round is never half-overwritten.
+which is ignored and cleaned on the next attempt (only a dead process's: see ``remove_dead_partials``), and
+the last good round is never half-overwritten. One driver at a time holds the run (``app/runlock.py``).
 Resume = same run directory: a stage whose folder exists is skipped.
 
 ``run_dir`` may also be a URI (``s3://``, ``gs://``, ``file://`` ...): the run is then worked on in a local copy
@@ -60,9 +61,7 @@ class RunDir:
         if final.exists():
             raise FileExistsError(f"{final}: stage already committed")
         final.parent.mkdir(parents=True, exist_ok=True)
-        for stale in final.parent.glob(f"{stage}.partial-*"):
-            log.warning("removing unfinished %s from an earlier attempt", stale)
-            shutil.rmtree(stale, ignore_errors=True)
+        remove_dead_partials(final.parent, stage)
         scratch = final.parent / f"{stage}.partial-{os.getpid()}"
         scratch.mkdir()
         try:
@@ -102,6 +101,20 @@ class RunDir:
         if self.mirror is not None:
             self.mirror.push_top()
         return path
+
+
+def remove_dead_partials(parent: Path, stage: str) -> None:
+    """Remove ``<stage>.partial-<pid>`` folders of processes that are gone (or of this one, from an earlier
+    attempt); a live process's (say ``prefloop serve`` pulling the stage) is left alone."""
+    from prefloop.app.runlock import pid_alive
+
+    for stale in parent.glob(f"{stage}.partial-*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and pid_alive(int(pid)):
+            log.warning("leaving %s: process %s is still running", stale, pid)
+            continue
+        log.warning("removing unfinished %s from an earlier attempt", stale)
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:

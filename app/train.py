@@ -222,12 +222,25 @@ def run_train(recipe: Recipe, round_idx: int = 0, *, kill_at_step: int | None = 
     return run.stage_dir(round_idx, STAGE)
 
 
-def append_metrics(run: RunDir, round_idx: int, history: list[dict[str, Any]]) -> None:
-    """Per-step training metrics into the run's metrics file, one JSON object a line."""
-    run.root.mkdir(parents=True, exist_ok=True)
-    with open(run.root / "metrics.jsonl", "a", encoding="utf-8") as fh:
-        for m in history:
-            fh.write(json.dumps({"stage": "train", "round": round_idx, **m}) + "\n")
+def append_metrics(run: RunDir, round_idx: int | None = None, history: list[dict[str, Any]] | None = None) -> None:
+    """``RUN_DIR/metrics.jsonl``: every committed round's per-step metrics, one JSON object a line.
+
+    Derived from the model stages (``train_metrics.jsonl`` / ``remax_metrics.jsonl``, written inside the stage
+    before its commit) and rewritten whole, so it is idempotent: a kill between a commit and this call loses
+    nothing, the next call (at the latest the loop's next start) writes the rows. The arguments are unused
+    and kept for the callers' sake."""
+    lines = []
+    for rnd in sorted(run.root.glob("round_*"), key=lambda p: int(p.name[6:]) if p.name[6:].isdigit() else -1):
+        model = rnd / STAGE
+        if not (model / "manifest.json").is_file() or not rnd.name[6:].isdigit():
+            continue
+        for name, extra in (("train_metrics.jsonl", {}), ("remax_metrics.jsonl", {"method": "remax"})):
+            if (model / name).is_file():
+                for line in (model / name).read_text(encoding="utf-8").splitlines():
+                    lines.append(json.dumps({"stage": "train", "round": int(rnd.name[6:]), **extra,
+                                             **json.loads(line)}) + "\n")
+    if lines or (run.root / "metrics.jsonl").is_file():
+        run.save_text("metrics.jsonl", "".join(lines))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -235,7 +248,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from prefloop.app.cli import resolve_recipe, save_resolved
 
     recipe = resolve_recipe(args.recipe, args.set, args.tiny)
-    save_resolved(recipe)
-    folder = run_train(recipe, round_idx=args.round)
+    with save_resolved(recipe, args.allow_recipe_change):
+        folder = run_train(recipe, round_idx=args.round)
     print(f"model committed: {folder}")
     return 0
