@@ -174,10 +174,12 @@ class Mirror:
 
         for info in self.fs.get_file_info(fs.FileSelector(src, recursive=True)):
             dest = target / info.path[len(src) + 1:]
-            if info.type == fs.FileType.File and (not dest.is_file() or dest.stat().st_size != info.size):
+            if info.type != fs.FileType.File:
+                continue
+            if not dest.is_file() or dest.stat().st_size != info.size:
                 self._get(info.path, dest)
-                st = dest.stat()
-                self._sent[dest.relative_to(self.local).as_posix()] = (st.st_size, st.st_mtime_ns)
+            st = dest.stat()  # the remote has this version: no need to upload it again
+            self._sent[dest.relative_to(self.local).as_posix()] = (st.st_size, st.st_mtime_ns)
 
     def _get(self, path: str, dest: Path) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)
