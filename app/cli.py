@@ -146,6 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="HTTP host (0.0.0.0 to listen on all interfaces)")
     p.add_argument("--replicas", type=int, default=1)
     p.add_argument("--duration", type=float, default=None, help="stop after S seconds (default: until Ctrl-C)")
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1/* (default: "
+                   "$PREFLOOP_API_KEY; none: open). Prefer the variable: a flag shows in the process list")
+    p.add_argument("--max-body-bytes", type=int, default=1_000_000, help="largest request body (413 beyond)")
+    p.add_argument("--max-messages", type=int, default=256, help="most messages in one request (400 beyond)")
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("train", help="train one round's model on Ray Train (DPO / KTO / SFT / cSFT)")
