@@ -22,6 +22,7 @@ from typing import Any
 from tqdm import tqdm
 
 from prefloop.actors.common import check_model_dir
+from prefloop.actors.generator_pool import check_sampled_from
 from prefloop.app.rundir import RunDir, write_manifest
 from prefloop.app.runtime import init_ray, iterate_with_timeout
 from prefloop.app.tables import write_jsonl, write_parquet
@@ -124,7 +125,8 @@ def generator_stage(recipe: Recipe, policy_dir: str, pool: Any = None, spec: Sam
                      res.generator_gpus)
     from prefloop.actors.generator_pool import PooledGenerator
 
-    kwargs = {"names": pool.names, "timeout_s": res.stage_timeout_s, "spec": asdict(spec) if spec else None}
+    kwargs = {"names": pool.names, "timeout_s": res.stage_timeout_s, "spec": asdict(spec) if spec else None,
+              "model": policy_dir}
     return Stage(PooledGenerator, kwargs, len(pool.names), ro.batch_size, 0.0)
 
 
@@ -177,6 +179,7 @@ def select(recipe: Recipe, results: list[dict[str, Any]]) -> tuple[list, list, l
             "finish_reasons": list(r["finish_reasons"]), "sum_logprob": [float(x) for x in r["sum_logprob"]],
             "token_logprobs": [[float(x) for x in lp] for lp in r["token_logprobs"]],
             "pair_status": choice.status, "best": choice.best, "worst": choice.worst,
+            "sampled_from": r.get("sampled_from"),
         })
         if choice.status == PAIRED:
             pairs.append(dpo_pair(r["prompt_id"], r["prompt"], messages, texts, scores, choice))
@@ -209,6 +212,7 @@ def run_rollout(recipe: Recipe, round_idx: int = 0, policy_dir: str | None = Non
     results = check_complete(prepared.rows, generate_and_score(recipe, policy_dir, prepared.rows, pool),
                              recipe.rollout.num_samples)
     prepared.results = results
+    check_sampled_from(results, policy_dir, f"round {round_idx} {STAGE}")
     t_stream = time.perf_counter() - started - t_read
     candidates, pairs, kto = select(recipe, results)
     with run.stage(round_idx, STAGE) as out:
