@@ -74,7 +74,10 @@ def prepare_examples(rows: TrainRows, cfg: TrainConfig, tokenizer: Any, style: s
         add_kl_completions(examples, seed)
     for ex in examples:
         del ex["messages"]
-    return shuffled(examples, seed)
+    examples = shuffled(examples, seed)
+    for i, ex in enumerate(examples):  # the id the workers order by (actors/trainer.py) and record per step
+        ex["example_id"] = i
+    return examples
 
 
 def add_control_tokens(model_dir: str, out: Path) -> str:
@@ -136,6 +139,8 @@ def fit(rows: list[dict] | None, loop_config: dict[str, Any], cfg: TrainConfig, 
     datasets = {"train": ray.data.from_items(rows)} if rows is not None else None
     trainer = TorchTrainer(
         loop or train_loop, train_loop_config=loop_config, datasets=datasets,
+        # not split by Ray Data: each worker takes its seeded share (actors/trainer.py), the same after a restart
+        dataset_config=ray.train.DataConfig(datasets_to_split=[]),
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(name="ray_train", storage_path=storage,
@@ -204,6 +209,8 @@ def run_train(recipe: Recipe, round_idx: int = 0, *, kill_at_step: int | None = 
             shutil.copytree(ckpt / "model", out, dirs_exist_ok=True)
             write_jsonl(out / "rejected_inputs.jsonl", [r.to_dict() for r in rows.rejected])
             write_jsonl(out / "train_metrics.jsonl", history)
+            if (ckpt / "trained_examples.jsonl").is_file():  # example ids of each step, all workers
+                shutil.copy(ckpt / "trained_examples.jsonl", out / "trained_examples.jsonl")
             write_manifest(out, {
                 "stage": STAGE, "round": round_idx, "method": cfg.method, "start_model": model_dir,
                 "reference": ref_dir if cfg.method in NEEDS_REFERENCE else None, "source": source,

@@ -43,7 +43,7 @@ def post(url, body=None, raw=None, key=KEY, timeout=120):
     import urllib.error
     import urllib.request
 
-    data = raw if raw is not None else json.dumps(body).encode()
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
     req = urllib.request.Request(url, data=data, headers=headers, method="POST" if data is not None else "GET")
     try:
