@@ -225,7 +225,9 @@ class Worker:
         size, ids = self.cfg.micro_batch_size, []
         for r in range(self.world):
             ids += self.epoch_order(shard, r)[first_micro * size:last_micro * size]
-        self.trained.append({"step": self.state["step"], "epoch": self.state["epoch"], "example_ids": sorted(ids)})
+        # called just before the optimizer step (whose checkpoint must include it): that step's number is next
+        self.trained.append({"step": self.state["step"] + 1, "epoch": self.state["epoch"],
+                             "example_ids": sorted(ids)})
 
     # -- training
     def run(self, shard: Any) -> None:
