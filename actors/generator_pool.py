@@ -65,7 +65,7 @@ class GeneratorPool:
               num_gpus: float, timeout_s: float, prefix: str = "prefloop-generator") -> "GeneratorPool":
         import ray
 
-        remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=1)(GeneratorActor)
+        remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=5)(GeneratorActor)
         stamp = f"{int(time.time() * 1000) % 10**9}"
         names = [f"{prefix}-{stamp}-{i}" for i in range(size)]
         handles = [remote.options(name=n).remote(model=model, spec=spec, **engine_kwargs) for n in names]
@@ -122,11 +122,25 @@ class PooledGenerator:
                 raise TimeoutError(f"generator {self.names[i]}: no answer in {self.timeout_s:.0f} s") from None
             except self.ray.exceptions.RayActorError as err:
                 if attempt == self.retries:
-                    raise RuntimeError(f"generator {self.names[i]} died {attempt + 1} times; giving up") from err
-                log.warning("generator %s died during a batch (%s): sending it again", self.names[i],
-                            type(err).__name__)
-                time.sleep(min(2.0 ** attempt, 10.0))  # Ray restarts the actor meanwhile (max_restarts)
+                    raise RuntimeError(f"generator {self.names[i]} failed {attempt + 1} times; giving up") from err
+                log.warning("generator %s died during a batch (%s): waiting for its restart, then sending the "
+                            "batch again", self.names[i], type(err).__name__)
+                self._wait_alive(i)
         raise AssertionError("unreachable")
+
+    def _wait_alive(self, i: int) -> None:
+        """Until Ray has restarted actor ``i`` (vLLM start-up: seconds to minutes), at most ``timeout_s``."""
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            try:
+                self.handles[i] = self.ray.get_actor(self.names[i])
+                self.ray.get(self.handles[i].current_model.remote(), timeout=max(1.0, deadline - time.monotonic()))
+                return
+            except (ValueError, self.ray.exceptions.RayActorError, self.ray.exceptions.GetTimeoutError):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"generator {self.names[i]} did not come back in {self.timeout_s:.0f} s") \
+                        from None
+                time.sleep(1.0)
 
 
 def check_sampled_from(rows: list[dict[str, Any]], policy: str, what: str) -> None:
