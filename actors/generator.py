@@ -60,6 +60,7 @@ class VLLMGenerator:
         out = dict(batch)
         for key, values in columns.items():
             out[key] = object_column(values)
+        out["sampled_from"] = np.full(len(samples), self.model, dtype=object)  # checked by the rollout
         return out
 
     def reload_weights(self, model_dir: str) -> float:

@@ -6,7 +6,13 @@ starts ``GeneratorPool`` once: named Ray actors around ``VLLMGenerator``. Each r
 reaches them through ``PooledGenerator``, a zero-CPU forwarding stage, and between rounds
 ``GeneratorPool.reload`` swaps the new round's weights into every engine (``reload_weights``, no restart).
 
-Every remote wait here has a timeout; a dead generator actor fails the stage with its name in the message.
+Every generate call names the model it must run on (``model``): an actor that holds another one (typically
+one restarted by Ray after a crash, which comes back on the base model it was created with) loads it before
+answering, and every returned row says which model sampled it (``sampled_from``), so the rollout can check
+that all of a round's candidates came from the round's policy (``check_sampled_from``). A call that fails
+because its actor died is retried once Ray has restarted the actor.
+
+Every remote wait here has a timeout; an actor that stays dead fails the stage with its name in the message.
 """
 
 from __future__ import annotations
@@ -26,7 +32,13 @@ log = logging.getLogger(__name__)
 class GeneratorActor(VLLMGenerator):
     """``VLLMGenerator`` as a named actor: batch calls, in-place reloads, and a per-call sampling override."""
 
-    def generate_batch(self, batch: dict[str, Any], spec: dict[str, Any] | None = None) -> Any:
+    def generate_batch(self, batch: dict[str, Any], spec: dict[str, Any] | None = None,
+                       model: str | None = None) -> Any:
+        self.served_batches = getattr(self, "served_batches", 0) + 1
+        if model is not None and model != self.model:
+            log.warning("generator holds %s but the call is for %s (restarted?): loading it first", self.model,
+                        model)
+            self.reload_weights(model)
         if spec is None:
             return self(batch)
         saved, self.spec = self.spec, SampleSpec(**spec)
@@ -37,6 +49,10 @@ class GeneratorActor(VLLMGenerator):
 
     def current_model(self) -> str:
         return self.model
+
+    def batches_served(self) -> int:
+        """Calls answered since this actor (re)started: lets a fault test kill it mid-stage."""
+        return getattr(self, "served_batches", 0)
 
 
 class GeneratorPool:
@@ -50,7 +66,7 @@ class GeneratorPool:
               num_gpus: float, timeout_s: float, prefix: str = "prefloop-generator") -> "GeneratorPool":
         import ray
 
-        remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=1)(GeneratorActor)
+        remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=5)(GeneratorActor)
         stamp = f"{int(time.time() * 1000) % 10**9}"
         names = [f"{prefix}-{stamp}-{i}" for i in range(size)]
         handles = [remote.options(name=n).remote(model=model, spec=spec, **engine_kwargs) for n in names]
@@ -77,16 +93,57 @@ class GeneratorPool:
 
 
 class PooledGenerator:
-    """The Ray Data stage in front of a ``GeneratorPool``: forwards each batch to the next named actor."""
+    """The Ray Data stage in front of a ``GeneratorPool``: forwards each batch, with the model it must be sampled
+    from, to the next named actor; a call whose actor died is sent again (to the restarted actor or another)."""
 
-    def __init__(self, names: list[str], timeout_s: float, spec: dict[str, Any] | None = None):
+    retries = 3
+
+    def __init__(self, names: list[str], timeout_s: float, spec: dict[str, Any] | None = None,
+                 model: str | None = None):
         import ray
 
-        self.names, self.timeout_s, self.spec = names, timeout_s, spec
+        self.ray, self.names, self.timeout_s, self.spec, self.model = ray, names, timeout_s, spec, model
         self.handles = [ray.get_actor(n) for n in names]
         self.turn = itertools.cycle(range(len(names)))
 
     def __call__(self, batch: dict[str, Any]) -> Any:
-        i = next(self.turn)
-        return ray_get(self.handles[i].generate_batch.remote(batch, self.spec), self.timeout_s,
-                       f"generator {self.names[i]}")
+        for attempt in range(self.retries + 1):
+            i = next(self.turn)
+            try:
+                ref = self.handles[i].generate_batch.remote(batch, self.spec, self.model)
+                return self.ray.get(ref, timeout=self.timeout_s)
+            except self.ray.exceptions.GetTimeoutError:
+                raise TimeoutError(f"generator {self.names[i]}: no answer in {self.timeout_s:.0f} s") from None
+            except self.ray.exceptions.RayActorError as err:
+                if attempt == self.retries:
+                    raise RuntimeError(f"generator {self.names[i]} failed {attempt + 1} times; giving up") from err
+                log.warning("generator %s died during a batch (%s): waiting for its restart, then sending the "
+                            "batch again", self.names[i], type(err).__name__)
+                self._wait_alive(i)
+        raise AssertionError("unreachable")
+
+    def _wait_alive(self, i: int) -> None:
+        """Until Ray has restarted actor ``i`` (vLLM start-up: seconds to minutes), at most ``timeout_s``."""
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            try:
+                self.handles[i] = self.ray.get_actor(self.names[i])
+                self.ray.get(self.handles[i].current_model.remote(), timeout=max(1.0, deadline - time.monotonic()))
+                return
+            except (ValueError, self.ray.exceptions.RayActorError, self.ray.exceptions.GetTimeoutError):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"generator {self.names[i]} did not come back in {self.timeout_s:.0f} s") \
+                        from None
+                time.sleep(1.0)
+
+
+def check_sampled_from(rows: list[dict[str, Any]], policy: str, what: str) -> None:
+    """Every row sampled from ``policy`` (paths compared resolved); raise naming the first offenders."""
+    from pathlib import Path
+
+    want = str(Path(policy).resolve())
+    wrong = [(r["prompt_id"], r.get("sampled_from")) for r in rows
+             if r.get("sampled_from") is None or str(Path(r["sampled_from"]).resolve()) != want]
+    if wrong:
+        raise RuntimeError(f"{what}: {len(wrong)} of {len(rows)} rows were not sampled from the round's policy "
+                           f"{policy} (first: {wrong[:3]})")

@@ -4,7 +4,10 @@ One ``PolicyServer`` replica holds one ``vllm.LLM`` engine (CPU settings as in `
 first use, a PairRM ranker for best-of-N. Request parsing and response shapes live in ``core/openai_api.py``.
 
 Routes: ``POST /v1/chat/completions`` (``"stream": true`` gets server-sent events), ``GET /v1/models``,
-``GET /health``. Concurrent requests are batched (``serve.batch``) into one ``LLM.generate`` call.
+``GET /health``. Each request is checked alone first (API key, body size, parsing, chat template, tokens,
+sampling values: its own 4xx), outside the engine lock; the accepted ones are batched (``serve.batch``) into
+one ``LLM.generate`` call, and a batch that still fails is retried request by request, so one request's
+failure is never its batch-mates'. A 500 says only an error id, which the log has with the traceback.
 
 Switching rounds: Serve calls ``reconfigure(user_config)`` with ``{"model_dir", "round"}`` on every replica in
 place. The new weights replace the old inside the running engine (``collective_rpc("reload_weights")``, ~0.02 s
@@ -30,10 +33,21 @@ from ray import serve
 from prefloop.actors.common import check_model_dir
 from prefloop.actors.vllm_engine import build_llm, reload_in_place, reloadable_in_place, shutdown_llm
 from prefloop.core import openai_api as api
+from prefloop.core import serve_guard as guard
 from prefloop.core.model_info import control_token_of
 from prefloop.core.templates import generation_text, last_user_text
 
 log = logging.getLogger(__name__)
+
+@dataclass
+class Prepared:
+    """A validated request rendered and tokenised (with the tokenizer it was tokenised by) and its sampling."""
+
+    req: api.ChatRequest
+    ids: list[int]
+    params: Any
+    tokenizer: Any
+
 
 @dataclass
 class Engine:
@@ -70,10 +84,12 @@ class PolicyServer:
         self.spec = spec
         self.name = spec["name"]
         self.limits = api.Limits(max_samples=spec["max_samples"], default_max_tokens=spec["default_max_tokens"],
-                                 max_tokens=spec["max_model_len"])
+                                 max_tokens=spec["max_model_len"], max_messages=spec.get("max_messages", 256),
+                                 max_body_bytes=spec.get("max_body_bytes", 1_000_000))
         self.replica_id = uuid.uuid4().hex[:8]
         self._lock = threading.Lock()  # held by every generate and by the weight switch
         self._ranker_lock = threading.Lock()
+        self._tokenizer_lock = threading.Lock()  # not the engine lock: a long prompt never stalls generation
         self._ranker: Any = None
         self.engine = build_engine(spec["model_dir"], spec)
         self.round: int | None = spec["round"]
@@ -124,47 +140,87 @@ class PolicyServer:
         return dict(self.spec)
 
     # ---- generation ---------------------------------------------------------------------------------------
-    def _generate_locked(self, requests: list[api.ChatRequest]) -> list[Any]:
-        """Render, check and generate a batch under the engine lock; per request a result dict or an error."""
+    def _prepare(self, req: api.ChatRequest) -> Prepared:
+        """Render, tokenise and check one request outside the engine lock and the batch: its errors are its own
+        (a chat template that refuses the roles, an over-long prompt, bad sampling values: a 400)."""
         from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
 
+        engine = self.engine
+        try:
+            with self._tokenizer_lock:  # a fast tokenizer is not safe to call from several threads at once
+                text = generation_text(req.messages, self.spec["chat_template"], engine.tokenizer,
+                                       control_token_of(engine.model_dir))  # a cSFT model's control token
+                ids = engine.tokenizer(text, add_special_tokens=True)["input_ids"]
+        except api.RequestError:
+            raise
+        except Exception as err:  # jinja's TemplateError (HF templates' raise_exception) is not a ValueError
+            raise api.RequestError("messages", f"the chat template refused these messages: {err}") from None
+        api.check_length(len(ids), req.max_tokens, self.spec["max_model_len"])
+        try:
+            params = SamplingParams(**req.sampling_kwargs())
+        except (ValueError, TypeError) as err:
+            raise api.RequestError(None, f"sampling parameters: {err}") from None
+        return Prepared(req, ids, params, engine.tokenizer)
+
+    def _generate_locked(self, batch: list[Prepared]) -> list[Any]:
+        """Generate a batch of prepared requests under the engine lock; per request a result dict or an error.
+
+        If the batched call fails, each request is retried alone, so only the one that fails gets the error."""
         if not self._lock.acquire(timeout=self.spec["request_timeout_s"]):
             err = TimeoutError(f"engine busy for {self.spec['request_timeout_s']} s")
-            return [err] * len(requests)
+            return [err] * len(batch)
         try:
             engine, round_idx = self.engine, self.round
-            results: list[Any] = [None] * len(requests)
-            todo, prompts, params = [], [], []
-            for i, req in enumerate(requests):
+            ready: list[Any] = []
+            for p in batch:  # a swap to an engine with another tokenizer since these were prepared: again
                 try:
-                    text = generation_text(req.messages, self.spec["chat_template"], engine.tokenizer,
-                                           control_token_of(engine.model_dir))
-                    ids = engine.tokenizer(text, add_special_tokens=True)["input_ids"]
-                    api.check_length(len(ids), req.max_tokens, self.spec["max_model_len"])
-                except (api.RequestError, ValueError) as err:
-                    results[i] = err if isinstance(err, api.RequestError) else api.RequestError("messages", str(err))
-                    continue
-                todo.append(i)
-                prompts.append(TokensPrompt(prompt_token_ids=ids))
-                params.append(SamplingParams(**req.sampling_kwargs()))
-            outputs = engine.llm.generate(prompts, params, use_tqdm=False) if prompts else []
-        except Exception as err:  # an engine failure fails this batch, not the replica
-            log.exception("generation failed")
-            return [err] * len(requests)
+                    ready.append(p if p.tokenizer is engine.tokenizer else self._prepare(p.req))
+                except Exception as err:
+                    ready.append(err)
+            live = [p for p in ready if not isinstance(p, Exception)]
+            done = iter(self._run_each_if_needed(engine, live))
+            outputs = [p if isinstance(p, Exception) else next(done) for p in ready]
         finally:
             self._lock.release()
-        for i, out in zip(todo, outputs):
-            top = requests[i].top_logprobs if requests[i].logprobs else None
+        results: list[Any] = []
+        for p, out in zip(batch, outputs):
+            if isinstance(out, Exception):
+                results.append(out)
+                continue
+            top = p.req.top_logprobs if p.req.logprobs else None
             cands = [api.Candidate(c.text, c.finish_reason or "stop", len(c.token_ids),
                                    None if top is None else api.logprob_content(c.token_ids, c.logprobs, top))
                      for c in out.outputs]
-            results[i] = {"candidates": cands, "prompt_tokens": len(out.prompt_token_ids), "round": round_idx}
+            results.append({"candidates": cands, "prompt_tokens": len(out.prompt_token_ids), "round": round_idx})
         return results
 
+    def _run_each_if_needed(self, engine: Engine, batch: list[Prepared]) -> list[Any]:
+        """One ``generate`` for the batch; if it fails, one per request (each its own output or error)."""
+        if not batch:
+            return []
+        try:
+            return self._run(engine, batch)
+        except Exception:
+            log.warning("a batch of %d failed; generating its requests one by one", len(batch), exc_info=True)
+        outputs: list[Any] = []
+        for p in batch:
+            try:
+                outputs.append(self._run(engine, [p])[0])
+            except Exception as err:
+                log.exception("generation failed for one request")
+                outputs.append(err)
+        return outputs
+
+    @staticmethod
+    def _run(engine: Engine, batch: list[Prepared]) -> list[Any]:
+        from vllm.inputs import TokensPrompt
+
+        prompts = [TokensPrompt(prompt_token_ids=p.ids) for p in batch]
+        return engine.llm.generate(prompts, [p.params for p in batch], use_tqdm=False)
+
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-    async def _generate(self, requests: list[api.ChatRequest]) -> list[Any]:
-        return await asyncio.to_thread(self._generate_locked, requests)
+    async def _generate(self, batch: list[Prepared]) -> list[Any]:
+        return await asyncio.to_thread(self._generate_locked, batch)
 
     def _rank(self, req: api.ChatRequest, cands: list[api.Candidate]) -> list[float]:
         with self._ranker_lock:  # llm-blender is not thread-safe; it is loaded on first use
@@ -180,7 +236,7 @@ class PolicyServer:
         api.check_model_name(req.model, self.name)
         if req.rerank and not self.spec.get("pairrm_dir"):
             raise api.RequestError("rerank", "this server has no PairRM ranker (start it with a pairrm_dir)")
-        result = await self._generate(req)
+        result = await self._generate(await asyncio.to_thread(self._prepare, req))
         if isinstance(result, Exception):
             raise result
         cands, chosen, scores = result["candidates"], None, None
@@ -192,6 +248,18 @@ class PolicyServer:
                                    prompt_tokens=result["prompt_tokens"], chosen=chosen, scores=scores)
 
     # ---- HTTP ---------------------------------------------------------------------------------------------
+    async def _read_body(self, request: Any) -> bytes:
+        """The body, refused (413) past the limit: by Content-Length first, else while it streams in."""
+        limit = self.limits.max_body_bytes
+        guard.check_body_size(request.headers.get("content-length"), limit)
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise guard.TooLarge(None, f"request body over {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
     async def __call__(self, request: Any) -> Any:
         from starlette.responses import JSONResponse, StreamingResponse
 
@@ -201,18 +269,20 @@ class PolicyServer:
             return JSONResponse(api.error_body(f"no route {path}", kind="not_found_error"), status_code=404)
         if method != routes[path]:
             return JSONResponse(api.error_body(f"{path} takes {routes[path]}"), status_code=405)
-        if path == "/v1/models":
-            return JSONResponse(api.models_list(self.name, self.round, self.engine.model_dir, self.created))
-        if path == "/health":
-            return JSONResponse({"status": "ok", **self.state()})
+        if path == "/health":  # no key needed (a load balancer's probe), and nothing secret in it
+            return JSONResponse(guard.public_health(self.name, self.state()))
         try:
-            body = api.parse_json_body(await request.body())
+            guard.check_api_key(request.headers.get("authorization"), self.spec.get("api_key_sha256"))
+            if path == "/v1/models":
+                return JSONResponse(api.models_list(self.name, self.round, self.created))
+            body = api.parse_json_body(await self._read_body(request))
             completion = await self.complete(body)
         except api.RequestError as err:
-            return JSONResponse(api.error_body(err), status_code=400)
-        except Exception as err:
-            log.exception("chat completion failed")
-            return JSONResponse(api.error_body(err, kind="server_error"), status_code=500)
+            return JSONResponse(api.error_body(err), status_code=err.status)
+        except Exception:
+            error_id = uuid.uuid4().hex[:12]
+            log.exception("chat completion failed [error id %s]", error_id)
+            return JSONResponse(guard.server_error(error_id), status_code=500)
         if body.get("stream") is True:  # validated by complete()
             return StreamingResponse(iter(api.stream_events(completion)), media_type="text/event-stream")
         return JSONResponse(completion)

@@ -5,14 +5,19 @@ schedule ``core.train_config``. This file wires them to a model, an optimizer, R
 checkpoints. One small step function per method (``STEPS``) turns a micro-batch into a loss and metrics.
 
 One loop for all methods:
-- every worker reads its shard with ``iter_batches``; before each micro-batch the workers agree (an all-reduce
-  of a flag) that all of them still have one, so an uneven shard can never leave DDP waiting forever;
+- every worker reads the whole (small: tokenised text) dataset once and trains its share in an order fixed by
+  the seed alone (``core.train_data.worker_order``), not by Ray Data's block order, so after a restart the
+  skipped micro-batches are exactly the ones trained before; each step's example ids (all workers', which
+  rank 0 can compute) go to ``trained_examples.jsonl`` in the checkpoint. Before each micro-batch the workers
+  still agree (an all-reduce of a flag) that all of them have one, so DDP can never wait forever;
 - gradient accumulation uses ``no_sync`` on all but the last micro-batch of a step (one all-reduce per step);
 - rank 0 writes a checkpoint every ``checkpoint_every_steps`` (trainable weights, optimizer, scheduler, the
   step counter and the metrics so far); a restarted group restores it and skips the micro-batches of the
   current epoch that were already trained, so training resumes from that step, not from step 0;
 - the last report carries the final model: LoRA merged, ``save_pretrained`` + tokenizer (with its chat
-  template and any control tokens), a directory that transformers and vLLM load as it is.
+  template and any control tokens), a directory that transformers and vLLM load as it is. Under FSDP the
+  gathered weights are loaded into a fresh model with every key checked (a mismatch fails the save rather
+  than silently saving base weights).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import torch
 from prefloop.actors.train_model import autocast, encode, load_model, load_reference, seq_logps, shard_fsdp
 from prefloop.core.losses import dpo_loss, kto_loss, sft_loss
 from prefloop.core.train_config import lr_factor, warmup_steps
+from prefloop.core.train_data import worker_order
 from prefloop.core.worker_config import TrainWorkerConfig
 
 log = logging.getLogger(__name__)
@@ -135,6 +141,7 @@ class Worker:
         model = load_model(config.model_dir, self.device, True, self.cfg, config.dtype)
         self.state: dict[str, Any] = {"step": 0, "epoch": 0, "micro_in_epoch": 0, "restored_from": []}
         self.history: list[dict[str, Any]] = []
+        self.trained: list[dict[str, Any]] = []  # rank 0: example ids per step
         checkpoint = ray.train.get_checkpoint()
         optim_state = self._restore(model, checkpoint) if checkpoint else None
         # FSDP shards only across several workers; one worker keeps a whole (DDP-prepared) model
@@ -170,21 +177,46 @@ class Worker:
     def _agree(self, have: bool) -> bool:
         return bool(self._all_reduce(torch.tensor([float(have)]), "min").item())
 
+    def _examples(self, shard: Any) -> dict[int, dict[str, Any]]:
+        """Every example of the (unsplit) dataset by ``example_id``, read once per worker."""
+        if getattr(self, "_by_id", None) is None:
+            self._by_id = {int(r["example_id"]): r for r in shard.iter_rows()}
+        return self._by_id
+
+    def epoch_order(self, shard: Any, rank: int | None = None) -> list[int]:
+        ids = list(self._examples(shard))
+        return worker_order(ids, int(self.config["seed"]), self.state["epoch"],
+                            self.rank if rank is None else rank, self.world)
+
     def micro_batches(self, shard: Any) -> Iterator[tuple[dict[str, np.ndarray], bool]]:
-        """(batch, is_last) while every worker still has a batch; the rest of an uneven shard is drained."""
-        it = iter(shard.iter_batches(batch_size=self.cfg.micro_batch_size, batch_format="numpy"))
+        """(batch, is_last) over this worker's seeded share of the epoch, while every worker still has one."""
+        rows, order, size = self._examples(shard), self.epoch_order(shard), self.cfg.micro_batch_size
+        chunks = [order[i:i + size] for i in range(0, len(order), size)]
+        it = iter(chunks)
 
         def pull() -> Any:
-            batch = next(it, None)
-            return batch if self._agree(batch is not None) else None
+            ids = next(it, None)
+            if not self._agree(ids is not None):
+                return None
+            return {k: np.array([rows[i][k] for i in ids], dtype=object if isinstance(rows[ids[0]][k], str)
+                                else None) for k in rows[ids[0]]}
 
         current = pull()
         while current is not None:
             upcoming = pull()
             yield current, upcoming is None
             current = upcoming
-        for _ in it:  # Ray Data's split iterators expect every consumer to finish its epoch
-            pass
+
+    def record_step_examples(self, shard: Any, first_micro: int, last_micro: int) -> None:
+        """Rank 0 notes the example ids every worker trained in this step (the orders are deterministic)."""
+        if self.rank != 0:
+            return
+        size, ids = self.cfg.micro_batch_size, []
+        for r in range(self.world):
+            ids += self.epoch_order(shard, r)[first_micro * size:last_micro * size]
+        # called just before the optimizer step (whose checkpoint must include it): that step's number is next
+        self.trained.append({"step": self.state["step"] + 1, "epoch": self.state["epoch"],
+                             "example_ids": sorted(ids)})
 
     # -- training
     def run(self, shard: Any) -> None:
@@ -194,7 +226,7 @@ class Worker:
             stats, tokens, started = Stats(), 0, time.perf_counter()
             for batch, last in self.micro_batches(shard):
                 micro += 1
-                if micro <= skip:  # trained before the restart this resumes from
+                if micro <= skip:  # trained before the restart this resumes from (the same examples: seeded)
                     continue
                 pending += 1
                 sync = last or pending == cfg.grad_accum
@@ -204,7 +236,8 @@ class Worker:
                     (loss / cfg.grad_accum).backward()
                 tokens += n_tokens
                 if sync:
-                    self.state["micro_in_epoch"] = micro
+                    first, self.state["micro_in_epoch"] = self.state["micro_in_epoch"], micro
+                    self.record_step_examples(shard, first, micro)
                     self.optimizer_step(stats, tokens, time.perf_counter() - started, last)
                     pending, stats, tokens, started = 0, Stats(), 0, time.perf_counter()
             if self.state["micro_in_epoch"]:  # an epoch that had no step at all still ends
@@ -265,6 +298,8 @@ class Worker:
         (folder / "state.json").write_text(json.dumps(self.state))
         with open(folder / "metrics.jsonl", "w") as fh:
             fh.writelines(json.dumps(m) + "\n" for m in self.history)
+        with open(folder / "trained_examples.jsonl", "w") as fh:
+            fh.writelines(json.dumps(m) + "\n" for m in self.trained)
 
     def _restore(self, model: Any, checkpoint: Any) -> dict[str, Any] | None:
         with checkpoint.as_directory() as d:
@@ -275,6 +310,9 @@ class Worker:
                 raise RuntimeError(f"checkpoint does not fit the model: {result.unexpected_keys[:5]}")
             self.state = json.loads((folder / "state.json").read_text())
             self.history = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+            trained = folder / "trained_examples.jsonl"
+            if trained.is_file():
+                self.trained = [json.loads(line) for line in trained.read_text().splitlines()]
             optim = folder / "optim.pt"
             optim_state = torch.load(optim, map_location="cpu") if optim.exists() else None
         self.state["restored_from"].append(self.state["step"])
@@ -299,9 +337,16 @@ class Worker:
     def _save_model(self, out: Path, weights: dict[str, torch.Tensor]) -> None:
         """The round's model as a plain HF directory: LoRA merged, tokenizer and chat template alongside."""
         if self.sharded:
-            model = load_model(self.config.model_dir, torch.device("cpu"), False, self.cfg,
+            # the same structure as the trained model (LoRA included), every key checked: a mismatch must not
+            # leave base weights in place and save them as the round's model
+            model = load_model(self.config.model_dir, torch.device("cpu"), True, self.cfg,
                                self.config.dtype)  # saved in the policy's dtype
-            model.load_state_dict(weights, strict=False)
+            result = model.load_state_dict(weights, strict=False)
+            if result.missing_keys or result.unexpected_keys:
+                raise RuntimeError(f"FSDP final save: gathered weights do not fit the model (missing "
+                                   f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]})")
+            if self.cfg.lora is not None:
+                model = model.merge_and_unload()
         else:
             model = unwrap(self.model)
             if self.cfg.lora is not None:

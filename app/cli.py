@@ -20,7 +20,9 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
+from prefloop.app.runlock import RecipeChangedError, RunLockedError
 from prefloop.core.config import Recipe, RecipeError, dump_recipe, load_recipe
 from prefloop.core.prompts import InputError
 from prefloop.tinyworld.topics import DATA_DIR  # the {data} placeholder: the prompt files shipped with prefloop
@@ -39,10 +41,12 @@ def resolve_recipe(path: str, overrides: list[str], tiny: bool = False) -> Recip
     return recipe
 
 
-def save_resolved(recipe: Recipe) -> None:
-    from prefloop.app.rundir import RECIPE_FILE, RunDir
+def save_resolved(recipe: Recipe, allow_recipe_change: bool = False) -> Any:
+    """Lock the run directory and check/save its resolved recipe: ``with save_resolved(recipe): ...``."""
+    from prefloop.app.rundir import RunDir
+    from prefloop.app.runlock import hold_run
 
-    RunDir(recipe.run_dir).save_text(RECIPE_FILE, dump_recipe(recipe))
+    return hold_run(RunDir(recipe.run_dir), dump_recipe(recipe), allow_recipe_change)
 
 
 def cmd_one_round(args: argparse.Namespace) -> int:
@@ -54,8 +58,8 @@ def cmd_one_round(args: argparse.Namespace) -> int:
         from prefloop.app.train import run_train as run_stage
 
     recipe = resolve_recipe(args.recipe, args.set, args.tiny)
-    save_resolved(recipe)
-    folder = run_stage(recipe, round_idx=args.round)
+    with save_resolved(recipe, args.allow_recipe_change):
+        folder = run_stage(recipe, round_idx=args.round)
     print(f"{args.command} committed: {folder}")
     return 0
 
@@ -67,7 +71,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     recipe = resolve_recipe(args.recipe, args.set, args.tiny)
     check_plan(recipe, args.cluster or os.environ.get("PREFLOOP_CLUSTER"))
-    rows = run_loop(recipe)
+    rows = run_loop(recipe, args.allow_recipe_change)
     print(format_table(rows))
     from prefloop.app.run_mirror import is_uri
 
@@ -80,7 +84,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """The demo recipe on the local Ray and the tiny models: rounds, a served answer, the table."""
     from prefloop.app.demo import run_demo
 
-    return run_demo(args.set)
+    return run_demo(args.set, args.allow_recipe_change)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -140,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a recipe value, e.g. --set rollout.num_samples=8 (repeatable)")
         p.add_argument("--tiny", action="store_true",
                        help="apply the recipe's tiny: section (tiny offline models, small sizes, CPU)")
+        p.add_argument("--allow-recipe-change", action="store_true",
+                       help="resume a run with a recipe that differs from its saved recipe.yaml (the difference "
+                            "is recorded in RUN_DIR/recipe_changes.jsonl); refused otherwise")
 
     p = sub.add_parser("rollout", help="sample, score and select one round's preference data")
     with_recipe(p)
@@ -154,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run recipes/demo.yaml on the tiny models and serve the result")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a demo value")
+    p.add_argument("--allow-recipe-change", action="store_true",
+                   help="rerun the demo's run directory with other --set values (recorded in the run)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("serve", help="serve a run's round with an OpenAI-compatible API (Ray Serve)")
@@ -164,6 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="HTTP host (0.0.0.0 to listen on all interfaces)")
     p.add_argument("--replicas", type=int, default=1)
     p.add_argument("--duration", type=float, default=None, help="stop after S seconds (default: until Ctrl-C)")
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1/* (default: "
+                   "$PREFLOOP_API_KEY; none: open). Prefer the variable: a flag shows in the process list")
+    p.add_argument("--max-body-bytes", type=int, default=1_000_000, help="largest request body (413 beyond)")
+    p.add_argument("--max-messages", type=int, default=256, help="most messages in one request (400 beyond)")
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("train", help="train one round's model on Ray Train (DPO / KTO / SFT / cSFT)")
@@ -202,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         return args.func(args)
-    except (RecipeError, InputError, FileNotFoundError) as err:
+    except (RecipeError, InputError, FileNotFoundError, RunLockedError, RecipeChangedError) as err:
         # User errors: a clear message naming the file / key, no traceback.
         print(f"prefloop: error: {err}", file=sys.stderr)
         return 2

@@ -27,14 +27,14 @@ def show_one_answer(run_dir: str, prompt: str) -> str:
         stop_serving()
 
 
-def run_demo(overrides: list[str]) -> int:
+def run_demo(overrides: list[str], allow_recipe_change: bool = False) -> int:
     from prefloop.app.cli import resolve_recipe
     from prefloop.app.loop import run_loop
     from prefloop.app.report import format_table
 
     started = time.perf_counter()
     recipe = resolve_recipe(str(DEMO_RECIPE), overrides)
-    rows = run_loop(recipe)
+    rows = run_loop(recipe, allow_recipe_change)
     prompt = "Write a short note about rivers."
     answer = show_one_answer(recipe.run_dir, prompt)
     print("\n" + format_table(rows))

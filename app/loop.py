@@ -20,10 +20,11 @@ from prefloop.app.pipeline import engine_kwargs, sample_spec
 from prefloop.app.remax import run_remax
 from prefloop.app.rollout import run_rollout
 from prefloop.app.round_summary import round_summary
-from prefloop.app.rundir import EVAL, RECIPE_FILE, RunDir
+from prefloop.app.rundir import EVAL, RunDir
 from prefloop.app.runtime import init_ray
 from prefloop.app.telemetry import Telemetry
 from prefloop.app.train import run_train
+from prefloop.app.runlock import hold_run
 from prefloop.core.config import Recipe, dump_recipe
 
 if TYPE_CHECKING:
@@ -90,15 +91,23 @@ def run_round(recipe: Recipe, run: RunDir, r: int, pool: GeneratorPool, eval_row
     return evaluate.evaluate_round(recipe, run, r, eval_rows, base, pool, summary, started)
 
 
-def run_loop(recipe: Recipe) -> list[dict]:
-    """Run every round not yet committed; return the per-round eval manifests."""
-    from transformers import AutoTokenizer
+def run_loop(recipe: Recipe, allow_recipe_change: bool = False) -> list[dict]:
+    """Run every round not yet committed; return the per-round eval manifests.
 
+    The run directory is locked for the whole loop, and a resume must bring the recipe it was started with
+    (``allow_recipe_change`` records a changed one instead; see ``app/runlock.py``)."""
     if recipe.train is None:
         raise ValueError("train: the round loop needs a train section in the recipe")
     recipe.check_round_prompts()  # each round reads its own prompts, unless data.reuse_prompts
     run = RunDir(recipe.run_dir)
-    run.save_text(RECIPE_FILE, dump_recipe(recipe))
+    with hold_run(run, dump_recipe(recipe), allow_recipe_change):
+        run.rebuild_metrics()  # a kill between a model commit and its metrics rows loses nothing
+        return _run_rounds(recipe, run)
+
+
+def _run_rounds(recipe: Recipe, run: RunDir) -> list[dict]:
+    from transformers import AutoTokenizer
+
     rounds = range(recipe.loop.rounds)
     if all(run.is_committed(r, EVAL) for r in rounds):
         log.info("all %d rounds already committed", len(rounds))

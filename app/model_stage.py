@@ -75,8 +75,10 @@ def commit_model(run: RunDir, round_idx: int, checkpoint: Any, *, chat_template:
             manifest["model_info"] = stamp_model(out, chat_template, manifest["method"])
             write_jsonl(out / "rejected_inputs.jsonl", rejected)
             write_jsonl(out / metrics_file, history)
+            if (ckpt / "trained_examples.jsonl").is_file():  # example ids of each step, all workers
+                shutil.copy(ckpt / "trained_examples.jsonl", out / "trained_examples.jsonl")
             write_manifest(out, manifest)
-    run.append_metrics(round_idx, "train", [{"method": manifest.get("method"), **m} for m in history])
+    run.rebuild_metrics()
     return manifest
 
 

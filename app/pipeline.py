@@ -83,7 +83,7 @@ def pooled_generator_stage(recipe: Recipe, pool: GeneratorPool, spec: SampleSpec
     from prefloop.actors.generator_pool import PooledGenerator
 
     kwargs = {"names": pool.names, "timeout_s": recipe.resources.stage_timeout_s,
-              "spec": asdict(spec) if spec else None}
+              "spec": asdict(spec) if spec else None, "model": pool.model}  # a restarted actor reloads it first
     return Stage(PooledGenerator, kwargs, len(pool.names), recipe.rollout.batch_size, 0.0)
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prefloop.actors.common import check_model_dir
+from prefloop.actors.generator_pool import check_sampled_from
 from prefloop.app.model_stage import round_models, round_recipe
 from prefloop.app.rundir import ROLLOUT, RunDir, write_manifest
 from prefloop.app.pipeline import generator_stage, run_stages, scorer_stage
@@ -121,6 +122,7 @@ def select(recipe: Recipe, results: list[dict[str, Any]]) -> tuple[list, list, l
             "finish_reasons": list(r["finish_reasons"]), "sum_logprob": [float(x) for x in r["sum_logprob"]],
             "token_logprobs": [[float(x) for x in lp] for lp in r["token_logprobs"]],
             "pair_status": choice.status, "best": choice.best, "worst": choice.worst,
+            "sampled_from": r.get("sampled_from"),
         })
         if choice.status == PAIRED:
             pairs.append(dpo_pair(r["prompt_id"], r["prompt"], messages, texts, scores, choice))
@@ -156,6 +158,7 @@ def run_rollout(recipe: Recipe, round_idx: int = 0, policy_dir: str | None = Non
     results = check_complete(prepared.rows, generate_and_score(recipe, policy_dir, prepared.rows, pool),
                              recipe.rollout.num_samples)
     prepared.results = results
+    check_sampled_from(results, policy_dir, f"round {round_idx} {ROLLOUT}")
     t_stream = time.perf_counter() - started - t_read
     candidates, pairs, kto = select(recipe, results)
     with run.commit(round_idx, ROLLOUT) as out:

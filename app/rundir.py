@@ -10,7 +10,8 @@
 
 A stage writes into ``<stage>.partial-<pid>/`` and, when everything is written and fsynced, renames it to
 ``<stage>/`` (an atomic rename on one filesystem). So a crash mid-stage leaves only a ``.partial`` folder,
-which is ignored and cleaned on the next attempt, and the last good round is never half-overwritten.
+which is ignored and cleaned on the next attempt (only a dead process's: see ``remove_dead_partials``), and
+the last good round is never half-overwritten. One driver at a time holds the run (``app/runlock.py``).
 Resume = same run directory: a stage whose folder exists is skipped.
 
 ``run_dir`` may also be a URI (``s3://``, ``gs://``, ``file://`` ...): the run is then worked on in a local copy
@@ -66,12 +67,24 @@ class RunDir:
     def manifest(self, round_idx: int, stage: str) -> dict[str, Any]:
         return json.loads((self.stage_dir(round_idx, stage) / MANIFEST).read_text())
 
-    def append_metrics(self, round_idx: int, stage: str, history: list[dict[str, Any]]) -> None:
-        """Per-step training metrics into the run's metrics file, one JSON object a line."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / METRICS_FILE, "a", encoding="utf-8") as fh:
-            for m in history:
-                fh.write(json.dumps({"stage": stage, "round": round_idx, **m}) + "\n")
+    def rebuild_metrics(self) -> None:
+        """``RUN_DIR/metrics.jsonl``: every committed round's per-step metrics, one JSON object a line.
+
+        Derived from the model stages (``train_metrics.jsonl`` / ``remax_metrics.jsonl``, written inside the stage
+        before its commit) and rewritten whole, so it is idempotent: a kill between a commit and this call loses
+        nothing, the next call (at the latest the loop's next start) writes the rows."""
+        lines = []
+        rounds = sorted((int(p.name[6:]), p) for p in self.root.glob("round_*") if p.name[6:].isdigit())
+        for r, folder in rounds:
+            model = folder / MODEL
+            if not (model / MANIFEST).is_file():
+                continue
+            for name, extra in (("train_metrics.jsonl", {}), ("remax_metrics.jsonl", {"method": "remax"})):
+                if (model / name).is_file():
+                    for line in (model / name).read_text(encoding="utf-8").splitlines():
+                        lines.append(json.dumps({"stage": "train", "round": r, **extra, **json.loads(line)}) + "\n")
+        if lines or (self.root / METRICS_FILE).is_file():
+            self.save_text(METRICS_FILE, "".join(lines))
 
     @contextmanager
     def commit(self, round_idx: int, stage: str) -> Iterator[Path]:
@@ -80,9 +93,7 @@ class RunDir:
         if final.exists():
             raise FileExistsError(f"{final}: stage already committed")
         final.parent.mkdir(parents=True, exist_ok=True)
-        for stale in final.parent.glob(f"{stage}.partial-*"):
-            log.warning("removing unfinished %s from an earlier attempt", stale)
-            shutil.rmtree(stale, ignore_errors=True)
+        remove_dead_partials(final.parent, stage)
         scratch = final.parent / f"{stage}.partial-{os.getpid()}"
         scratch.mkdir()
         try:
@@ -122,6 +133,20 @@ class RunDir:
         if self.mirror is not None:
             self.mirror.push_top()
         return path
+
+
+def remove_dead_partials(parent: Path, stage: str) -> None:
+    """Remove ``<stage>.partial-<pid>`` folders of processes that are gone (or of this one, from an earlier
+    attempt); a live process's (say ``prefloop serve`` pulling the stage) is left alone."""
+    from prefloop.app.runlock import pid_alive
+
+    for stale in parent.glob(f"{stage}.partial-*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and pid_alive(int(pid)):
+            log.warning("leaving %s: process %s is still running", stale, pid)
+            continue
+        log.warning("removing unfinished %s from an earlier attempt", stale)
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:

@@ -33,6 +33,9 @@ from prefloop.app.runtime import wait_for
 log = logging.getLogger(__name__)
 
 SERVE_REPLICA_CPUS = 0.5
+MAX_BODY_BYTES = 1_000_000  # a request body over this is refused (413)
+MAX_MESSAGES = 256
+API_KEY_ENV = "PREFLOOP_API_KEY"
 START_TIMEOUT_S = 600.0   # vLLM start-up is ~20 s a replica here; minutes for a 7B model on a GPU
 CALL_TIMEOUT_S = 60.0
 
@@ -60,9 +63,13 @@ def _application(spec: dict[str, Any], model_dir: str, round_idx: int | None) ->
     fixed = {k: v for k, v in spec.items() if k not in ("model_dir", "round")}
     version = hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()[:16]
     deployment = serve.deployment(PolicyServer, name="PolicyServer")
+    options: dict[str, Any] = {"num_cpus": spec["replica_cpus"], "num_gpus": spec.get("replica_gpus", 0.0)}
+    if spec.get("runtime_env") is not None:
+        # Pinned at the first deploy: otherwise Serve gives the replicas the runtime env of whichever driver
+        # deploys, and a publish from another driver (another job, another env) restarts every replica.
+        options["runtime_env"] = spec["runtime_env"]
     return deployment.options(
-        num_replicas=spec["replicas"],
-        ray_actor_options={"num_cpus": spec["replica_cpus"], "num_gpus": spec.get("replica_gpus", 0.0)},
+        num_replicas=spec["replicas"], ray_actor_options=options,
         max_ongoing_requests=32, user_config={"model_dir": model_dir, "round": round_idx},
         version=version, _internal=True,
     ).bind(spec)
@@ -73,9 +80,15 @@ def start_serving(policy_dir: str, round_idx: int | None = None, *, pairrm_dir: 
                   host: str = "127.0.0.1", dtype: str = "float32", max_model_len: int = 512,
                   kv_cache_gb: float | None = 0.25, enforce_eager: bool = True, max_samples: int = 16,
                   default_max_tokens: int = 64, replica_cpus: float = SERVE_REPLICA_CPUS,
-                  replica_gpus: float = 0.0, request_timeout_s: float = 300.0,
+                  replica_gpus: float = 0.0, request_timeout_s: float = 300.0, api_key: str | None = None,
+                  max_body_bytes: int = MAX_BODY_BYTES, max_messages: int = MAX_MESSAGES,
                   timeout_s: float = START_TIMEOUT_S) -> Served:
-    """Deploy (or redeploy) the app ``name`` serving ``policy_dir``; returns once every replica is up."""
+    """Deploy (or redeploy) the app ``name`` serving ``policy_dir``; returns once every replica is up.
+
+    ``api_key`` (default ``$PREFLOOP_API_KEY``): when set, ``/v1/*`` requires ``Authorization: Bearer <key>``
+    (401 otherwise); replicas keep only its SHA-256. ``max_body_bytes`` (413 beyond) and ``max_messages`` bound
+    a request."""
+    import ray
     from ray import serve
 
     from prefloop.app.runtime import init_ray
@@ -86,7 +99,9 @@ def start_serving(policy_dir: str, round_idx: int | None = None, *, pairrm_dir: 
                         dtype=dtype, max_model_len=max_model_len, kv_cache_gb=kv_cache_gb,
                         enforce_eager=enforce_eager, max_samples=max_samples, default_max_tokens=default_max_tokens,
                         replicas=replicas, replica_cpus=replica_cpus, replica_gpus=replica_gpus,
-                        request_timeout_s=request_timeout_s)
+                        request_timeout_s=request_timeout_s, max_body_bytes=max_body_bytes,
+                        max_messages=max_messages, api_key_sha256=api_key_digest(api_key),
+                        runtime_env=json.loads(json.dumps(dict(ray.get_runtime_context().runtime_env or {}))))
     policy_dir = spec["model_dir"]
     serve.start(http_options={"host": host, "port": port})  # ignored when Serve already runs (keeps its port)
     started = time.perf_counter()
@@ -96,6 +111,16 @@ def start_serving(policy_dir: str, round_idx: int | None = None, *, pairrm_dir: 
     log.info("serving %s (round %s) as %r at %s in %.1f s", policy_dir, round_idx, name, url,
              time.perf_counter() - started)
     return Served(name=name, url=url, handle=handle)
+
+
+def api_key_digest(api_key: str | None) -> str | None:
+    """The SHA-256 of the API key (``api_key``, else ``$PREFLOOP_API_KEY``); None: no key required."""
+    import os
+
+    from prefloop.core.serve_guard import key_digest
+
+    key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
+    return key_digest(key) if key else None
 
 
 def serving_spec(policy_dir: str, round_idx: int | None, pairrm_dir: str | None, **settings: Any) -> dict[str, Any]:
@@ -113,22 +138,26 @@ def build_app(args: dict[str, Any]) -> Any:
     """Serve config builder (``import_path: prefloop.app.serve:build_app``, e.g. KubeRay's RayService).
 
     ``args``: ``run_dir`` (required), ``round`` (default: the latest committed), ``replicas``, ``replica_cpus``,
-    ``replica_gpus`` (default: the recipe's generator GPUs). The deployment's version does not depend on the
+    ``replica_gpus`` (default: the recipe's generator GPUs), ``max_body_bytes``, ``max_messages``. The API key
+    comes from ``$PREFLOOP_API_KEY`` where the app is built (a Secret in ``cluster/kuberay/rayservice.yaml``).
+    The deployment's version does not depend on the
     model, so a config that changes only the deployment's ``user_config`` (``model_dir``, ``round``) swaps
     weights in place, as ``publish`` does.
     """
     from prefloop.app.rundir import RECIPE_FILE, RunDir
     from prefloop.core.config import load_recipe
 
-    unknown = set(args) - {"run_dir", "round", "replicas", "replica_cpus", "replica_gpus"}
+    known = {"run_dir", "round", "replicas", "replica_cpus", "replica_gpus", "max_body_bytes", "max_messages"}
+    unknown = set(args) - known
     if "run_dir" not in args or unknown:
-        raise ValueError(f"build_app args need run_dir and take round, replicas, replica_cpus, replica_gpus; "
-                         f"got {sorted(args)}")
+        raise ValueError(f"build_app args need run_dir and take {sorted(known - {'run_dir'})}; got {sorted(args)}")
     model_dir, round_idx = resolve_served_model(args["run_dir"], args.get("round"))
     recipe = load_recipe(RunDir(args["run_dir"]).root / RECIPE_FILE)
     settings = {**recipe_defaults(recipe), "name": "prefloop", "replicas": int(args.get("replicas", 1)),
                 "replica_cpus": float(args.get("replica_cpus", SERVE_REPLICA_CPUS)),
-                "max_samples": 16, "default_max_tokens": 64, "request_timeout_s": 300.0}
+                "max_samples": 16, "default_max_tokens": 64, "request_timeout_s": 300.0,
+                "max_body_bytes": int(args.get("max_body_bytes", MAX_BODY_BYTES)),
+                "max_messages": int(args.get("max_messages", MAX_MESSAGES)), "api_key_sha256": api_key_digest(None)}
     settings["replica_gpus"] = float(args.get("replica_gpus", settings["replica_gpus"]))
     pairrm = settings.pop("pairrm_dir")
     return _application(serving_spec(model_dir, round_idx, pairrm, **settings), model_dir, round_idx)
@@ -266,10 +295,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """``prefloop serve RUN_DIR [--round R] [--port P] [--host H] [--replicas K] [--duration S]``."""
     from ray import serve
 
-    served = serve_run_dir(args.run_dir, args.round, port=args.port, host=args.host, replicas=args.replicas)
+    served = serve_run_dir(args.run_dir, args.round, port=args.port, host=args.host, replicas=args.replicas,
+                           api_key=args.api_key, max_body_bytes=args.max_body_bytes, max_messages=args.max_messages)
     state = next(iter(replica_states(served.name, want=1).values()))
     what = "the base model" if state["round"] is None else f"round {state['round']}"
-    print(f"serving {what} ({state['model_dir']}) at {served.url}/v1/chat/completions", flush=True)
+    print(f"serving {what} ({state['model_dir']}) at {served.url}/v1/chat/completions"
+          f"{' (API key required)' if api_key_digest(args.api_key) else ''}", flush=True)
     try:
         if args.duration is not None:
             time.sleep(args.duration)

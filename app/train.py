@@ -62,7 +62,10 @@ def prepare_examples(rows: TrainRows, cfg: TrainConfig, tokenizer: Any, style: s
         add_kl_completions(examples, seed)
     for ex in examples:
         del ex["messages"]
-    return shuffled(examples, seed)
+    examples = shuffled(examples, seed)
+    for i, ex in enumerate(examples):  # the id the workers order by (actors/trainer.py) and record per step
+        ex["example_id"] = i
+    return examples
 
 
 def add_control_tokens(model_dir: str, out: Path) -> str:
@@ -124,6 +127,8 @@ def fit(rows: list[dict] | None, worker: TrainWorkerConfig, cfg: TrainConfig, st
     datasets = {"train": ray.data.from_items(rows)} if rows is not None else None
     trainer = TorchTrainer(
         loop or train_loop, train_loop_config=worker.as_loop_config(), datasets=datasets,
+        # not split by Ray Data: each worker takes its seeded share (actors/trainer.py), the same after a restart
+        dataset_config=ray.train.DataConfig(datasets_to_split=[]),
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(name="ray_train", storage_path=storage,

@@ -20,11 +20,16 @@ Best-of-N with PairRM, two spellings (extensions to the OpenAI body):
 A reranked response carries ``prefloop_rerank``: each sample's PairRM score and the chosen indices, plus the
 sample texts when the request sets ``"return_candidates": true``. Every response carries ``prefloop_round``,
 the round whose weights produced it, and ``model`` names it too (``prefloop-round-3``; ``prefloop-base`` for
-the base model). Errors are ``RequestError`` naming the offending field (``param``), returned as HTTP 400.
+the base model). Errors are ``RequestError`` naming the offending field (``param``), returned as HTTP 400
+(413 for a body over the size limit, 401 for a missing or wrong API key). A field that is a near-miss of a
+known one (``max_token``) is refused naming the right spelling rather than silently ignored. ``/v1/models``
+and ``/health`` name models by id (``prefloop-round-3``), never by filesystem path; a server error (500)
+carries an error id that the server log has next to the traceback.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import time
@@ -39,8 +44,16 @@ REFUSED = ("tools", "tool_choice", "functions", "function_call", "response_forma
 MAX_TOP_LOGPROBS = 20  # OpenAI's bound, and vLLM's default max_logprobs
 
 
+KNOWN = ("messages", "model", "n", "best_of", "rerank", "max_tokens", "max_completion_tokens", "temperature",
+         "top_p", "seed", "stop", "presence_penalty", "frequency_penalty", "stream", "return_candidates",
+         "user", "stream_options", "metadata", "store", "service_tier", "parallel_tool_calls") + REFUSED
+
+
 class RequestError(ValueError):
-    """A request the server refuses (HTTP 400); ``param`` names the field."""
+    """A request the server refuses (HTTP 400 unless ``status`` says otherwise); ``param`` names the field."""
+
+    status = 400
+    kind = "invalid_request_error"
 
     def __init__(self, param: str | None, message: str):
         super().__init__(message)
@@ -54,6 +67,8 @@ class Limits:
     max_samples: int = 16
     default_max_tokens: int = 64
     max_tokens: int = 4096
+    max_messages: int = 256
+    max_body_bytes: int = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -156,9 +171,12 @@ def _content_text(messages: Any) -> Any:
     return out
 
 
-def _messages(body: dict) -> list[dict[str, str]]:
+def _messages(body: dict, limits: Limits) -> list[dict[str, str]]:
     if "messages" not in body:
         raise RequestError("messages", "'messages' is required")
+    if isinstance(body["messages"], list) and len(body["messages"]) > limits.max_messages:
+        raise RequestError("messages", f"{len(body['messages'])} messages; this server takes at most "
+                                       f"{limits.max_messages}")
     try:
         return validate_messages(_content_text(body["messages"]))
     except ValueError as err:
@@ -208,6 +226,7 @@ def parse_chat_request(body: Any, limits: Limits = Limits()) -> ChatRequest:
     for key in REFUSED:
         if body.get(key) not in (None, False, [], {}):
             raise RequestError(key, f"'{key}' is not supported by this server")
+    check_near_misses(body)
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise RequestError("model", "'model' must be a string")
@@ -219,13 +238,22 @@ def parse_chat_request(body: Any, limits: Limits = Limits()) -> ChatRequest:
     if logprobs and _bool(body, "stream"):
         raise RequestError("logprobs", "'logprobs' is not supported with 'stream'")
     return ChatRequest(
-        messages=_messages(body), model=model, num_samples=num_samples, num_return=num_return, rerank=rerank,
+        messages=_messages(body, limits), model=model, num_samples=num_samples, num_return=num_return, rerank=rerank,
         max_tokens=_max_tokens(body, limits), temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
         top_p=_number(body, "top_p", 1.0, 0.0, 1.0, lo_open=True), seed=seed, stop=_stop(body),
         presence_penalty=_number(body, "presence_penalty", 0.0, -2.0, 2.0),
         frequency_penalty=_number(body, "frequency_penalty", 0.0, -2.0, 2.0),
         stream=_bool(body, "stream"), return_candidates=_bool(body, "return_candidates"), logprobs=logprobs,
         top_logprobs=top_logprobs)
+
+
+def check_near_misses(body: dict) -> None:
+    """An unknown field close to a known one is a typo whose value would otherwise be silently ignored."""
+    for key in body:
+        if key not in KNOWN and isinstance(key, str):
+            close = difflib.get_close_matches(key, KNOWN, n=1, cutoff=0.8)
+            if close:
+                raise RequestError(key, f"unknown field '{key}'; did you mean '{close[0]}'?")
 
 
 def check_length(prompt_tokens: int, max_tokens: int, max_model_len: int) -> None:
@@ -324,13 +352,15 @@ def stream_events(completion: dict[str, Any]) -> list[str]:
     return events
 
 
-def models_list(name: str, round_idx: int | None, model_dir: str, created: int) -> dict[str, Any]:
-    """``/v1/models``: the current round's id first, then the stable alias ``name``."""
-    entry = {"object": "model", "created": created, "owned_by": "prefloop", "root": model_dir,
-             "prefloop_round": round_idx}
+def models_list(name: str, round_idx: int | None, created: int) -> dict[str, Any]:
+    """``/v1/models``: the current round's id first, then the stable alias ``name`` (ids, no paths)."""
+    entry = {"object": "model", "created": created, "owned_by": "prefloop",
+             "root": served_model_id(name, round_idx), "prefloop_round": round_idx}
     return {"object": "list", "data": [{"id": served_model_id(name, round_idx), **entry}, {"id": name, **entry}]}
 
 
-def error_body(err: Exception, param: str | None = None, kind: str = "invalid_request_error") -> dict[str, Any]:
+def error_body(err: Exception, param: str | None = None, kind: str | None = None) -> dict[str, Any]:
     """OpenAI's error envelope."""
+    kind = kind or getattr(err, "kind", "invalid_request_error")
     return {"error": {"message": str(err), "type": kind, "param": getattr(err, "param", param), "code": None}}
+

@@ -221,3 +221,13 @@ def shuffled(examples: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
     out = list(examples)
     random.Random(seed).shuffle(out)
     return out
+
+
+def worker_order(ids: list[int], seed: int, epoch: int, rank: int, world: int) -> list[int]:
+    """The example ids worker ``rank`` trains in ``epoch``, in order: a permutation seeded by (seed, epoch),
+    cut to a multiple of ``world`` (every worker the same count, as ``plan_steps`` assumes), dealt round-robin.
+    Fixed by the seed alone, so a restarted worker group resumes on exactly the examples not yet trained."""
+    order = sorted(ids)
+    random.Random(f"{seed}:{epoch}").shuffle(order)
+    keep = len(order) // world * world
+    return order[:keep][rank::world]

@@ -38,7 +38,7 @@ def test_mistral_bf16_dpo_fsdp_then_vllm_reload(ray_cluster, tmp_path):
 
     policy = mistral_policy(tmp_path / "Mistral-7B-Instruct-v0.2")
     run = RunDir(tmp_path / "run")
-    with run.stage(0, "rollout") as out:
+    with run.commit(0, "rollout") as out:
         write_parquet(out / "pairs.parquet", pairs())
         write_manifest(out, {"stage": "rollout"})
     recipe = parse_recipe({

@@ -35,3 +35,29 @@ def test_every_shipped_recipe_is_valid_with_and_without_tiny(capsys):
         assert main(["recipe", "check", str(recipe), "--tiny"]) == 0, recipe
         out = capsys.readouterr().out
         assert "{assets}" not in out and "assets: tiny" in out, recipe
+
+
+def test_a_resume_with_other_settings_or_a_held_run_is_refused_before_any_work(tmp_path, capsys):
+    """`prefloop rollout` on a run started with other --set values: exit 2 with the diff; on a run another
+    live driver holds: exit 2 naming it. Both before Ray or a model is touched (the model path does not exist)."""
+    import json
+    import os
+    import socket
+
+    from prefloop.app.runlock import LOCK_NAME
+
+    run = tmp_path / "run"
+    path = tmp_path / "r.yaml"
+    path.write_text(f"name: t\nrun_dir: {run}\npolicy: {{model: {tmp_path}/none}}\ndata: {{train: p.jsonl}}\n"
+                    "scorer: {kind: function, function: 'm:f'}\n")
+    assert main(["recipe", "check", str(path), "--set", "rollout.num_samples=4"]) == 0
+    run.mkdir()
+    (run / "recipe.yaml").write_text(capsys.readouterr().out)
+    assert main(["rollout", str(path), "--set", "rollout.num_samples=8"]) == 2
+    err = capsys.readouterr().err
+    assert "-  num_samples: 4" in err and "+  num_samples: 8" in err and "--allow-recipe-change" in err
+    assert not (run / LOCK_NAME).exists()
+    (run / LOCK_NAME).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getppid(), "started": 0,
+                                             "expires": 4e9, "token": "t"}))  # a live process: our parent
+    assert main(["rollout", str(path), "--set", "rollout.num_samples=4"]) == 2
+    assert f"pid {os.getppid()} on {socket.gethostname()}" in capsys.readouterr().err

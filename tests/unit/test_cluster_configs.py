@@ -434,12 +434,27 @@ def test_serve_import_path_is_a_builder():
     (ray.serve._private.api.call_user_app_builder_with_args_if_necessary)."""
     import importlib
 
-    module, _, attr = serve_config()["applications"][0]["import_path"].partition(":")
-    builder = getattr(importlib.import_module(module), attr, None)
-    if builder is None:
-        pytest.skip(f"{module}.{attr} does not exist yet: the RayService cannot deploy until app/serve.py has it "
-                    "(contract in cluster/README.md, 'Serving on KubeRay')")
+    app = serve_config()["applications"][0]
+    module, _, attr = app["import_path"].partition(":")
+    builder = getattr(importlib.import_module(module), attr)  # an AttributeError here: the RayService cannot deploy
     assert inspect.isfunction(builder) and len(inspect.signature(builder).parameters) == 1
+    with pytest.raises(ValueError, match="need run_dir"):
+        builder({"round": 1})
+    with pytest.raises(ValueError, match="num_replica"):  # a misspelt arg is refused, not ignored
+        builder({**app["args"], "num_replica": 2})
+    # The manifest's own args are all understood: the builder gets as far as looking for the round's model.
+    with pytest.raises(FileNotFoundError, match=f"round {app['args']['round']} has no committed model"):
+        builder(app["args"])
+
+
+def test_rayservice_api_key_comes_from_a_secret_on_every_ray_container():
+    spec = yaml.safe_load((ROOT / "cluster" / "kuberay" / "rayservice.yaml").read_text())["spec"]["rayClusterConfig"]
+    groups = [spec["headGroupSpec"]] + spec["workerGroupSpecs"]
+    for group in groups:
+        for container in group["template"]["spec"]["containers"]:
+            env = {e["name"]: e for e in container.get("env", [])}
+            ref = env["PREFLOOP_API_KEY"]["valueFrom"]["secretKeyRef"]
+            assert ref == {"name": "prefloop-api-key", "key": "api_key"}, container["name"]
 
 
 # ---- Grafana -------------------------------------------------------------------------------------------------
@@ -456,7 +471,7 @@ def all_panels(panels: list[dict]) -> list[dict]:
 
 
 def test_metric_list_is_telemetrys():
-    telemetry = pytest.importorskip("prefloop.app.telemetry")  # added by a parallel change
+    from prefloop.app import telemetry
 
     GAUGES = telemetry.GAUGES
     assert {name: tags for name, (_, tags) in GAUGES.items()} == METRICS

@@ -152,8 +152,9 @@ def test_stream_events_rebuild_the_text():
 
 
 def test_models_list():
-    out = models_list("prefloop", 2, "/runs/a/round_2/model", 5)
-    assert out["object"] == "list"
+    out = models_list("prefloop", 2, 5)
+    assert out["object"] == "list" and "/" not in json.dumps(out)  # ids, no filesystem paths
+    assert out["data"][0]["root"] == "prefloop-round-2"
     assert [m["id"] for m in out["data"]] == ["prefloop-round-2", "prefloop"]
     assert all(m["prefloop_round"] == 2 and m["object"] == "model" for m in out["data"])
 

@@ -120,3 +120,16 @@ def test_shuffle_is_seeded_and_keeps_rows():
     rows = [{"i": i} for i in range(30)]
     a, b = shuffled(rows, 1), shuffled(rows, 1)
     assert a == b and sorted(r["i"] for r in a) == list(range(30)) and a != rows
+
+
+def test_worker_order_is_fixed_by_the_seed_and_deals_equal_disjoint_shares():
+    from prefloop.core.train_data import worker_order
+
+    ids = list(range(10))
+    shares = [worker_order(ids, 7, 0, r, 3) for r in range(3)]
+    assert [len(s) for s in shares] == [3, 3, 3]  # 10 // 3 each, the remainder left out (as plan_steps counts)
+    assert len(set(sum(shares, []))) == 9
+    assert shares == [worker_order(list(reversed(ids)), 7, 0, r, 3) for r in range(3)]  # input order is irrelevant
+    assert worker_order(ids, 7, 1, 0, 3) != shares[0] or worker_order(ids, 7, 1, 1, 3) != shares[1]  # per epoch
+    assert worker_order(ids, 8, 0, 0, 1) != worker_order(ids, 7, 0, 0, 1)
+    assert sorted(worker_order(ids, 7, 0, 0, 1)) == ids

@@ -1,0 +1,126 @@
+"""The run-directory lock (local file and URI lease), the recipe check on resume, and the .partial cleanup."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from prefloop.app import runlock
+from prefloop.app.rundir import RunDir, remove_dead_partials
+from prefloop.app.runlock import LOCK_NAME, RecipeChangedError, RunLockedError, hold_run, lock_for
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def write_holder(path, **fields):
+    holder = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(),
+              "expires": time.time() + 100, "token": "other"}
+    holder.update(fields)
+    path.write_text(json.dumps(holder))
+
+
+def test_a_second_driver_is_refused_naming_the_holder(tmp_path):
+    run = RunDir(tmp_path / "run")
+    with lock_for(run):
+        record = json.loads((run.root / LOCK_NAME).read_text())
+        assert record["pid"] == os.getpid() and record["host"] == socket.gethostname()
+        assert record["expires"] > time.time()
+        with pytest.raises(RunLockedError, match=f"pid {os.getpid()} on {socket.gethostname()}"):
+            lock_for(run).acquire()
+    assert not (run.root / LOCK_NAME).exists()  # released
+    with lock_for(run):  # and takeable again
+        pass
+
+
+def test_a_lock_held_by_a_live_process_in_another_interpreter_refuses(tmp_path):
+    run = RunDir(tmp_path / "run")
+    code = ("import sys, time; from prefloop.app.rundir import RunDir; from prefloop.app.runlock import lock_for;"
+            f"l = lock_for(RunDir({str(run.root)!r})).acquire(); print('held', flush=True); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ})
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        with pytest.raises(RunLockedError, match=f"pid {proc.pid}"):
+            lock_for(run).acquire()
+    finally:
+        proc.kill()
+        proc.wait()
+    with lock_for(run):  # its holder died: stale, taken over
+        assert json.loads((run.root / LOCK_NAME).read_text())["pid"] == os.getpid()
+
+
+def test_stale_locks_are_taken_over_with_a_warning(tmp_path, caplog):
+    run = RunDir(tmp_path / "run")
+    run.root.mkdir(parents=True)
+    write_holder(run.root / LOCK_NAME, pid=dead_pid())
+    with caplog.at_level("WARNING"), lock_for(run):
+        assert "no longer running" in caplog.text
+    write_holder(run.root / LOCK_NAME, host="elsewhere", pid=1, expires=time.time() - 30)  # lease expired
+    with caplog.at_level("WARNING"), lock_for(run):
+        assert "lease expired" in caplog.text
+    write_holder(run.root / LOCK_NAME, host="elsewhere", pid=1)  # live lease on another host
+    with pytest.raises(RunLockedError, match="on elsewhere"):
+        lock_for(run).acquire()
+
+
+def test_the_heartbeat_renews_the_lease(tmp_path):
+    run = RunDir(tmp_path / "run")
+    with lock_for(run, lease_s=0.6):
+        first = json.loads((run.root / LOCK_NAME).read_text())["expires"]
+        time.sleep(0.5)
+        assert json.loads((run.root / LOCK_NAME).read_text())["expires"] > first
+
+
+def test_a_uri_run_is_locked_by_a_remote_lease(tmp_path, monkeypatch):
+    monkeypatch.setattr(runlock._RemoteStore, "settle_s", 0.01)
+    uri = f"file://{tmp_path}/bucket/run"
+    monkeypatch.setenv("PREFLOOP_RUNS_CACHE", str(tmp_path / "cache-a"))
+    a = RunDir(uri)
+    monkeypatch.setenv("PREFLOOP_RUNS_CACHE", str(tmp_path / "cache-b"))  # another machine's working copy
+    b = RunDir(uri)
+    with lock_for(a):
+        assert json.loads((tmp_path / "bucket" / "run" / LOCK_NAME).read_text())["pid"] == os.getpid()
+        with pytest.raises(RunLockedError):
+            lock_for(b).acquire()
+    assert not (tmp_path / "bucket" / "run" / LOCK_NAME).exists()
+    with lock_for(b):
+        pass
+
+
+def test_a_resume_with_another_recipe_refuses_with_a_diff_unless_allowed(tmp_path):
+    run = RunDir(tmp_path / "run")
+    with hold_run(run, "name: x\nrollout:\n  num_samples: 4\n"):
+        pass
+    with hold_run(run, "name: x\nrollout:\n  num_samples: 4\n"):  # the same recipe resumes
+        pass
+    with pytest.raises(RecipeChangedError) as err:
+        with hold_run(run, "name: x\nrollout:\n  num_samples: 8\n"):
+            pass
+    assert "-  num_samples: 4\n+  num_samples: 8" in str(err.value) and "--allow-recipe-change" in str(err.value)
+    assert "num_samples: 4" in (run.root / "recipe.yaml").read_text()  # not rewritten
+    assert not (run.root / LOCK_NAME).exists()  # the refusal released the lock
+    with hold_run(run, "name: x\nrollout:\n  num_samples: 8\n", allow_change=True):
+        pass
+    assert "num_samples: 8" in (run.root / "recipe.yaml").read_text()
+    changes = [json.loads(line) for line in (run.root / "recipe_changes.jsonl").read_text().splitlines()]
+    assert len(changes) == 1 and "+  num_samples: 8" in changes[0]["diff"]
+
+
+def test_only_dead_processes_partials_are_removed(tmp_path):
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        for pid in (live.pid, dead_pid(), os.getpid()):
+            (tmp_path / f"rollout.partial-{pid}").mkdir()
+        remove_dead_partials(tmp_path, "rollout")
+        assert sorted(p.name for p in tmp_path.iterdir()) == [f"rollout.partial-{live.pid}"]
+    finally:
+        live.kill()
+        live.wait()
