@@ -19,8 +19,13 @@ $(STAMP): pyproject.toml
 	$(PY) -c "import vllm, ray, prefloop.actors.blender_compat"
 	touch $(STAMP)
 
-demo: setup
-	$(VENV)/bin/prefloop demo
+# The three steps are timed and the split printed last (install / tiny models / run); a step already done is ~0 s.
+demo:
+	@t0=$$(date +%s); \
+	$(MAKE) --no-print-directory setup || exit 1; t1=$$(date +%s); \
+	$(VENV)/bin/prefloop assets build || exit 1; t2=$$(date +%s); \
+	$(VENV)/bin/prefloop demo || exit 1; t3=$$(date +%s); \
+	echo "make demo took $$((t3 - t0)) s: install $$((t1 - t0)) s, tiny models $$((t2 - t1)) s, run $$((t3 - t2)) s"
 
 test: setup
 	$(PY) -m pytest -q

@@ -14,7 +14,7 @@ import logging
 import time
 from typing import Any
 
-from prefloop.app import evaluate, report, telemetry
+from prefloop.app import console, evaluate, report, telemetry
 from prefloop.app.remax import run_remax
 from prefloop.app.rollout import engine_kwargs, run_rollout, sample_spec
 from prefloop.app.rundir import RunDir
@@ -55,6 +55,12 @@ def publish(recipe: Recipe, model_dir: str, round_idx: int) -> float | None:
     return serve_publish(model_dir, round_idx)["publish_s"]
 
 
+def enter_stage(name: str, round_idx: int | None) -> None:
+    """The gauges (telemetry) and the console / heartbeat follow the stage the driver is in."""
+    telemetry.stage(name)
+    console.get().stage(name, round_idx)
+
+
 def round_recipe(recipe: Recipe, r: int) -> Recipe:
     """The recipe as round ``r`` sees it: ``loop.methods[r]`` replaces ``train.method`` when given."""
     if recipe.loop.methods is None:
@@ -70,17 +76,17 @@ def run_round(recipe: Recipe, run: RunDir, r: int, pool: Any, eval_rows: list[di
     swap_in = ensure_model(pool, start_model(run, recipe, r))
     remax = recipe.train.method == "remax"
     if recipe.train.data is None and not remax:
-        telemetry.stage("rollout")
+        enter_stage("rollout", r)
         run_rollout(recipe, r, pool.model, pool)
     t_rollout = time.perf_counter() - started
-    telemetry.stage("train")
+    enter_stage("train", r)
     if remax:  # on-policy: the ReMax workers sample through the pool themselves; Serve follows its checkpoints
         follow = (lambda d: publish(recipe, d, r)) if recipe.loop.serve else None
         model_dir = str(run_remax(recipe, r, pool, follow))
     else:
         model_dir = str(run_train(recipe, r))
     t_train = time.perf_counter() - started - t_rollout
-    telemetry.stage("swap")
+    enter_stage("swap", r)
     swap_s = ensure_model(pool, model_dir)
     serve_swap_s = publish(recipe, model_dir, r)
     model_manifest = run.manifest(r, "model")
@@ -92,7 +98,7 @@ def run_round(recipe: Recipe, run: RunDir, r: int, pool: Any, eval_rows: list[di
                  else trained.get("accepted", 0))
     extra = {"pairs": pairs, "method": recipe.train.method, "swap_s": swap_s or swap_in,
              "serve_swap_s": serve_swap_s, "timings_s": {"rollout": t_rollout, "train": t_train}}
-    telemetry.stage("eval")
+    enter_stage("eval", r)
     return evaluate.evaluate_round(recipe, run, r, eval_rows, base, pool, extra, started)
 
 
@@ -108,24 +114,29 @@ def run_loop(recipe: Recipe) -> list[dict]:
     if all(run.is_committed(r, evaluate.EVAL_STAGE) for r in rounds):
         log.info("all %d rounds already committed", len(rounds))
         return report.write_report(recipe, run)
+    con = console.get().attach(run.root, recipe.name, run.mirror.push_file if run.mirror else None)
+    con.stage("start", None)  # Ray, the generators' engines (and Serve) come up
     init_ray(recipe.resources)
     tel = telemetry.Telemetry.start(recipe, run.root)  # Ray gauges + tracking
     eval_rows = evaluate.eval_prompts(recipe, AutoTokenizer.from_pretrained(recipe.policy.model)).rows
     pool = start_pool(recipe, recipe.policy.model)
     start_serving(recipe, run)
     try:
-        telemetry.stage("base_answers")
+        enter_stage("base_answers", None)
         base = evaluate.base_answers(recipe, run, eval_rows, pool)
         for r in rounds:
             if run.is_committed(r, evaluate.EVAL_STAGE):
                 log.info("round %d already committed: skipping", r)
+                con.round_done(run.manifest(r, evaluate.EVAL_STAGE))
                 continue
             m = run_round(recipe, run, r, pool, eval_rows, base)
             log.info("round %d: %d pairs, win rate vs base %.3f (+-%.3f), mean length %.1f, swap %.3f s",
                      r, m["pairs"], m["win_rate"], m["win_rate_stderr"], m["mean_length"], m["swap_s"])
             tel.round_done(r, telemetry.round_metrics(run.root, r, m))
             report.write_report(recipe, run)
+            con.round_done(m)
     finally:
         tel.close()
         pool.shutdown()
+        con.detach()
     return report.write_report(recipe, run)

@@ -19,9 +19,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from prefloop.actors.common import check_model_dir
+from prefloop.app import console
 from prefloop.app.rundir import RunDir, write_manifest
 from prefloop.app.runtime import init_ray, iterate_with_timeout
 from prefloop.app.tables import write_jsonl, write_parquet
@@ -138,7 +137,7 @@ def run_stages(rows: list[dict[str, Any]], stages: list[Stage], timeout_s: float
                             compute=ray.data.ActorPoolStrategy(size=st.size), num_cpus=st.num_cpus,
                             num_gpus=st.num_gpus)
     rows_iter = iterate_with_timeout(ds.iter_rows(), timeout_s, desc)
-    return list(tqdm(rows_iter, total=len(rows), desc=desc, unit="prompt"))
+    return list(console.track(rows_iter, len(rows), desc))
 
 
 def generate_and_score(recipe: Recipe, policy_dir: str, rows: list[dict[str, Any]], pool: Any = None) -> list[dict]:
