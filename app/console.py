@@ -235,10 +235,10 @@ class Console:
             if not self._table_shown:
                 self.line("")
                 for head in lines[:2]:
-                    self.line(head)
+                    self.line(head, stamp=False)
                 self._table_shown = True
             for row in lines[2:]:
-                self.line(row)
+                self.line(row, stamp=False)
             if self.heartbeat is not None:
                 self.heartbeat.update(last_round=manifest.get("round"), stage=None, done=None, total=None)
 
@@ -265,9 +265,10 @@ class Console:
         sys.stderr.flush()
 
     # -- output --------------------------------------------------------------------------------------------
-    def line(self, text: str) -> None:
+    def line(self, text: str, stamp: bool = True) -> None:
+        """One line (or a few) of output; without a TTY each line starts with the time (``stamp``)."""
         with tqdm.external_write_mode(file=self.out):
-            if self.tty:
+            if self.tty or not stamp:
                 self.out.write(text + "\n")
             else:
                 self.out.write("\n".join(f"{time.strftime('%H:%M:%S')} {t}" if t else t

@@ -6,7 +6,7 @@ Written by ``report.write_report`` beside ``report.md``, from the committed roun
   controlled; mean answer length (round and base); repetition rate (round and base);
 - for a sample of held-out prompts (``SAMPLE`` of them, evenly spread over the held-out set), the base
   model's answer and each round's answer side by side with their scores, and a text box that filters the
-  prompts (inline JS).
+  prompts (inline JS; ``report.html#filter=rivers`` opens it filtered).
 """
 
 from __future__ import annotations
@@ -45,7 +45,8 @@ JS = """
 (function(){var box=document.getElementById('filter'),cards=document.querySelectorAll('.card'),
 count=document.getElementById('shown');function apply(){var q=box.value.toLowerCase(),n=0;
 cards.forEach(function(c){var hit=c.getAttribute('data-prompt').indexOf(q)>=0;c.style.display=hit?'':'none';
-if(hit){n++;}});count.textContent=n+' of '+cards.length+' prompts';}box.addEventListener('input',apply);apply();})();
+if(hit){n++;}});count.textContent=n+' of '+cards.length+' prompts';}box.addEventListener('input',apply);
+if(location.hash.indexOf('#filter=')===0){box.value=decodeURIComponent(location.hash.slice(8));}apply();})();
 """
 
 
