@@ -104,6 +104,7 @@ class Console:
             handler.addFilter(_quiet_filter)
             logging.captureWarnings(True)  # Python warnings (deprecations of the libraries) to the log file
         root.addHandler(handler)
+        self._start_ticker()
 
     def before_ray(self) -> None:
         if not self.verbose:
@@ -148,9 +149,7 @@ class Console:
         self.line(f"prefloop · {recipe_name}")
         self.line(f"  run dir     {run_root}")
         self.line(f"  driver log  {self.log_path}" + ("" if self.verbose else "  (-v shows it here)"))
-        if self.tty and self._ticker is None:
-            self._ticker = threading.Thread(target=self._tick, name="prefloop-console", daemon=True)
-            self._ticker.start()
+        self._start_ticker()
         return self
 
     def detach(self, error: BaseException | None = None) -> None:
@@ -285,10 +284,18 @@ class Console:
                 bar.leave = keep
                 bar.close()
 
+    def _start_ticker(self) -> None:
+        if self._ticker is None and (self.tty or not self.verbose):
+            self._ticker = threading.Thread(target=self._tick, name="prefloop-console", daemon=True)
+            self._ticker.start()
+
     def _tick(self) -> None:
-        """Keep the elapsed time of a stage without rows (training, a swap) moving."""
+        """Keep the elapsed time of a stage without rows (training, a swap) moving; in quiet mode, catch the
+        console handlers a library adds late (Ray Serve when it starts, Ray Data on its first dataset)."""
         while True:
             time.sleep(1.0)
+            if not self.verbose:
+                route_library_logs()
             bar = self._bar
             if bar is not None:
                 try:
