@@ -87,6 +87,7 @@ class Console:
         self._table_shown = False
         self._lock = threading.RLock()
         self._ticker: threading.Thread | None = None
+        self._root_level = logging.NOTSET
 
     # -- logging -------------------------------------------------------------------------------------------
     @property
@@ -140,8 +141,9 @@ class Console:
         self._file = logging.FileHandler(self.log_path, encoding="utf-8")
         self._file.setFormatter(logging.Formatter(FORMAT))
         root = logging.getLogger()
+        self._root_level = root.level
         if root.level == logging.NOTSET or root.level > logging.INFO:
-            root.setLevel(logging.INFO)
+            root.setLevel(logging.INFO)  # the driver log gets INFO even where nobody set logging up
         root.addHandler(self._file)
         self.heartbeat = Heartbeat(run_root / HEARTBEAT, push=push, recipe=recipe_name,
                                    run_dir=str(run_root), driver_log=str(self.log_path)).start()
@@ -164,6 +166,7 @@ class Console:
                 self.heartbeat.stop("failed", error=f"{type(error).__name__}: {error}")
             self.heartbeat = None
         if self._file is not None:
+            logging.getLogger().setLevel(self._root_level)
             logging.getLogger().removeHandler(self._file)
             self._file.close()
             self._file = None
@@ -183,14 +186,14 @@ class Console:
                 self._bar = tqdm(total=None, desc=label, bar_format="{desc}  {elapsed}", file=self.out, leave=True)
                 self._bar_is_stage = True
             else:
-                self.line(f"{label}: started")
+                self.line(f"{label} ...")
 
     def end_stage(self) -> None:
         """The current stage is over: its bar stays with its time (a plain line without a TTY)."""
         with self._lock:
             self._finish_bar()
             if self._stage_name is not None and not self.tty:
-                self.line(f"{self._label(self._stage_name)}: done, {time.monotonic() - self._stage_t0:.0f} s")
+                self.line(f"{self._label(self._stage_name)} done in {time.monotonic() - self._stage_t0:.0f} s")
             self._stage_name = None
 
     def track(self, rows: Iterable[Any], total: int, desc: str, unit: str = "prompt") -> Iterator[Any]:

@@ -115,7 +115,7 @@ def run_loop(recipe: Recipe) -> list[dict]:
         log.info("all %d rounds already committed", len(rounds))
         return report.write_report(recipe, run)
     con = console.get().attach(run.root, recipe.name, run.mirror.push_file if run.mirror else None)
-    con.stage("start", None)  # Ray, the generators' engines (and Serve) come up
+    con.stage("setup", None)  # Ray, the generators' engines (and Serve) come up
     init_ray(recipe.resources)
     tel = telemetry.Telemetry.start(recipe, run.root)  # Ray gauges + tracking
     eval_rows = evaluate.eval_prompts(recipe, AutoTokenizer.from_pretrained(recipe.policy.model)).rows

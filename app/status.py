@@ -71,11 +71,14 @@ def read_status(run_dir: str, now: float | None = None) -> dict[str, Any]:
 
 
 def _progress(hb: dict[str, Any], now: float) -> str:
+    """``round 2 rollout: prompts 37/128, 812 tok/s, for 75 s`` (the stage's own prefix dropped from the part)."""
     where = f"round {hb['round']} " if hb.get("round") is not None else ""
-    text = f"{where}{hb.get('stage') or 'between stages'}"
+    stage = hb.get("stage") or "between stages"
+    text = f"{where}{stage}"
     if hb.get("total"):
-        text += f": {hb.get('progress') or ''} {hb.get('done', 0)}/{hb['total']} {hb.get('unit') or ''}s".replace(
-            "  ", " ")
+        part = str(hb.get("progress") or "")
+        part = part[len(stage) + 2:] if part.startswith(f"{stage}: ") else part
+        text += f": {part} {hb.get('done', 0)}/{hb['total']}".replace(":  ", ": ")
     if hb.get("tokens_per_s"):
         text += f", {hb['tokens_per_s']:.0f} tok/s"
     if hb.get("stage_started"):

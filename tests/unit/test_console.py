@@ -46,7 +46,7 @@ def test_plain_console_prints_one_line_per_event_and_beats(tmp_path, clean_root)
     assert "\r" not in text and "█" not in text  # no bars without a TTY
     lines = text.splitlines()
     assert any(line.endswith("run dir     " + str(tmp_path)) for line in lines)
-    assert any("round 0 rollout: started" in line for line in lines)
+    assert any(line.endswith(" round 0 rollout ...") for line in lines)
     done = [line for line in lines if "round 0 rollout: prompts: 5/5 prompts" in line]
     assert len(done) == 1 and "tok/s" in done[0]
     table = [line for line in lines if line.startswith("|")]

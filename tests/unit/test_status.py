@@ -48,7 +48,7 @@ def test_status_of_a_running_run(tmp_path, capsys):
     text = format_status(st)
     assert "committed:  2 of 3 rounds (round 0, 1)" in text
     assert "round 2: rollout committed" in text
-    assert "now:        round 2 rollout: rollout: prompts 37/128 prompts, 812 tok/s, for 75 s" in text
+    assert "now:        round 2 rollout: prompts 37/128, 812 tok/s, for 75 s" in text
     assert "round 1:    41 pairs, win rate 0.600 ± 0.050 (eval judge: function), training judge 0.700" in text
     assert "length-controlled 0.550, length 21.0 (base 18.0), repetition 0.150" in text
     assert f"report:     {root}/report.md" in text
