@@ -99,7 +99,7 @@ class Console:
         """The CLI's logging: the console handler (everything with -v; else prefloop warnings and errors)."""
         root = logging.getLogger()
         root.setLevel(logging.DEBUG if self.verbose else logging.INFO)
-        handler = logging.StreamHandler(_ConsoleStream(sys.stderr) if self.verbose else _ConsoleStream(self.out))
+        handler = logging.StreamHandler(_ConsoleStream(sys.stderr))
         handler.setFormatter(logging.Formatter(FORMAT, datefmt="%H:%M:%S"))
         if not self.verbose:
             handler.addFilter(_quiet_filter)

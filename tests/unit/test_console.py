@@ -67,7 +67,7 @@ def test_tty_console_draws_a_bar_with_tokens_per_s(tmp_path, clean_root):
     assert hb["state"] == "failed" and hb["error"] == "RuntimeError: boom"
 
 
-def test_library_logs_go_to_the_driver_log_not_the_console(tmp_path, clean_root):
+def test_library_logs_go_to_the_driver_log_not_the_console(tmp_path, clean_root, capsys):
     out = io.StringIO()
     con = console_mod.install(verbose=False, out=out, tty=False)
     try:
@@ -83,7 +83,7 @@ def test_library_logs_go_to_the_driver_log_not_the_console(tmp_path, clean_root)
         con.detach()
         log_text = (tmp_path / "logs" / "driver.log").read_text()
         assert "engine config" in log_text and "Triton" in log_text and "an actor died" in log_text
-        shown = out.getvalue()
+        shown = out.getvalue() + capsys.readouterr().err  # the log lines the console shows go to stderr
         assert "engine config" not in shown and "Triton" not in shown
         assert "a prefloop warning" in shown and "an actor died" in shown
     finally:
