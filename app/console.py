@@ -73,8 +73,7 @@ class Console:
     """The events of a run, shown as bars (TTY) or plain lines; see the module docstring."""
 
     def __init__(self, verbose: bool = True, out: Any = None, tty: bool | None = None):
-        self.verbose, self.out = verbose, out or sys.stdout
-        self.tty = bool(getattr(self.out, "isatty", lambda: False)()) if tty is None else tty
+        self.verbose, self._out, self._tty = verbose, out, tty
         self.log_path: Path | None = None
         self.ray_logs: str | None = None
         self.heartbeat: Heartbeat | None = None
@@ -88,6 +87,14 @@ class Console:
         self._lock = threading.RLock()
         self._ticker: threading.Thread | None = None
         self._root_level = logging.NOTSET
+
+    @property
+    def out(self) -> Any:
+        return self._out or sys.stdout  # looked up when used: sys.stdout may be replaced (pytest, notebooks)
+
+    @property
+    def tty(self) -> bool:
+        return bool(getattr(self.out, "isatty", lambda: False)()) if self._tty is None else self._tty
 
     # -- logging -------------------------------------------------------------------------------------------
     @property
