@@ -204,8 +204,12 @@ class Console:
             self._stage_name = None
 
     def track(self, rows: Iterable[Any], total: int, desc: str, unit: str = "prompt") -> Iterator[Any]:
-        """Yield ``rows``, showing done/total, tokens/s (rows with ``num_tokens``), elapsed and ETA."""
-        label = self._label(desc)
+        """Yield ``rows``, showing done/total, tokens/s (rows with ``num_tokens``), elapsed and ETA.
+
+        Inside a stage the label is the stage's and the part of ``desc`` after its ``name: `` prefix
+        (``round 0 eval: judge``, ``base_answers: answers``)."""
+        part = desc.split(": ", 1)[-1]
+        label = f"{self._label(self._stage_name)}: {part}" if self._stage_name else desc
         with self._lock:
             if self._bar is not None:
                 self._finish_bar(keep=not self._bar_is_stage)
