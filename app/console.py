@@ -37,9 +37,29 @@ PLAIN_EVERY_S = 60.0
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def _quiet_filter(record: logging.LogRecord) -> bool:
-    """Quiet console: prefloop's warnings and anyone's errors."""
-    return record.levelno >= logging.ERROR or (record.levelno >= logging.WARNING and record.name.startswith("prefloop"))
+ROUND_LOGGER = "prefloop.app.loop"  # its INFO lines are the per-round events (kept under ray job submit)
+
+
+class _QuietFilter(logging.Filter):
+    """Quiet console: prefloop's warnings and anyone's errors; without a TTY also the round loop's INFO lines
+    (``round 0: 40 pairs, win rate vs base ...``), the one-line events that job logs are read for."""
+
+    def __init__(self, console: "Console"):
+        super().__init__()
+        self.console = console
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR or (record.levelno >= logging.WARNING and record.name.startswith("prefloop")):
+            return True
+        return record.levelno >= logging.INFO and record.name == ROUND_LOGGER and not self.console.tty
+
+
+class _QuietFormatter(logging.Formatter):
+    """Time and message for an INFO event; level and logger too for a warning or an error."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        self._style._fmt = "%(asctime)s %(message)s" if record.levelno < logging.WARNING else FORMAT
+        return super().format(record)
 
 
 def route_library_logs() -> None:
@@ -109,7 +129,8 @@ class Console:
         handler = logging.StreamHandler(_ConsoleStream(sys.stderr))
         handler.setFormatter(logging.Formatter(FORMAT, datefmt="%H:%M:%S"))
         if not self.verbose:
-            handler.addFilter(_quiet_filter)
+            handler.setFormatter(_QuietFormatter(FORMAT, datefmt="%H:%M:%S"))
+            handler.addFilter(_QuietFilter(self))
             logging.captureWarnings(True)  # Python warnings (deprecations of the libraries) to the log file
         root.addHandler(handler)
         self._start_ticker()
@@ -239,11 +260,16 @@ class Console:
                       f"{time.monotonic() - t0:.0f} s")
 
     def round_done(self, manifest: dict[str, Any]) -> None:
-        """A committed round: its row of the table (the header before the first)."""
+        """A committed round: its row of the table (the header before the first). Without a TTY the round
+        loop's own one-line INFO event stands for it, and the table comes with the summary."""
         from prefloop.app.report import format_table
 
         with self._lock:
             self.end_stage()
+            if self.heartbeat is not None:
+                self.heartbeat.update(last_round=manifest.get("round"), stage=None, done=None, total=None)
+            if not self.tty and not self.verbose:
+                return
             lines = format_table([manifest]).splitlines()
             if not self._table_shown:
                 self.line("")
@@ -252,14 +278,14 @@ class Console:
                 self._table_shown = True
             for row in lines[2:]:
                 self.line(row, stamp=False)
-            if self.heartbeat is not None:
-                self.heartbeat.update(last_round=manifest.get("round"), stage=None, done=None, total=None)
 
     def summary(self, rows: list[dict[str, Any]], report_dir: Any, elapsed_s: float | None = None) -> None:
         """The closing lines: the table if no round was shown yet, where the report and logs are."""
         if rows and not self._table_shown:
-            for m in rows:
-                self.round_done(m)
+            from prefloop.app.report import format_table
+
+            self.line("\n" + format_table(rows), stamp=False)
+            self._table_shown = True
         took = f" in {elapsed_s:.0f} s" if elapsed_s is not None else ""
         self.line(f"\ndone: {len(rows)} round(s){took}")
         self.line(f"report: {report_dir}/report.md  ·  {report_dir}/report.html")

@@ -40,7 +40,9 @@ def test_plain_console_prints_one_line_per_event_and_beats(tmp_path, clean_root)
     assert (hb["round"], hb["stage"], hb["done"], hb["total"], hb["unit"]) == (0, "rollout", 5, 5, "prompt")
     assert hb["state"] == "running" and hb["tokens_per_s"] > 0 and hb["driver_log"].endswith("logs/driver.log")
     con.round_done(eval_manifest(0))
+    assert "| 0 | 40 |" not in out.getvalue()  # plain: the loop's one-line round event stands for the row
     con.detach()
+    con.summary([eval_manifest(0)], tmp_path, 12.0)
     text = out.getvalue()
     assert seen == ["0", "1", "2", "3", "4"]
     assert "\r" not in text and "█" not in text  # no bars without a TTY
@@ -80,12 +82,16 @@ def test_library_logs_go_to_the_driver_log_not_the_console(tmp_path, clean_root,
         noisy.warning("Triton is not installed")
         logging.getLogger("prefloop.app.x").warning("a prefloop warning")
         logging.getLogger("ray.core").error("an actor died")
+        logging.getLogger("prefloop.app.loop").info("round 0: 40 pairs, win rate vs base 0.5")
+        logging.getLogger("prefloop.app.rollout").info("prompts: 64 read")
         con.detach()
         log_text = (tmp_path / "logs" / "driver.log").read_text()
         assert "engine config" in log_text and "Triton" in log_text and "an actor died" in log_text
         shown = out.getvalue() + capsys.readouterr().err  # the log lines the console shows go to stderr
         assert "engine config" not in shown and "Triton" not in shown
         assert "a prefloop warning" in shown and "an actor died" in shown
+        assert " round 0: 40 pairs, win rate vs base 0.5\n" in shown and " INFO " not in shown  # the round event
+        assert "prompts: 64 read" not in shown and "prompts: 64 read" in log_text
     finally:
         console_mod._active = Console()
         logging.getLogger("vllm.engine.fake").handlers.clear()
