@@ -59,6 +59,7 @@ def test_status_of_a_run_killed_mid_round(tmp_path, tiny_assets):
 
     shown = (tmp_path / "console.txt").read_text()
     assert "round 0 rollout: prompts: 32/32 prompts" in shown and "\r" not in shown
-    assert " INFO " not in shown and "vLLM" not in shown, shown[:3000]  # quiet: the libraries went to the log
+    # quiet: Ray's, Ray Data's and vLLM's INFO lines went to the driver log or stayed in the workers' logs
+    assert "INFO" not in shown and "Triton" not in shown and len(shown.splitlines()) < 30, shown[:3000]
     driver_log = (run_dir / "logs" / "driver.log").read_text()
     assert "ray" in driver_log.lower() and " INFO " in driver_log
