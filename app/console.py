@@ -38,11 +38,12 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 ROUND_LOGGER = "prefloop.app.loop"  # its INFO lines are the per-round events (kept under ray job submit)
+STEP_LOGGERS = ("prefloop.app.assets",)  # INFO lines that are progress a person waits on (the tiny-model build)
 
 
 class _QuietFilter(logging.Filter):
-    """Quiet console: prefloop's warnings and anyone's errors; without a TTY also the round loop's INFO lines
-    (``round 0: 40 pairs, win rate vs base ...``), the one-line events that job logs are read for."""
+    """Quiet console: prefloop's warnings and anyone's errors, the tiny-model build's steps; without a TTY also
+    the round loop's INFO lines (``round 0: 40 pairs, win rate vs base ...``), the events job logs are read for."""
 
     def __init__(self, console: "Console"):
         super().__init__()
@@ -50,6 +51,8 @@ class _QuietFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno >= logging.ERROR or (record.levelno >= logging.WARNING and record.name.startswith("prefloop")):
+            return True
+        if record.levelno >= logging.INFO and record.name in STEP_LOGGERS:
             return True
         return record.levelno >= logging.INFO and record.name == ROUND_LOGGER and not self.console.tty
 
