@@ -2,6 +2,7 @@
 
     prefloop demo [--set key=value ...]                         the demo recipe, end to end, on tiny models
     prefloop run RECIPE [--set key=value ...]                   the round loop (resumes a stopped run)
+    prefloop status RUN_DIR                                     committed rounds, the stage running now, the last figures
     prefloop serve RUN_DIR [--round R] [--port P]               serve a committed round (OpenAI-compatible API)
     prefloop rollout RECIPE [--round R] [--set key=value ...]   sample, score and select one round's data
     prefloop train RECIPE [--round R] [--set key=value ...]     train that round's model on Ray Train
@@ -10,7 +11,8 @@
     prefloop data prepare KIND --source SRC --out DIR [...]     the cards' datasets -> prefloop's partitions
 
 Recipes may use ``{assets}`` (the tiny assets dir, $PREFLOOP_ASSETS or ~/.cache/prefloop/assets) and
-``{data}`` (the prompt files shipped with prefloop) in paths.
+``{data}`` (the prompt files shipped with prefloop) in paths. The console is quiet unless ``-v`` (``app/console.py``):
+progress bars and the round table; the libraries' logs go to ``RUN_DIR/logs/driver.log``.
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ import argparse
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from prefloop.app.runlock import RecipeChangedError, RunLockedError
+from prefloop.app import console
 from prefloop.core.config import Recipe, RecipeError, dump_recipe, load_recipe
 from prefloop.core.prompts import InputError
 from prefloop.tinyworld.topics import DATA_DIR  # the {data} placeholder: the prompt files shipped with prefloop
@@ -67,17 +71,22 @@ def cmd_one_round(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from prefloop.app.loop import run_loop
     from prefloop.app.plan import check_plan
-    from prefloop.app.report import format_table
 
+    started = time.perf_counter()
     recipe = resolve_recipe(args.recipe, args.set, args.tiny)
     check_plan(recipe, args.cluster or os.environ.get("PREFLOOP_CLUSTER"))
     rows = run_loop(recipe, args.allow_recipe_change)
-    print(format_table(rows))
     from prefloop.app.run_mirror import is_uri
 
     root = recipe.run_dir.rstrip("/") if is_uri(recipe.run_dir) else Path(recipe.run_dir).resolve()
-    print(f"report: {root}/report.md")
+    console.get().summary(rows, root, time.perf_counter() - started)
     return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from prefloop.app.status import run_status
+
+    return run_status(args.run_dir, as_json=args.json)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -135,7 +144,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prefloop", description="Align chat models in rounds on Ray.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="everything on the console: Ray, vLLM and transformers logs and the workers' output "
+                             "(default: progress bars and the round table; the logs go to RUN_DIR/logs/)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_recipe(p: argparse.ArgumentParser) -> None:
@@ -164,6 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-recipe-change", action="store_true",
                    help="rerun the demo's run directory with other --set values (recorded in the run)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("status", help="what a run has committed and what its driver is doing now")
+    p.add_argument("run_dir", help="run directory (a local path or a URI: s3://, gs://, file://)")
+    p.add_argument("--json", action="store_true", help="print the status as one JSON object")
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("serve", help="serve a run's round with an OpenAI-compatible API (Ray Serve)")
     p.add_argument("run_dir", help="run directory (RUN_DIR/recipe.yaml, RUN_DIR/round_R/model/)")
@@ -210,15 +226,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    con = console.install(verbose=args.verbose)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         return args.func(args)
     except (RecipeError, InputError, FileNotFoundError, RunLockedError, RecipeChangedError) as err:
         # User errors: a clear message naming the file / key, no traceback.
+        con.detach(err)
         print(f"prefloop: error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:  # in full, with where the logs are (the quiet console showed none of them)
+        log.info("failed", exc_info=True)  # into the driver log too
+        con.detach(err)
+        con.error(err)
+        return 1
 
 
 if __name__ == "__main__":

@@ -29,15 +29,17 @@ def show_one_answer(run_dir: str, prompt: str) -> str:
 
 def run_demo(overrides: list[str], allow_recipe_change: bool = False) -> int:
     from prefloop.app.cli import resolve_recipe
+    from prefloop.app import console
     from prefloop.app.loop import run_loop
-    from prefloop.app.report import format_table
 
     started = time.perf_counter()
     recipe = resolve_recipe(str(DEMO_RECIPE), overrides)
     rows = run_loop(recipe, allow_recipe_change)
+    con = console.get()
+    con.stage("serve")
     prompt = "Write a short note about rivers."
     answer = show_one_answer(recipe.run_dir, prompt)
-    print("\n" + format_table(rows))
-    print(f"\nserved round {rows[-1]['round']} model, asked {prompt!r}:\n  {answer}")
-    print(f"\nreport: {Path(recipe.run_dir).resolve() / 'report.md'}   ({time.perf_counter() - started:.0f} s)")
+    con.end_stage()
+    con.line(f"\nserved round {rows[-1]['round']} model on Ray Serve, asked {prompt!r}:\n  {answer}")
+    con.summary(rows, Path(recipe.run_dir).resolve(), time.perf_counter() - started)
     return 0

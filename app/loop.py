@@ -14,7 +14,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from prefloop.app import evaluate, report
+from prefloop.app import console, evaluate, report
 from prefloop.app.model_stage import round_models, round_recipe
 from prefloop.app.pipeline import engine_kwargs, sample_spec
 from prefloop.app.remax import run_remax
@@ -63,6 +63,12 @@ def swap_into_serve(recipe: Recipe, model_dir: str, round_idx: int) -> float | N
     return publish(model_dir, round_idx)["publish_s"]
 
 
+def enter_stage(tel: Telemetry, name: str, round_idx: int | None) -> None:
+    """The gauges (telemetry) and the console / heartbeat follow the stage the driver is in."""
+    tel.stage(name)
+    console.get().stage(name, round_idx)
+
+
 def run_round(recipe: Recipe, run: RunDir, r: int, pool: GeneratorPool, eval_rows: list[dict], base: list[dict],
               tel: Telemetry) -> dict:
     """One round. Online (no ``train.data``): rollout with the current policy, then train on its pairs.
@@ -72,22 +78,22 @@ def run_round(recipe: Recipe, run: RunDir, r: int, pool: GeneratorPool, eval_row
     swap_in = ensure_model(pool, round_models(run, recipe, r).start)
     remax = recipe.train.method == "remax"
     if recipe.train.data is None and not remax:
-        tel.stage("rollout")
+        enter_stage(tel, "rollout", r)
         run_rollout(recipe, r, pool.model, pool)
     t_rollout = time.perf_counter() - started
-    tel.stage("train")
+    enter_stage(tel, "train", r)
     if remax:  # on-policy: the ReMax workers sample through the pool themselves; Serve follows its checkpoints
         follow = (lambda d: swap_into_serve(recipe, d, r)) if recipe.loop.serve else None
         model_dir = str(run_remax(recipe, r, pool, on_checkpoint=follow, on_step=tel.remax_step))
     else:
         model_dir = str(run_train(recipe, r))
     t_train = time.perf_counter() - started - t_rollout
-    tel.stage("swap")
+    enter_stage(tel, "swap", r)
     swap_s = ensure_model(pool, model_dir)
     serve_swap_s = swap_into_serve(recipe, model_dir, r)
     summary = round_summary(run, recipe, r, swap_s=swap_s or swap_in, serve_swap_s=serve_swap_s,
                             timings_s={"rollout": t_rollout, "train": t_train})
-    tel.stage("eval")
+    enter_stage(tel, "eval", r)
     return evaluate.evaluate_round(recipe, run, r, eval_rows, base, pool, summary, started)
 
 
@@ -112,17 +118,20 @@ def _run_rounds(recipe: Recipe, run: RunDir) -> list[dict]:
     if all(run.is_committed(r, EVAL) for r in rounds):
         log.info("all %d rounds already committed", len(rounds))
         return report.write_report(recipe, run)
+    con = console.get().attach(run.root, recipe.name, run.mirror.push_file if run.mirror else None)
+    con.stage("setup", None)  # Ray, the generators' engines (and Serve) come up
     init_ray(recipe.resources)
     tel = Telemetry.start(recipe, run.root)  # Ray gauges + tracking
     eval_rows = evaluate.eval_prompts(recipe, AutoTokenizer.from_pretrained(recipe.policy.model)).rows
     pool = start_pool(recipe, recipe.policy.model)
     serve_latest_round(recipe, run)
     try:
-        tel.stage("base_answers")
+        enter_stage(tel, "base_answers", None)
         base = evaluate.base_answers(recipe, run, eval_rows, pool)
         for r in rounds:
             if run.is_committed(r, EVAL):
                 log.info("round %d already committed: skipping", r)
+                con.round_done(run.manifest(r, evaluate.EVAL_STAGE))
                 continue
             m = run_round(recipe, run, r, pool, eval_rows, base, tel)
             log.info("round %d: %d pairs, win rate vs base %.3f (+-%.3f) by the eval judge (%s), %.3f by the "
@@ -130,7 +139,9 @@ def _run_rounds(recipe: Recipe, run: RunDir) -> list[dict]:
                      m["win_rate_stderr"], m["judge"], m["judge_win_rate"], m["mean_length"], m["swap_s"])
             tel.round_done(r, m)
             report.write_report(recipe, run)
+            con.round_done(m)
     finally:
         tel.close()
         pool.shutdown()
+        con.detach()
     return report.write_report(recipe, run)

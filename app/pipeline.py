@@ -16,8 +16,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from tqdm import tqdm
-
+from prefloop.app import console
 from prefloop.app.runtime import iterate_with_timeout
 from prefloop.core.config import Recipe, response_tokens
 from prefloop.core.sampling import SampleSpec
@@ -102,4 +101,4 @@ def run_stages(rows: list[dict[str, Any]], stages: list[Stage], timeout_s: float
                             compute=ray.data.ActorPoolStrategy(size=st.size), num_cpus=st.num_cpus,
                             num_gpus=st.num_gpus)
     rows_iter = iterate_with_timeout(ds.iter_rows(), timeout_s, desc)
-    return list(tqdm(rows_iter, total=len(rows), desc=desc, unit="prompt"))
+    return list(console.track(rows_iter, len(rows), desc))  # a bar on a TTY, one line per event otherwise

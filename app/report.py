@@ -1,7 +1,5 @@
-"""The run's report: ``RUN_DIR/report.md`` (a table over rounds), ``report.png`` and ``rounds.jsonl``.
-
-The eval judge's win rate stands next to the training scorer's; a round where the training scorer's rises while
-the eval judge's does not is flagged, and a run whose eval judge is the training scorer carries a warning.
+"""The run's report: ``RUN_DIR/report.md`` (a table over rounds), ``report.png``, ``report.html`` (self-contained,
+with answers side by side: ``app/report_html.py``) and ``rounds.jsonl``.
 
 Everything here is read back from the committed stages' manifests, so a report written after a resume is
 the same as one written in a single go.
@@ -13,6 +11,7 @@ import json
 import logging
 from typing import Any
 
+from prefloop.app import report_html
 from prefloop.app.rundir import EVAL, REPORT_MD, REPORT_PNG, ROUNDS_FILE, RunDir
 from prefloop.core.config import Recipe
 
@@ -139,6 +138,9 @@ def write_report(recipe: Recipe, run: RunDir) -> list[dict[str, Any]]:
         text += ["![per-round metrics](report.png)", ""]
     text += ["Per round: `round_R/rollout/` (candidates, pairs, KTO examples), `round_R/model/` (the model), "
              "`round_R/eval/` (answers, `alpaca_eval.json`).", ""]
+    text += ["The same with answers side by side (base model and every round, sample of held-out prompts): "
+             "[report.html](report.html).", ""]
     run.save_text(REPORT_MD, "\n".join(text))
+    report_html.write_html(recipe.name, run, rows)
     run.save_text(ROUNDS_FILE, "".join(json.dumps(m, default=str) + "\n" for m in rows))
     return rows

@@ -121,6 +121,10 @@ class Mirror:
             self.push_top()
         return missing
 
+    def push_file(self, path: Path) -> None:
+        """Upload one top-level file (the heartbeat)."""
+        self._put(path, path.name)
+
     def delete(self, rel: str) -> None:
         """Remove a folder under the remote run directory (a committed round's Ray Train checkpoints)."""
         self.fs.delete_dir_contents(f"{self.base}/{rel}", missing_dir_ok=True)

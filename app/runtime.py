@@ -34,8 +34,12 @@ def init_ray(resources: ResourcesConfig) -> None:
     """Join the given or ambient cluster, or start a local one sized for this machine."""
     import ray
 
+    from prefloop.app import console
+
     if ray.is_initialized():
         return
+    con = console.get()
+    con.before_ray()
     runtime_env = {"env_vars": WORKER_ENV}
     address = resources.address or os.environ.get("RAY_ADDRESS")
     if address:
@@ -43,11 +47,13 @@ def init_ray(resources: ResourcesConfig) -> None:
         # Under `ray job submit`, Ray refuses an env var that the job's runtime env sets too: the job's wins.
         job_env = (json.loads(os.environ.get(JOB_CONFIG_ENV, "{}")).get("runtime_env") or {}).get("env_vars") or {}
         runtime_env = {"env_vars": {k: v for k, v in WORKER_ENV.items() if k not in job_env}}
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=con.log_to_driver)
+        con.ray_started()
         return
     num_cpus = resources.local_num_cpus or max(MIN_LOCAL_CPUS, os.cpu_count() or 1)
     log.info("starting a local Ray cluster with %d logical CPUs", num_cpus)
-    ray.init(num_cpus=num_cpus, runtime_env=runtime_env, include_dashboard=False, log_to_driver=True)
+    ray.init(num_cpus=num_cpus, runtime_env=runtime_env, include_dashboard=False, log_to_driver=con.log_to_driver)
+    con.ray_started()
 
 
 def iterate_with_timeout(rows: Iterable[Any], timeout_s: float, stage: str) -> Iterator[Any]:
