@@ -120,7 +120,7 @@ def cmd_recipe_check(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from prefloop.app.assets import default_assets_dir
+    from prefloop.tinyworld.assets import default_assets_dir
     from prefloop.app.plan import (
         format_plan,
         gpu_nodes,

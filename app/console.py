@@ -38,7 +38,7 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 ROUND_LOGGER = "prefloop.app.loop"  # its INFO lines are the per-round events (kept under ray job submit)
-STEP_LOGGERS = ("prefloop.app.assets",)  # INFO lines that are progress a person waits on (the tiny-model build)
+STEP_LOGGERS = ("prefloop.tinyworld.assets",)  # INFO lines that are progress a person waits on (the tiny-model build)
 
 
 class _QuietFilter(logging.Filter):

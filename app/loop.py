@@ -131,7 +131,7 @@ def _run_rounds(recipe: Recipe, run: RunDir) -> list[dict]:
         for r in rounds:
             if run.is_committed(r, EVAL):
                 log.info("round %d already committed: skipping", r)
-                con.round_done(run.manifest(r, evaluate.EVAL_STAGE))
+                con.round_done(run.manifest(r, EVAL))
                 continue
             m = run_round(recipe, run, r, pool, eval_rows, base, tel)
             log.info("round %d: %d pairs, win rate vs base %.3f (+-%.3f) by the eval judge (%s), %.3f by the "

@@ -8,14 +8,13 @@ RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 PH = {"assets": "a", "data": "d"}
 
 
-def test_remax_without_rollout_max_tokens_uses_train_max_response_len():
-    recipe = load_recipe(RECIPES / "remax-ultrarm.yaml", placeholders=PH)
-    assert "max_tokens" not in recipe.rollout.model_fields_set
-    assert response_tokens(recipe) == 384
+def test_remax_uses_train_max_response_len():
+    recipe = load_recipe(RECIPES / "remax-ultrarm.yaml", ["rollout.max_tokens=64"], placeholders=PH)
+    assert response_tokens(recipe) == recipe.train.max_response_len == 384
 
 
 def test_other_methods_use_the_rollout_length():
-    assert response_tokens(load_recipe(RECIPES / "snorkel-pairrm-dpo.yaml", placeholders=PH)) == 1024
+    assert response_tokens(load_recipe(RECIPES / "snorkel-pairrm-dpo.yaml", placeholders=PH)) == 512
     assert response_tokens(load_recipe(RECIPES / "demo.yaml", placeholders=PH)) == 48
 
 
@@ -26,7 +25,7 @@ def test_remax_follows_its_train_length_even_with_a_rollout_length():
 
 
 def test_eval_and_rollout_specs_use_it():
-    from prefloop.app.rollout import sample_spec
+    from prefloop.app.pipeline import sample_spec
 
     recipe = load_recipe(RECIPES / "remax-ultrarm.yaml", placeholders=PH)
     assert sample_spec(recipe).max_tokens == 384
