@@ -79,7 +79,7 @@ def test_mistral_bf16_dpo_fsdp_then_vllm_reload(ray_cluster, tmp_path):
 
 def test_ultrarm_shape_in_the_scorer_stage(ray_cluster, tmp_path):
     from prefloop.actors.scorers import RewardModelScorer
-    from prefloop.app.rollout import run_stages, scorer_stage
+    from prefloop.app.pipeline import run_stages, scorer_stage
 
     rm = ultrarm(tmp_path / "UltraRM-13b")
     recipe = parse_recipe({"name": "rm", "run_dir": str(tmp_path / "run"), "policy": {"model": "unused"},
