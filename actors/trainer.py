@@ -185,7 +185,7 @@ class Worker:
 
     def epoch_order(self, shard: Any, rank: int | None = None) -> list[int]:
         ids = list(self._examples(shard))
-        return worker_order(ids, int(self.config["seed"]), self.state["epoch"],
+        return worker_order(ids, self.config.seed, self.state["epoch"],
                             self.rank if rank is None else rank, self.world)
 
     def micro_batches(self, shard: Any) -> Iterator[tuple[dict[str, np.ndarray], bool]]:
