@@ -97,7 +97,7 @@ def test_both_orders_cancel_the_served_judges_position_bias(judge_url):
 def test_the_eval_stage_takes_an_llm_judge(judge_url):
     """``eval.judge.kind: llm_judge`` through the evaluation's judge dispatch and summary (no Ray Data needed)."""
     from prefloop.app.eval_judges import eval_verdicts, judge_independent
-    from prefloop.app.evaluate import round_summary
+    from prefloop.app.evaluate import judged_summary
 
     recipe = parse_recipe({"name": "t", "run_dir": "x", "policy": {"model": "/p"}, "data": {"train": "/d"},
                            "scorer": {"kind": "pairrm", "model": "/r"},
@@ -108,7 +108,7 @@ def test_the_eval_stage_takes_an_llm_judge(judge_url):
     base = [{**a, "answer": b, "num_tokens": 7, "finish_reason": "length"} for a, b in zip(answers, BASE)]
     verdicts = eval_verdicts(recipe, answers, base)
     training = [{"score": 1.0, "base_score": 0.0, "preference": 1.0}] * 3  # as if the training scorer loved them
-    m = round_summary(recipe, answers, base, training, verdicts)
+    m = judged_summary(recipe, answers, base, training, verdicts)
     assert judge_independent(recipe) and m["judge"] == "llm_judge" and m["judge_independent"] is True
     assert m["judge_win_rate"] == 1.0 and abs(m["win_rate"] - 0.5) < 0.1
     assert m["base_truncation_rate"] == 1.0 and m["truncation_rate"] == 0.0 and "warning" not in m
