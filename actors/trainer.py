@@ -347,6 +347,8 @@ class Worker:
                                    f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]})")
             if self.cfg.lora is not None:
                 model = model.merge_and_unload()
+            if self.config.dtype in ("bfloat16", "float16"):  # fp32 master weights trained; saved in policy.dtype
+                model = model.to(getattr(torch, self.config.dtype))
         else:
             model = unwrap(self.model)
             if self.cfg.lora is not None:
