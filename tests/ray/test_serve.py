@@ -22,7 +22,8 @@ from prefloop.app.serve import ask, publish, replica_states, resolve_served_mode
 from prefloop.core.config import dump_recipe, parse_recipe
 
 pytestmark = pytest.mark.ray
-PROMPTS = [f"Tell me about {t}." for t in ("cats", "rivers", "bread", "trains", "music", "tea")]
+# Prompts whose greedy answers have a top-2 logit gap >= 0.03 for every model the tests serve (no near-ties).
+PROMPTS = [f"Tell me about {t}." for t in ("rivers", "cats", "butterflies", "cheese", "stars", "tea")]
 MAX_MODEL_LEN = 128
 
 
@@ -42,7 +43,9 @@ def make_run(root, assets, rounds=(0,), model=None):
 
 
 def model_copy(src, out, noise=0.0, tied=None):
-    """A copy of ``src`` with optional Gaussian noise on every weight, its LM head untied (False) or tied (True)."""
+    """A copy of ``src`` with optional Gaussian noise on every weight, its LM head untied (False) or tied (True).
+
+    The tiny policy is built untied; its trained LM head is kept either way."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -51,12 +54,15 @@ def model_copy(src, out, noise=0.0, tied=None):
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn(p.shape, generator=gen) * noise)
-    if tied is False:
+    was_tied = model.lm_head.weight is model.get_input_embeddings().weight
+    if tied is False and was_tied:
         model.config.tie_word_embeddings = False
         model.lm_head.weight = torch.nn.Parameter(model.get_input_embeddings().weight.detach().clone())
-    if tied is True:
+    if tied is True and not was_tied:
+        # The trained LM head becomes the shared matrix: tying to the input embeddings instead would leave a
+        # model that answers every prompt with runs of newlines (near-ties, so no test of greedy answers).
         model.config.tie_word_embeddings = True
-        model.lm_head.weight = model.get_input_embeddings().weight
+        model.get_input_embeddings().weight = model.lm_head.weight
     model.save_pretrained(out)
     AutoTokenizer.from_pretrained(src).save_pretrained(out)
     return out
