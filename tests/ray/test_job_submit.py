@@ -36,7 +36,9 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 CLUSTER_RUNTIME_ENV = REPO / "cluster" / "runtime_env.yaml"  # the runtime env the cluster guide submits with
 ROUNDS = 3  # recipes/demo.yaml's
-WIN_MARGIN = 0.2  # the final round's win rate vs base must exceed 0.5 + WIN_MARGIN, and 0.5 by 2 standard errors
+# The demo's learning bar, by the gold judge (issue 9): the final round's win rate vs base at least 0.5 + WIN_MARGIN
+# and above round 0's. Measured on the calibrated tiny world (2026-12-03): see README "The demo".
+WIN_MARGIN = 0.1
 
 
 def free_ports(n: int) -> list[int]:
@@ -202,9 +204,13 @@ def test_job_submit_runs_the_demo_graded_by_gold_then_resumes(job_head, tiny_ass
     assert final["round"] == ROUNDS - 1
     assert final["judge"] == "function" and final["judge_independent"] is True, final
     win, se = final["win_rate"], final["win_rate_stderr"]
-    # Graded by the gold judge, recomputed here from the answers. The demo's learning threshold (win rate
-    # > 0.5 + WIN_MARGIN by the gold judge) is not asserted until the tiny world is calibrated (issue 9 open).
+    # Graded by the gold judge, recomputed here from the answers; a loop that does not learn (or learns the
+    # proxy's blind spots) stays near 0.5 or falls below it, and does not rise over the rounds.
     graded_by_gold(run_dir, final)
+    first_round = json.loads((run_dir / "round_0" / "eval" / "manifest.json").read_text())
+    assert win >= 0.5 + WIN_MARGIN and win > first_round["win_rate"], (
+        f"the demo did not learn by the gold judge: round 0 {first_round['win_rate']:.3f}, final {win:.3f}")
+    assert final["repetition_rate"] <= final["base_repetition_rate"] + 0.05, final
     assert stages, "the head's metrics never showed a running prefloop stage"
     assert "ray_prefloop_win_rate" in gauges, f"the round's gauges never reached the head's metrics: {gauges}"
     print(f"first job: {time.monotonic() - started:.0f} s; stages seen on the metrics port: {sorted(stages)}; "
