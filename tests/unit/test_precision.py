@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from prefloop.core.precision import Precision, resolve_precision
 
 
