@@ -37,7 +37,7 @@ BIN = Path(sys.executable).parent
 CLUSTER_RUNTIME_ENV = REPO / "cluster" / "runtime_env.yaml"  # the runtime env the cluster guide submits with
 ROUNDS = 3  # recipes/demo.yaml's
 # The demo's learning bar, by the gold judge (issue 9): the final round's win rate vs base at least 0.5 + WIN_MARGIN
-# and above round 0's. Measured on the calibrated tiny world (2026-12-03): see README "The demo".
+# and above round 0's. Measured on the calibrated tiny world (2026-12-03): see the README, "The two commands".
 WIN_MARGIN = 0.1
 
 
