@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--json", default=None, help="append the figures to this JSON file")
+    parser.add_argument("--json", default=None, help="results file (default bench/results.json)")
     args = parser.parse_args()
 
     import ray
@@ -95,11 +95,13 @@ def main() -> None:
     print(f"  tournament Ray Data stage   {med(staged):8.1f} prompts/s   ratio {figures['ratio_stage']:.2f}   "
           f"runs {[round(x, 1) for x in staged]}")
     print(f"  best and worst agree with the full ranking on {100 * med(agree):.1f}% of picks")
-    if args.json:
-        path = Path(args.json)
-        results = json.loads(path.read_text()) if path.is_file() else {}
-        results["select"] = figures
-        path.write_text(json.dumps(results, indent=2) + "\n")
+    from results import record  # bench/results.py
+
+    met = figures["ratio_stage"] >= 1.5 and figures["agreement"] >= 0.9
+    record("select", figures, path=args.json, met=met,
+           goal="stage >= 1.5x bare Blender.rank prompts/s at N=5, best/worst agree >= 90%",
+           headline=f"tournament stage {figures['ratio_stage']:.2f}x bare rank loop "
+                    f"({med(staged):.1f} vs {med(bare):.1f} prompts/s), agreement {100 * med(agree):.0f}%")
 
 
 if __name__ == "__main__":
