@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from prefloop.actors.common import check_model_dir, object_column, timed
+from prefloop.actors.model_cache import ModelRef, local_model, model_name
 from prefloop.actors.vllm_engine import build_llm, reload_in_place, reloadable_in_place, shutdown_llm
 from prefloop.core.sampling import Sample, SampleSpec, flatten_samples
 
@@ -25,13 +26,15 @@ log = logging.getLogger(__name__)
 class VLLMGenerator:
     """Samples N candidates per prompt with one ``vllm.LLM`` engine."""
 
-    def __init__(self, model: str, spec: SampleSpec, dtype: str = "float32", max_model_len: int = 512,
+    def __init__(self, model: str | ModelRef, spec: SampleSpec, dtype: str = "float32", max_model_len: int = 512,
                  kv_cache_gb: float | None = 0.25, enforce_eager: bool = True, tensor_parallel_size: int = 1):
         self.engine_kwargs = dict(dtype=dtype, max_model_len=max_model_len, kv_cache_gb=kv_cache_gb,
                                   enforce_eager=enforce_eager, tensor_parallel_size=tensor_parallel_size)
-        self.llm = build_llm(model, seed=spec.seed or 0, seeded_requests=spec.seed is not None, **self.engine_kwargs)
+        self.local = local_model(model, "generator")  # this node's copy (actors/model_cache.py)
+        self.llm = build_llm(self.local, seed=spec.seed or 0, seeded_requests=spec.seed is not None,
+                             **self.engine_kwargs)
         self.spec = spec
-        self.model = model
+        self.model = model_name(model)  # the model's name (its folder on the driver): what rows record
 
     def generate(self, prompt_ids: list[str], token_ids: list[list[int]]) -> list[list[Sample]]:
         """Sample ``spec.n`` candidates for each tokenised prompt."""
@@ -63,24 +66,29 @@ class VLLMGenerator:
         out["sampled_from"] = np.full(len(samples), self.model, dtype=object)  # checked by the rollout
         return out
 
-    def reload_weights(self, model_dir: str) -> float:
-        """Load new weights into the running engine; returns the seconds it took.
+    def reload_weights(self, model: str | ModelRef) -> float:
+        """Load new weights into the running engine; returns the seconds it took (the node-cache copy included).
 
         In place (no restart) when the architectures match and the embeddings are untied; otherwise vLLM's
         reload would leave a tied LM head on the old weights, so a new engine is built instead (slower, right).
         """
-        check_model_dir(model_dir, "new policy weights")
         started = time.perf_counter()
-        if reloadable_in_place(self.model, model_dir):
-            reload_in_place(self.llm, model_dir)
+        local = local_model(model, "generator")
+        check_model_dir(local, "new policy weights")
+        if reloadable_in_place(self.local, local):
+            reload_in_place(self.llm, local)
         else:
             log.warning("%s cannot take new weights in place (tied embeddings or another shape): rebuilding "
-                        "the engine", model_dir)
+                        "the engine", model_name(model))
             self.shutdown()
-            self.llm = build_llm(model_dir, seed=self.spec.seed or 0, seeded_requests=self.spec.seed is not None,
+            self.llm = build_llm(local, seed=self.spec.seed or 0, seeded_requests=self.spec.seed is not None,
                                  **self.engine_kwargs)
-        self.model = model_dir
+        self.model, self.local = model_name(model), local
         return time.perf_counter() - started
+
+    def loaded_from(self) -> str:
+        """The folder on this actor's node the engine's weights were read from."""
+        return self.local
 
     def shutdown(self) -> None:
         """Stop the engine's background process now (it otherwise keeps a core busy until garbage collection)."""

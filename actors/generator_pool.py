@@ -24,6 +24,7 @@ from typing import Any
 
 from prefloop.actors.common import ray_get
 from prefloop.actors.generator import VLLMGenerator
+from prefloop.actors.model_cache import ModelRef, model_name
 from prefloop.core.sampling import SampleSpec
 
 log = logging.getLogger(__name__)
@@ -33,11 +34,11 @@ class GeneratorActor(VLLMGenerator):
     """``VLLMGenerator`` as a named actor: batch calls, in-place reloads, and a per-call sampling override."""
 
     def generate_batch(self, batch: dict[str, Any], spec: dict[str, Any] | None = None,
-                       model: str | None = None) -> Any:
+                       model: str | ModelRef | None = None) -> Any:
         self.served_batches = getattr(self, "served_batches", 0) + 1
-        if model is not None and model != self.model:
+        if model is not None and model_name(model) != self.model:
             log.warning("generator holds %s but the call is for %s (restarted?): loading it first", self.model,
-                        model)
+                        model_name(model))
             self.reload_weights(model)
         if spec is None:
             return self(batch)
@@ -56,17 +57,21 @@ class GeneratorActor(VLLMGenerator):
 
 
 class GeneratorPool:
-    """``size`` named generator actors, started once, reloaded in place each round."""
+    """``size`` named generator actors, started once, reloaded in place each round. ``model``: the name of
+    the model they hold; ``ref``: what a (restarted) actor loads it from (``actors/model_cache.py``)."""
 
-    def __init__(self, names: list[str], handles: list[Any], model: str, timeout_s: float):
-        self.names, self.handles, self.model, self.timeout_s = names, handles, model, timeout_s
+    def __init__(self, names: list[str], handles: list[Any], model: str | ModelRef, timeout_s: float):
+        self.names, self.handles, self.timeout_s = names, handles, timeout_s
+        self.model, self.ref = model_name(model), model
 
     @classmethod
-    def start(cls, model: str, spec: SampleSpec, engine_kwargs: dict[str, Any], size: int, num_cpus: float,
-              num_gpus: float, timeout_s: float, prefix: str = "prefloop-generator") -> "GeneratorPool":
+    def start(cls, model: str | ModelRef, spec: SampleSpec, engine_kwargs: dict[str, Any], size: int, num_cpus: float,
+              num_gpus: float, timeout_s: float, prefix: str = "prefloop-generator",
+              resources: dict[str, float] | None = None) -> "GeneratorPool":
         import ray
 
-        remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=5)(GeneratorActor)
+        remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources or {},
+                            max_restarts=5)(GeneratorActor)
         stamp = f"{int(time.time() * 1000) % 10**9}"
         names = [f"{prefix}-{stamp}-{i}" for i in range(size)]
         handles = [remote.options(name=n).remote(model=model, spec=spec, **engine_kwargs) for n in names]
@@ -79,11 +84,15 @@ class GeneratorPool:
     def _wait(self, refs: list[Any], what: str) -> list[Any]:
         return ray_get(refs, self.timeout_s, f"generator pool {self.names}: {what}")
 
-    def reload(self, model_dir: str) -> float:
-        """Swap ``model_dir``'s weights into every engine; returns the slowest actor's seconds."""
-        seconds = self._wait([h.reload_weights.remote(model_dir) for h in self.handles], f"reload {model_dir}")
-        self.model = model_dir
+    def reload(self, model: str | ModelRef) -> float:
+        """Swap ``model``'s weights into every engine; returns the slowest actor's seconds."""
+        seconds = self._wait([h.reload_weights.remote(model) for h in self.handles], f"reload {model_name(model)}")
+        self.model, self.ref = model_name(model), model
         return max(seconds)
+
+    def loaded_from(self) -> list[str]:
+        """Each actor's local folder of the weights it holds (on its own node)."""
+        return self._wait([h.loaded_from.remote() for h in self.handles], "loaded_from")
 
     def shutdown(self) -> None:
         import ray
@@ -99,7 +108,7 @@ class PooledGenerator:
     retries = 3
 
     def __init__(self, names: list[str], timeout_s: float, spec: dict[str, Any] | None = None,
-                 model: str | None = None):
+                 model: str | ModelRef | None = None):
         import ray
 
         self.ray, self.names, self.timeout_s, self.spec, self.model = ray, names, timeout_s, spec, model

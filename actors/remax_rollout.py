@@ -45,6 +45,27 @@ def to_batch(rows: list[dict[str, Any]], candidates: list[list[str]] | None = No
     return batch
 
 
+class LatestWeights:
+    """A named actor holding the ``ModelRef`` rank 0 pushed last, so any worker can give a restarted generator
+    the current weights (refs travel as actor arguments, so Ray counts them and frees the older pushes)."""
+
+    def __init__(self) -> None:
+        self.ref: Any = None
+
+    def set(self, ref: Any) -> None:
+        self.ref = ref
+
+    def get(self) -> Any:
+        return self.ref
+
+
+def latest_weights(name: str) -> Any:
+    """The ``LatestWeights`` actor ``name`` (created by the first caller; 0 CPUs)."""
+    import ray
+
+    return ray.remote(LatestWeights).options(name=name, get_if_exists=True, num_cpus=0).remote()
+
+
 class StepRollout:
     """One worker's client of a generator and the scorer, with timeouts and one retry after a generator death."""
 
@@ -55,7 +76,7 @@ class StepRollout:
         self.generator_name, self.scorer_name = generator_name, scorer_name
         self.generator = ray.get_actor(generator_name)
         self.scorer = ray.get_actor(scorer_name)
-        self.weights: str | None = None  # the directory last pushed; a restarted generator gets it again
+        self.board = latest_weights(f"{scorer_name}-weights")  # shared by the workers: rank 0 pushes
         self.retried = 0  # calls retried after a generator death, over this worker's life
 
     def _get(self, ref: Any, what: str) -> Any:
@@ -87,8 +108,9 @@ class StepRollout:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"generator {self.generator_name} did not come back") from None
                 time.sleep(1.0)
-        if self.weights is not None:
-            self._get(self.generator.reload_weights.remote(self.weights), "re-push weights")
+        weights = self._get(self.board.get.remote(), "latest pushed weights")
+        if weights is not None:
+            self._get(self.generator.reload_weights.remote(weights), "re-push weights")
 
     def generate(self, rows: list[dict[str, Any]], sample: SampleSpec, greedy: SampleSpec) -> tuple[list, list]:
         """One sampled and one greedy answer per row: two lists of {text, token_ids, finish_reason}."""
@@ -110,21 +132,22 @@ class StepRollout:
             raise RuntimeError(f"scorer {self.scorer_name} returned {len(scores)} rows for {len(rows)} prompts")
         return scores
 
-    def push(self, model_dir: str, names: list[str]) -> float:
-        """Load ``model_dir`` in place into the generators ``names`` (this worker's share of the pushes), and
-        remember it for recovery; returns the slowest reload's seconds (0 when ``names`` is empty)."""
+    def push(self, weights: Any, names: list[str]) -> float:
+        """Load ``weights`` (a ModelRef) in place into the generators ``names``, and publish them for recovery;
+        returns the slowest reload's seconds (0 when ``names`` is empty)."""
+        self._get(self.board.set.remote(weights), "publish pushed weights")
         handles = [self.ray.get_actor(n) for n in names]
-        seconds = self._get([h.reload_weights.remote(model_dir) for h in handles], f"reload {model_dir}")
-        self.weights = model_dir
+        seconds = self._get([h.reload_weights.remote(weights) for h in handles], "reload pushed weights")
         return float(max(seconds, default=0.0))
 
 
 def start_scorer(cls: type, kwargs: dict[str, Any], num_cpus: float, num_gpus: float, name: str,
-                 timeout_s: float) -> Any:
+                 timeout_s: float, resources: dict[str, float] | None = None) -> Any:
     """Start the named scorer actor and wait (with a timeout) until its model is loaded."""
     import ray
 
-    handle = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=1)(ScorerActor) \
+    handle = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources or {},
+                        max_restarts=1)(ScorerActor) \
         .options(name=name).remote(cls, kwargs)
     ray_get(handle.ready.remote(), timeout_s, f"scorer actor {name}: loading")
     return handle

@@ -18,12 +18,14 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from prefloop.actors.model_cache import local_model, put_folder
 from prefloop.actors.remax_rollout import StepRollout
 from prefloop.actors.train_model import autocast, load_reference
 from prefloop.actors.trainer import Stats, Worker, unwrap
@@ -43,13 +45,13 @@ class RemaxWorker(Worker):
         super().__init__(config)
         self.rx = self.cfg.remax
         # the frozen reference in the training dtype, sharded over the workers as the policy is (FSDP)
-        self.ref_model = load_reference(config.ref_dir, self.device, self.cfg, config.dtype, self.world, self.sharded)
+        self.ref_model = load_reference(local_model(config.ref_dir, "reference"), self.device, self.cfg,
+                                        config.dtype, self.world, self.sharded)
         self.prompts: list[dict[str, Any]] = config.prompts
         names = config.generators
         self.own_generator = names[self.rank % len(names)]
-        self.my_pushes = [n for i, n in enumerate(names) if i % self.world == self.rank]
         self.rollout = StepRollout(self.own_generator, config.scorer, config.timeout_s)
-        self.sync_root = Path(config.sync_dir)
+        self.sync_root = Path(tempfile.mkdtemp(prefix="prefloop-remax-push-"))  # on this worker's node
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None \
             else self.tokenizer.eos_token_id
 
@@ -118,15 +120,16 @@ class RemaxWorker(Worker):
 
     # -- weights to the generators
     def push_weights(self) -> float:
-        """Rank 0 saves the weights (alternating folders); each worker reloads its share of the engines."""
+        """Rank 0 saves the weights (in a folder of its own node, alternating) and puts them into Ray's object
+        store, then reloads every engine from there (each engine's node copies them: actors/model_cache.py);
+        no folder is shared between nodes."""
         started = time.perf_counter()
         folder = self.sync_root / f"v{self.state['step'] % 2}"
         weights = self.full_weights()
         if self.rank == 0:
             shutil.rmtree(folder, ignore_errors=True)
             self.save_servable(folder, weights)
-        self._agree(True)  # barrier: the folder is complete before anyone loads it
-        self.rollout.push(str(folder), self.my_pushes)
+            self.rollout.push(put_folder(folder), self.config.generators)
         self._agree(True)  # every engine has the new weights before anyone samples again
         return time.perf_counter() - started
 

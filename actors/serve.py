@@ -28,9 +28,11 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import ray
 from ray import serve
 
 from prefloop.actors.common import check_model_dir
+from prefloop.actors.model_cache import fetch_model
 from prefloop.actors.vllm_engine import build_llm, reload_in_place, reloadable_in_place, shutdown_llm
 from prefloop.core import openai_api as api
 from prefloop.core import serve_guard as guard
@@ -55,7 +57,8 @@ class Engine:
 
     llm: Any
     tokenizer: Any
-    model_dir: str
+    model_dir: str  # the model's name (its folder on the driver that published it)
+    local: str  # where this replica read it (a copy on this node: actors/model_cache.py)
 
 
 def load_tokenizer(model_dir: str) -> Any:
@@ -64,12 +67,12 @@ def load_tokenizer(model_dir: str) -> Any:
     return AutoTokenizer.from_pretrained(model_dir)
 
 
-def build_engine(model_dir: str, spec: dict[str, Any]) -> Engine:
+def build_engine(model_dir: str, local: str, spec: dict[str, Any]) -> Engine:
     # any request may carry a seed, so the engine is built for seeded requests (chunked prefill off on CPU)
-    llm = build_llm(model_dir, dtype=spec["dtype"], max_model_len=spec["max_model_len"],
+    llm = build_llm(local, dtype=spec["dtype"], max_model_len=spec["max_model_len"],
                     kv_cache_gb=spec.get("kv_cache_gb"), enforce_eager=spec["enforce_eager"], seed=0,
                     seeded_requests=True, what="served policy")
-    return Engine(llm, load_tokenizer(model_dir), model_dir)
+    return Engine(llm, load_tokenizer(local), model_dir, local)
 
 
 def close_engine(engine: Engine) -> None:
@@ -91,7 +94,8 @@ class PolicyServer:
         self._ranker_lock = threading.Lock()
         self._tokenizer_lock = threading.Lock()  # not the engine lock: a long prompt never stalls generation
         self._ranker: Any = None
-        self.engine = build_engine(spec["model_dir"], spec)
+        local = fetch_model(spec["model_dir"], spec.get("model_store"), "serve")
+        self.engine = build_engine(spec["model_dir"], local, spec)
         self.round: int | None = spec["round"]
         self.created = int(time.time())
         self.swaps: list[dict[str, Any]] = []
@@ -101,22 +105,23 @@ class PolicyServer:
         model_dir, round_idx = user_config.get("model_dir"), user_config.get("round")
         if not model_dir or (model_dir == self.engine.model_dir and round_idx == self.round):
             return
-        check_model_dir(model_dir, f"round {round_idx} model")
-        await asyncio.to_thread(self._switch, model_dir, round_idx)
+        await asyncio.to_thread(self._switch, model_dir, user_config.get("model_store"), round_idx)
 
-    def _switch(self, model_dir: str, round_idx: int | None) -> None:
+    def _switch(self, model_dir: str, store: str | None, round_idx: int | None) -> None:
         started = time.perf_counter()
-        in_place = reloadable_in_place(self.engine.model_dir, model_dir)
-        tokenizer = load_tokenizer(model_dir)
-        new = None if in_place else build_engine(model_dir, self.spec)  # load first, then switch
+        local = fetch_model(model_dir, store, "serve")  # copied to this node first (outside the lock)
+        check_model_dir(local, f"round {round_idx} model")
+        in_place = reloadable_in_place(self.engine.local, local)
+        tokenizer = load_tokenizer(local)
+        new = None if in_place else build_engine(model_dir, local, self.spec)  # load first, then switch
         if not self._lock.acquire(timeout=self.spec["request_timeout_s"]):
             raise TimeoutError(f"replica {self.replica_id}: engine busy for {self.spec['request_timeout_s']} s; "
                                f"round {round_idx} not switched in")
         try:
             locked = time.perf_counter()
             if in_place:
-                reload_in_place(self.engine.llm, model_dir)
-                self.engine = Engine(self.engine.llm, tokenizer, model_dir)
+                reload_in_place(self.engine.llm, local)
+                self.engine = Engine(self.engine.llm, tokenizer, model_dir, local)
             else:
                 old, self.engine = self.engine, new
             self.round = round_idx
@@ -134,6 +139,7 @@ class PolicyServer:
     def state(self) -> dict[str, Any]:
         """What this replica serves, and its swaps so far (``publish`` reads the last one's timing)."""
         return {"replica": self.replica_id, "round": self.round, "model_dir": self.engine.model_dir,
+                "loaded_from": self.engine.local, "node": ray.get_runtime_context().get_node_id(),
                 "swaps": list(self.swaps)}
 
     def serving_spec(self) -> dict[str, Any]:
@@ -149,7 +155,7 @@ class PolicyServer:
         try:
             with self._tokenizer_lock:  # a fast tokenizer is not safe to call from several threads at once
                 text = generation_text(req.messages, self.spec["chat_template"], engine.tokenizer,
-                                       control_token_of(engine.model_dir))  # a cSFT model's control token
+                                       control_token_of(engine.local))  # a cSFT model's control token
                 ids = engine.tokenizer(text, add_special_tokens=True)["input_ids"]
         except api.RequestError:
             raise

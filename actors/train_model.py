@@ -149,9 +149,12 @@ class ReferenceLogps:
     Adds ``ref_chosen``/``ref_rejected`` (DPO) or ``ref_logps``/``ref_kl_logps`` (KTO) to each batch.
     """
 
-    def __init__(self, model_dir: str, tokenizer_dir: str, train: dict[str, Any], dtype: str = "float32"):
+    def __init__(self, model_dir: Any, tokenizer_dir: Any, train: dict[str, Any], dtype: str = "float32"):
         from transformers import AutoTokenizer
 
+        from prefloop.actors.model_cache import local_model
+
+        model_dir, tokenizer_dir = local_model(model_dir, "reference"), local_model(tokenizer_dir, "tokenizer")
         self.cfg = TrainConfig.model_validate(train)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)

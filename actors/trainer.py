@@ -22,6 +22,7 @@ One loop for all methods:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -34,6 +35,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from prefloop.actors.model_cache import local_model
 from prefloop.actors.train_model import autocast, encode, load_model, load_reference, seq_logps, shard_fsdp
 from prefloop.core.losses import dpo_loss, kto_loss, sft_loss
 from prefloop.core.train_config import lr_factor, warmup_steps
@@ -131,6 +133,8 @@ class Worker:
         import ray.train.torch
         from transformers import AutoTokenizer
 
+        # the start model as a folder on this node (shipped through Ray: actors/model_cache.py)
+        config = dataclasses.replace(config, model_dir=local_model(config.model_dir, "trainer"))
         self.config, self.cfg = config, config.train
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
@@ -151,8 +155,8 @@ class Worker:
         else:
             self.model = ray.train.torch.prepare_model(model, parallel_strategy="ddp")
         live = self.cfg.reference_mode == "live" and config.ref_dir
-        self.ref_model = load_reference(config.ref_dir, self.device, self.cfg, config.dtype,
-                                        self.world, self.sharded) if live else None
+        self.ref_model = load_reference(local_model(config.ref_dir, "reference"), self.device, self.cfg,
+                                        config.dtype, self.world, self.sharded) if live else None
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         warm, total, schedule = warmup_steps(self.cfg, self.total_steps), self.total_steps, self.cfg.schedule

@@ -35,15 +35,20 @@ log = logging.getLogger(__name__)
 
 def start_pool(recipe: Recipe, model: str) -> GeneratorPool:
     from prefloop.actors.generator_pool import GeneratorPool
+    from prefloop.actors.model_cache import ship
 
     res = recipe.resources
-    return GeneratorPool.start(model, sample_spec(recipe), engine_kwargs(recipe), recipe.rollout.num_generators,
-                               res.generator_cpus, res.generator_gpus, res.stage_timeout_s)
+    return GeneratorPool.start(ship(model), sample_spec(recipe), engine_kwargs(recipe),
+                               recipe.rollout.num_generators, res.generator_cpus, res.generator_gpus,
+                               res.stage_timeout_s, resources=res.custom("generator"))
 
 
 def ensure_model(pool: GeneratorPool, model: str) -> float:
-    """Make the pool hold ``model``; returns the swap seconds (0 if it already does)."""
-    return 0.0 if pool.model == model else pool.reload(model)
+    """Make the pool hold ``model`` (a folder on this node is shipped through Ray to the actors' nodes);
+    returns the swap seconds (0 if it already does)."""
+    from prefloop.actors.model_cache import ship
+
+    return 0.0 if pool.model == model else pool.reload(ship(model))
 
 
 def serve_latest_round(recipe: Recipe, run: RunDir) -> None:

@@ -35,6 +35,7 @@ class Stage:
     batch_size: int
     num_cpus: float
     num_gpus: float = 0.0
+    resources: dict[str, float] | None = None  # custom Ray resources (resources.placement)
 
 
 def sample_spec(recipe: Recipe) -> SampleSpec:
@@ -65,16 +66,18 @@ def scorer_stage(recipe: Recipe) -> Stage:
     else:
         cls, kwargs = FunctionScorer, {"function": sc.function}
     gpus = res.scorer_gpus if sc.kind != "function" else 0.0
-    return Stage(cls, kwargs, sc.num_scorers, sc.batch_size, res.scorer_cpus, gpus)
+    return Stage(cls, kwargs, sc.num_scorers, sc.batch_size, res.scorer_cpus, gpus, res.custom("scorer"))
 
 
 def fresh_generator_stage(recipe: Recipe, policy_dir: str, spec: SampleSpec | None = None) -> Stage:
-    """A vLLM actor pool built for this one stage on ``policy_dir``."""
+    """A vLLM actor pool built for this one stage on ``policy_dir`` (shipped to the actors' nodes through Ray)."""
     from prefloop.actors.generator import VLLMGenerator
+    from prefloop.actors.model_cache import ship
 
     ro, res = recipe.rollout, recipe.resources
-    kwargs = dict(model=policy_dir, spec=spec or sample_spec(recipe), **engine_kwargs(recipe))
-    return Stage(VLLMGenerator, kwargs, ro.num_generators, ro.batch_size, res.generator_cpus, res.generator_gpus)
+    kwargs = dict(model=ship(policy_dir), spec=spec or sample_spec(recipe), **engine_kwargs(recipe))
+    return Stage(VLLMGenerator, kwargs, ro.num_generators, ro.batch_size, res.generator_cpus, res.generator_gpus,
+                 res.custom("generator"))
 
 
 def pooled_generator_stage(recipe: Recipe, pool: GeneratorPool, spec: SampleSpec | None = None) -> Stage:
@@ -82,7 +85,7 @@ def pooled_generator_stage(recipe: Recipe, pool: GeneratorPool, spec: SampleSpec
     from prefloop.actors.generator_pool import PooledGenerator
 
     kwargs = {"names": pool.names, "timeout_s": recipe.resources.stage_timeout_s,
-              "spec": asdict(spec) if spec else None, "model": pool.model}  # a restarted actor reloads it first
+              "spec": asdict(spec) if spec else None, "model": pool.ref}  # a restarted actor reloads it first
     return Stage(PooledGenerator, kwargs, len(pool.names), recipe.rollout.batch_size, 0.0)
 
 
@@ -99,6 +102,6 @@ def run_stages(rows: list[dict[str, Any]], stages: list[Stage], timeout_s: float
     for st in stages:
         ds = ds.map_batches(st.cls, fn_constructor_kwargs=st.kwargs, batch_size=st.batch_size,
                             compute=ray.data.ActorPoolStrategy(size=st.size), num_cpus=st.num_cpus,
-                            num_gpus=st.num_gpus)
+                            num_gpus=st.num_gpus, **({"resources": st.resources} if st.resources else {}))
     rows_iter = iterate_with_timeout(ds.iter_rows(), timeout_s, desc)
     return list(console.track(rows_iter, len(rows), desc))  # a bar on a TTY, one line per event otherwise

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from prefloop.actors.model_cache import ship
 from prefloop.app.pipeline import scorer_stage
 from prefloop.app.rollout import prepare_prompts, preflight
 from prefloop.app.model_stage import commit_model, round_models
@@ -114,14 +115,15 @@ def run_remax(recipe: Recipe, round_idx: int, pool: GeneratorPool,
     work = run.round_dir(round_idx) / REMAX_WORK
     work.mkdir(parents=True, exist_ok=True)
     if pool.model != model_dir:
-        pool.reload(model_dir)
+        pool.reload(ship(model_dir))
     stage = scorer_stage(recipe)
     scorer_name = f"prefloop-remax-scorer-{int(time.time() * 1000) % 10**9}"
     timeout = recipe.resources.stage_timeout_s
-    scorer = start_scorer(stage.cls, stage.kwargs, stage.num_cpus, stage.num_gpus, scorer_name, timeout)
+    scorer = start_scorer(stage.cls, stage.kwargs, stage.num_cpus, stage.num_gpus, scorer_name, timeout,
+                          stage.resources)
     worker = RemaxWorkerConfig(
-        train=cfg, model_dir=model_dir, dtype=recipe.policy.dtype, ref_dir=ref_dir, seed=seed, total_steps=total, prompts=prepared.rows,
-        generators=pool.names, scorer=scorer_name, sync_dir=str(work / "sync"), timeout_s=timeout,
+        train=cfg, model_dir=ship(model_dir), dtype=recipe.policy.dtype, ref_dir=ship(ref_dir), seed=seed, total_steps=total, prompts=prepared.rows,
+        generators=pool.names, scorer=scorer_name, timeout_s=timeout,
         sample_seed=recipe.rollout.seed, publish_dir=str(work / "published") if on_checkpoint else None,
         steps_file=str(work / "steps.jsonl"), kill_at_step=kill_at_step,
         kill_generator_at_step=kill_generator_at_step, fault_marker=str(work / "fault-injected"))
@@ -139,7 +141,7 @@ def run_remax(recipe: Recipe, round_idx: int, pool: GeneratorPool,
         follower.start()
     storage = run.train_storage(round_idx, REMAX_WORK)
     try:
-        result = fit(None, worker, cfg, storage, loop=remax_loop)
+        result = fit(None, worker, cfg, storage, loop=remax_loop, placement=recipe.resources.custom("train"))
     finally:
         stop.set()
         ray.kill(scorer)
@@ -159,7 +161,7 @@ def run_remax(recipe: Recipe, round_idx: int, pool: GeneratorPool,
              committed["steps"]["done"], committed["steps"]["restored_from"] or "none")
     final = run.stage_dir(round_idx, MODEL)
     # The engines (and Serve) hold weights from folders about to be removed: move them to the committed model.
-    pool.reload(str(final))
+    pool.reload(ship(final))
     if on_checkpoint is not None:
         on_checkpoint(str(final))
     run.drop_train_storage(round_idx, REMAX_WORK)  # checkpoints and pushed weights of a committed round

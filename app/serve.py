@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from prefloop.actors.common import check_model_dir
+from prefloop.actors.model_cache import shipping_store
 from prefloop.app.runtime import wait_for
 
 log = logging.getLogger(__name__)
@@ -60,19 +61,23 @@ def _application(spec: dict[str, Any], model_dir: str, round_idx: int | None) ->
 
     # Same settings -> same version -> a user_config change reconfigures the replicas in place. The model the
     # replicas were first built on is left out, so a config naming another round is a light update too.
-    fixed = {k: v for k, v in spec.items() if k not in ("model_dir", "round")}
+    fixed = {k: v for k, v in spec.items() if k not in ("model_dir", "round", "model_store")}
     version = hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()[:16]
     deployment = serve.deployment(PolicyServer, name="PolicyServer")
-    options: dict[str, Any] = {"num_cpus": spec["replica_cpus"], "num_gpus": spec.get("replica_gpus", 0.0)}
+    options: dict[str, Any] = {"num_cpus": spec["replica_cpus"], "num_gpus": spec.get("replica_gpus", 0.0),
+                               "resources": dict(spec.get("replica_resources") or {})}
     if spec.get("runtime_env") is not None:
         # Pinned at the first deploy: otherwise Serve gives the replicas the runtime env of whichever driver
         # deploys, and a publish from another driver (another job, another env) restarts every replica.
         options["runtime_env"] = spec["runtime_env"]
+    # Replicas on other nodes copy the model from this node through Ray (actors/model_cache.py): the store's
+    # name travels with the model, as user_config carries only JSON.
+    store = shipping_store(model_dir)
     return deployment.options(
-        num_replicas=spec["replicas"], ray_actor_options=options,
-        max_ongoing_requests=32, user_config={"model_dir": model_dir, "round": round_idx},
+        num_replicas=spec["replicas"], ray_actor_options=options, max_ongoing_requests=32,
+        user_config={"model_dir": model_dir, "round": round_idx, "model_store": store},
         version=version, _internal=True,
-    ).bind(spec)
+    ).bind({**spec, "model_store": shipping_store(spec["model_dir"])})
 
 
 def start_serving(policy_dir: str, round_idx: int | None = None, *, pairrm_dir: str | None = None,
@@ -80,7 +85,8 @@ def start_serving(policy_dir: str, round_idx: int | None = None, *, pairrm_dir: 
                   host: str = "127.0.0.1", dtype: str = "float32", max_model_len: int = 512,
                   kv_cache_gb: float | None = 0.25, enforce_eager: bool = True, max_samples: int = 16,
                   default_max_tokens: int = 64, replica_cpus: float = SERVE_REPLICA_CPUS,
-                  replica_gpus: float = 0.0, request_timeout_s: float = 300.0, api_key: str | None = None,
+                  replica_gpus: float = 0.0, replica_resources: dict[str, float] | None = None,
+                  request_timeout_s: float = 300.0, api_key: str | None = None,
                   max_body_bytes: int = MAX_BODY_BYTES, max_messages: int = MAX_MESSAGES,
                   timeout_s: float = START_TIMEOUT_S) -> Served:
     """Deploy (or redeploy) the app ``name`` serving ``policy_dir``; returns once every replica is up.
@@ -99,11 +105,14 @@ def start_serving(policy_dir: str, round_idx: int | None = None, *, pairrm_dir: 
                         dtype=dtype, max_model_len=max_model_len, kv_cache_gb=kv_cache_gb,
                         enforce_eager=enforce_eager, max_samples=max_samples, default_max_tokens=default_max_tokens,
                         replicas=replicas, replica_cpus=replica_cpus, replica_gpus=replica_gpus,
+                        replica_resources=replica_resources or {},
                         request_timeout_s=request_timeout_s, max_body_bytes=max_body_bytes,
                         max_messages=max_messages, api_key_sha256=api_key_digest(api_key),
                         runtime_env=json.loads(json.dumps(dict(ray.get_runtime_context().runtime_env or {}))))
     policy_dir = spec["model_dir"]
-    serve.start(http_options={"host": host, "port": port})  # ignored when Serve already runs (keeps its port)
+    # One HTTP proxy, on the head: the printed URL is the one to use, and nodes that share a host (tests) do not
+    # fight over the port. Ignored when Serve already runs (it keeps its port).
+    serve.start(http_options={"host": host, "port": port}, proxy_location="HeadOnly")
     started = time.perf_counter()
     handle = wait_for(lambda: serve.run(_application(spec, policy_dir, round_idx), name=name, route_prefix="/"),
                       timeout_s, f"starting Serve app {name!r}", SERVE_HINT)
@@ -131,7 +140,8 @@ def serving_spec(policy_dir: str, round_idx: int | None, pairrm_dir: str | None,
 
         check_ranker_dir(pairrm_dir)
         pairrm_dir = str(Path(pairrm_dir).resolve())
-    return dict(model_dir=str(Path(policy_dir).resolve()), round=round_idx, pairrm_dir=pairrm_dir, **settings)
+    model_dir = str(Path(policy_dir).resolve())
+    return dict(model_dir=model_dir, round=round_idx, pairrm_dir=pairrm_dir, **settings)
 
 
 def build_app(args: dict[str, Any]) -> Any:
@@ -169,7 +179,7 @@ def recipe_defaults(recipe: Any) -> dict[str, Any]:
     return dict(chat_template=recipe.policy.chat_template, dtype=recipe.policy.dtype, max_model_len=ro.max_model_len,
                 kv_cache_gb=ro.kv_cache_gb, enforce_eager=ro.enforce_eager,
                 pairrm_dir=recipe.scorer.model if recipe.scorer.kind == "pairrm" else None,
-                replica_gpus=recipe.resources.generator_gpus)
+                replica_gpus=recipe.resources.generator_gpus, replica_resources=recipe.resources.custom("serve"))
 
 
 def _http_url(host: str, port: int) -> str:

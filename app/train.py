@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from prefloop.actors.common import check_model_dir
+from prefloop.actors.model_cache import ship
 from prefloop.app.model_stage import commit_model, round_models, round_recipe
 from prefloop.app.rundir import MODEL, ROLLOUT, TRAIN_WORK, RunDir
 from prefloop.app.runtime import init_ray, iterate_with_timeout, wait_for
@@ -85,8 +86,8 @@ def add_control_tokens(model_dir: str, out: Path) -> str:
     return str(out)
 
 
-def reference_pass(examples: list[dict], ref_dir: str, tokenizer_dir: str, cfg: TrainConfig,
-                   timeout_s: float, dtype: str = "float32") -> list[dict]:
+def reference_pass(examples: list[dict], ref_dir: Any, tokenizer_dir: Any, cfg: TrainConfig, timeout_s: float,
+                   dtype: str = "float32", placement: dict[str, float] | None = None) -> list[dict]:
     """Reference log-probs of every example, computed once, by a Ray Data actor pool (no grad)."""
     import ray
     from prefloop.actors.train_model import ReferenceLogps
@@ -95,7 +96,8 @@ def reference_pass(examples: list[dict], ref_dir: str, tokenizer_dir: str, cfg: 
     ds = ds.map_batches(ReferenceLogps, fn_constructor_args=(ref_dir, tokenizer_dir, cfg.model_dump(), dtype),
                         batch_size=cfg.micro_batch_size * 4, batch_format="numpy",
                         compute=ray.data.ActorPoolStrategy(size=cfg.num_workers),
-                        num_cpus=cfg.cpus_per_worker, num_gpus=1 if cfg.use_gpu else 0)
+                        num_cpus=cfg.cpus_per_worker, num_gpus=1 if cfg.use_gpu else 0,
+                        **({"resources": placement} if placement else {}))
     rows = list(iterate_with_timeout(ds.iter_rows(), timeout_s, "train: reference pass"))
     if len(rows) != len(examples):
         raise RuntimeError(f"reference pass returned {len(rows)} rows for {len(examples)} examples")
@@ -112,7 +114,7 @@ def train_total_steps(n_examples: int, cfg: TrainConfig) -> int:
 
 
 def fit(rows: list[dict] | None, worker: TrainWorkerConfig, cfg: TrainConfig, storage: str,
-        loop: Any = None) -> Any:
+        loop: Any = None, placement: dict[str, float] | None = None) -> Any:
     """Run TorchTrainer (``loop``: the per-worker function, default ``train_loop`` on ``rows``' shards; ReMax
     passes its own and no rows) with checkpoints under ``storage`` (a local path or a pyarrow URI; a rerun
     with the same storage resumes from its latest checkpoint); return its Result (raises the training error,
@@ -123,7 +125,7 @@ def fit(rows: list[dict] | None, worker: TrainWorkerConfig, cfg: TrainConfig, st
 
     from prefloop.actors.trainer import train_loop
 
-    resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}
+    resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {}), **(placement or {})}
     datasets = {"train": ray.data.from_items(rows)} if rows is not None else None
     trainer = TorchTrainer(
         loop or train_loop, train_loop_config=worker.as_loop_config(), datasets=datasets,
@@ -181,14 +183,14 @@ def run_train(recipe: Recipe, round_idx: int = 0, *, kill_at_step: int | None = 
     t_prepare = time.perf_counter() - started
     precompute = cfg.method in NEEDS_REFERENCE and cfg.reference_mode == "precomputed"
     if precompute:
-        examples = reference_pass(examples, ref_dir, model_dir, cfg, recipe.resources.stage_timeout_s,
-                                  recipe.policy.dtype)
+        examples = reference_pass(examples, ship(ref_dir), ship(model_dir), cfg, recipe.resources.stage_timeout_s,
+                                  recipe.policy.dtype, recipe.resources.custom("train"))
     t_reference = time.perf_counter() - started - t_prepare
-    worker = TrainWorkerConfig(train=cfg, model_dir=model_dir, dtype=recipe.policy.dtype, seed=seed, total_steps=total_steps,
-                               ref_dir=ref_dir if cfg.method in NEEDS_REFERENCE else None,
+    worker = TrainWorkerConfig(train=cfg, model_dir=ship(model_dir), dtype=recipe.policy.dtype, seed=seed,
+                               total_steps=total_steps, ref_dir=ship(ref_dir) if cfg.method in NEEDS_REFERENCE else None,
                                kill_at_step=kill_at_step, fault_marker=str(work / "fault-injected"))
     storage = run.train_storage(round_idx, TRAIN_WORK)
-    result = fit(examples, worker, cfg, storage)
+    result = fit(examples, worker, cfg, storage, placement=recipe.resources.custom("train"))
     t_fit = time.perf_counter() - started - t_prepare - t_reference
     manifest = {
         "method": cfg.method, "start_model": model_dir,

@@ -204,6 +204,13 @@ class ResourcesConfig(_Strict):
     scorer_cpus: float = Field(1.0, gt=0)
     scorer_gpus: float = Field(0.0, ge=0)
     stage_timeout_s: float = Field(900.0, gt=0, description="A stage that yields nothing this long fails.")
+    placement: dict[Literal["generator", "scorer", "train", "serve"], dict[str, float]] = Field(
+        default_factory=dict, description="Custom Ray resources each kind of actor asks for, to pin it to the "
+        "nodes that offer them (`ray start --resources`), e.g. {generator: {gen_pool: 1}}; default none.")
+
+    def custom(self, kind: str) -> dict[str, float]:
+        """The custom resources of actors of ``kind`` (a copy; empty when not pinned)."""
+        return dict(self.placement.get(kind, {}))
 
 
 class TrackingConfig(_Strict):

@@ -18,11 +18,11 @@ class TrainWorkerConfig:
     """One round's preference / SFT training, the same on every worker."""
 
     train: TrainConfig
-    model_dir: str  # the start model (HF directory); also the tokenizer
+    model_dir: Any  # the start model (HF directory, or a ModelRef the worker copies: actors/model_cache.py)
     seed: int
     total_steps: int
     dtype: str = "float32"  # policy.dtype: the weights' dtype (core/precision.py decides the compute dtype)
-    ref_dir: str | None = None  # the reference model for ``reference_mode: live``; None when not needed
+    ref_dir: Any = None  # the reference (a directory or a ModelRef); None when the method needs none
     kill_at_step: int | None = None  # tests only: the last rank exits once at this step
     fault_marker: str | None = None  # tests only: the file that says the fault already happened
 
@@ -44,7 +44,6 @@ class RemaxWorkerConfig(TrainWorkerConfig):
     prompts: list[dict[str, Any]] = field(default_factory=list)  # tokenised prompt rows (see app.rollout)
     generators: list[str] = field(default_factory=list)  # names of the round loop's generator actors
     scorer: str = ""  # name of the scorer actor
-    sync_dir: str = ""  # where rank 0 writes the weights pushed into the generators each step
     timeout_s: float = 600.0  # every remote wait of a step
     sample_seed: int | None = None  # the sampling seed of step s is sample_seed + s (None: unseeded)
     publish_dir: str | None = None  # checkpoints for Serve to follow (None: not serving)
