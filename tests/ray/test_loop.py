@@ -1,19 +1,15 @@
 """The round loop end to end on real components, through the shipped recipes' ``--tiny`` switch.
 
-- Snorkel (online DPO): three rounds, each on its own partition of the prepared tiny Snorkel copy (disjoint
-  prompts), with the vLLM generators kept across rounds and swapped, PairRM, Ray Train; then the same command
-  again is a no-op.
-- Contextual KTO (its online variant, online KTO): the driver is killed (SIGKILL, its whole process group) right after the first
-  rollout commits; the same command again finishes without redoing that rollout or training twice.
+- Snorkel (online DPO): two of its three rounds (CI time), each on its own partition of the prepared tiny
+  Snorkel copy (disjoint prompts), with the vLLM generators kept across rounds and swapped, PairRM, Ray Train;
+  then the same command again is a no-op.
+- Contextual KTO (its online variant): a driver killed mid-round resumes without redoing committed work, in
+  tests/ray/test_killed_driver.py.
 - Archangel (offline SFT then KTO on a preference file, no rollout).
 """
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -45,18 +41,19 @@ LEARN_MARGIN = 0.0
 
 def test_snorkel_tiny_rounds_swap_in_place_and_resume_is_a_no_op(tmp_path, tiny_env, ray_cluster,
                                                                  graded_by_gold):
-    recipe = resolve_recipe(str(RECIPES / "snorkel-pairrm-dpo.yaml"), [f"run_dir={tmp_path / 'run'}"], tiny=True)
+    recipe = resolve_recipe(str(RECIPES / "snorkel-pairrm-dpo.yaml"), [f"run_dir={tmp_path / 'run'}", "loop.rounds=2"],
+                            tiny=True)
     rows = run_loop(recipe)
     run_dir = tmp_path / "run"
-    assert [m["round"] for m in rows] == [0, 1, 2]
+    assert [m["round"] for m in rows] == [0, 1]
     seen = []  # each round rolled out its own partition (the card's iteration), never another round's prompts
-    for r in range(3):
+    for r in range(2):
         manifest = json.loads((run_dir / f"round_{r}" / "rollout" / "manifest.json").read_text())
         assert manifest["partition"]["path"].endswith(f"snorkel_tiny_prepared/prompts-{r}.parquet")
         ids = set(pq.read_table(run_dir / f"round_{r}" / "rollout" / "candidates.parquet")["prompt_id"].to_pylist())
         assert len(ids) == manifest["counts"]["used"] == 32
         seen.append(ids)
-    assert not (seen[0] & seen[1]) and not (seen[0] & seen[2]) and not (seen[1] & seen[2])
+    assert not (seen[0] & seen[1])
     for m in rows:
         assert m["n"] == 12 and m["pairs"] > 0 and m["method"] == "dpo"
         graded_by_gold(run_dir, m)
@@ -74,40 +71,15 @@ def test_snorkel_tiny_rounds_swap_in_place_and_resume_is_a_no_op(tmp_path, tiny_
     assert "eval judge (`function`)" in report and "Warning" not in report
     assert (run_dir / "report.png").stat().st_size > 1000
     assert (run_dir / "round_1" / "model" / "config.json").is_file()
-    before = stage_mtimes(run_dir, "model", 3)
-    assert [m["round"] for m in run_loop(recipe)] == [0, 1, 2]
-    assert stage_mtimes(run_dir, "model", 3) == before
+    before = stage_mtimes(run_dir, "model", 2)
+    assert [m["round"] for m in run_loop(recipe)] == [0, 1]
+    assert stage_mtimes(run_dir, "model", 2) == before
 
 
 def pq_rows(path: Path) -> list[dict]:
     import pyarrow.parquet as pq
 
     return pq.read_table(path).to_pylist()
-
-
-def test_killed_driver_resumes_without_redoing_committed_work(tmp_path, tiny_env):
-    run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "prefloop.app.cli", "run", str(RECIPES / "contextual-kto-pairrm.yaml"), "--tiny",
-           "--set", f"run_dir={run_dir}", "--set", "loop.rounds=1",
-           "--set", "train.data=null"]  # the online variant: it has a rollout to kill the driver after
-    proc = subprocess.Popen(cmd, env=tiny_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    rollout0 = run_dir / "round_0" / "rollout" / "manifest.json"
-    deadline = time.monotonic() + 420
-    while not rollout0.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert rollout0.exists(), "the first run never committed its rollout"
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started, mid-round, before training
-    proc.wait(timeout=60)
-    first = rollout0.stat().st_mtime_ns
-    assert not (run_dir / "round_0" / "model").exists()
-    done = subprocess.run(cmd, env=tiny_env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert rollout0.stat().st_mtime_ns == first, "the committed rollout was redone"
-    assert json.loads((run_dir / "round_0" / "eval" / "manifest.json").read_text())["method"] == "kto"
-    steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    trained = [(s["round"], s["step"]) for s in steps if "step" in s]
-    assert trained and len(trained) == len(set(trained)), "a round was trained twice"
 
 
 def test_archangel_tiny_offline_sft_then_kto(tmp_path, tiny_env, ray_cluster):

@@ -1,18 +1,19 @@
 """``prefloop rollout/train --round R`` run round R exactly as ``prefloop run`` does: the same start model (round
 R-1's committed model, not the base) and the same method (``loop.methods[R]``). Both paths ask
-``app.model_stage`` (``round_recipe``, ``round_models``); here the commands are run and their manifests read."""
+``app.model_stage`` (``round_recipe``, ``round_models``). Here the commands' function (``cmd_one_round``, what
+``prefloop rollout|train`` runs after parsing) runs in this process on the session's Ray, and their manifests
+are read."""
 
+import argparse
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from prefloop.app.model_stage import round_models, round_recipe
 from prefloop.app.rundir import RunDir
-from prefloop.app.cli import resolve_recipe
+from prefloop.app.cli import cmd_one_round, resolve_recipe
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
@@ -26,37 +27,31 @@ def fake_round_0(run_dir: Path, policy: Path) -> Path:
     return model
 
 
-def one_round(command: str, recipe: str, run_dir: Path, env: dict, round_idx: int = 1) -> str:
-    done = subprocess.run([sys.executable, "-m", "prefloop.app.cli", command, str(RECIPES / recipe), "--tiny",
-                           "--round", str(round_idx), "--set", f"run_dir={run_dir}"],
-                          env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout
+def one_round(command: str, recipe: str, run_dir: Path, round_idx: int = 1) -> None:
+    """``prefloop COMMAND RECIPE --tiny --round R --set run_dir=...``."""
+    args = argparse.Namespace(command=command, recipe=str(RECIPES / recipe), set=[f"run_dir={run_dir}"], tiny=True,
+                              round=round_idx, allow_recipe_change=False)
+    assert cmd_one_round(args) == 0
 
 
-def test_train_round_1_uses_the_round_method_and_start_model(tmp_path, tiny_assets, monkeypatch):
-    import os
-
+def test_train_round_1_uses_the_round_method_and_start_model(tmp_path, tiny_assets, ray_cluster, monkeypatch):
     monkeypatch.setenv("PREFLOOP_ASSETS", str(tiny_assets.root))
-    env = dict(os.environ, PREFLOOP_ASSETS=str(tiny_assets.root))
     run_dir = tmp_path / "run"
     model0 = fake_round_0(run_dir, tiny_assets.policy)
     recipe = resolve_recipe(str(RECIPES / "archangel-sft-kto.yaml"), [f"run_dir={run_dir}"], tiny=True)
     loop_view = round_models(RunDir(run_dir), round_recipe(recipe, 1), 1)  # what `prefloop run` would use
     assert recipe.train.method == "sft" and round_recipe(recipe, 1).train.method == "kto"
-    one_round("train", "archangel-sft-kto.yaml", run_dir, env)
+    one_round("train", "archangel-sft-kto.yaml", run_dir)
     manifest = json.loads((run_dir / "round_1" / "model" / "manifest.json").read_text())
     assert manifest["method"] == "kto", "train --round 1 ignored loop.methods"
     assert Path(manifest["start_model"]) == model0 == Path(loop_view.start)
     assert Path(manifest["reference"]) == Path(loop_view.reference)
 
 
-def test_rollout_round_1_samples_from_round_0s_model(tmp_path, tiny_assets, monkeypatch):
-    import os
-
-    env = dict(os.environ, PREFLOOP_ASSETS=str(tiny_assets.root))
+def test_rollout_round_1_samples_from_round_0s_model(tmp_path, tiny_assets, ray_cluster, monkeypatch):
+    monkeypatch.setenv("PREFLOOP_ASSETS", str(tiny_assets.root))
     run_dir = tmp_path / "run"
     model0 = fake_round_0(run_dir, tiny_assets.policy)
-    one_round("rollout", "snorkel-pairrm-dpo.yaml", run_dir, env)
+    one_round("rollout", "snorkel-pairrm-dpo.yaml", run_dir)
     manifest = json.loads((run_dir / "round_1" / "rollout" / "manifest.json").read_text())
     assert Path(manifest["policy"]) == model0, "rollout --round 1 sampled from the base model"

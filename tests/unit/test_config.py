@@ -45,6 +45,14 @@ def test_override_parses_yaml_values(tmp_path):
     assert (recipe.rollout.num_samples, recipe.rollout.seed, recipe.selection.tie_break) == (8, None, "first")
 
 
+def test_placement_pins_actor_kinds_and_names_a_bad_kind(tmp_path):
+    path = write(tmp_path, BASE)
+    recipe = load_recipe(path, overrides=['resources.placement={"generator": {"gen_pool": 1}, "serve": {"s": 0.5}}'])
+    assert recipe.resources.custom("generator") == {"gen_pool": 1.0} and recipe.resources.custom("train") == {}
+    with pytest.raises(RecipeError, match="resources.placement"):
+        load_recipe(path, overrides=['resources.placement={"generatr": {"gen_pool": 1}}'])
+
+
 def test_override_without_equals_is_an_error():
     with pytest.raises(RecipeError, match="dotted.key=value"):
         apply_override({}, "rollout.num_samples")

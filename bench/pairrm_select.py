@@ -1,6 +1,6 @@
 """PairRM best/worst selection: the tournament (``scorer.comparisons: tournament``) against the full ranking.
 
-    python bench/select.py [--prompts 256] [--samples 5] [--batch 32] [--repeats 3] [--json bench/results.json]
+    python bench/pairrm_select.py [--prompts 256] [--samples 5] [--batch 32] [--repeats 3] [--json bench/results.json]
 
 Prints prompts/s of (a) a bare ``Blender.rank`` loop (every ordered pair, what selection needed before), (b) the
 same loop through ``PairRMScorer(comparisons="tournament")`` (about 3N/2 position-averaged comparisons, batched by
