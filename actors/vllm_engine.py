@@ -30,7 +30,6 @@ def build_llm(model_dir: str, *, dtype: str = "float32", max_model_len: int = 51
     """A ready ``vllm.LLM`` on ``model_dir``. ``seeded_requests``: some requests carry their own seed."""
     check_model_dir(model_dir, what)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    _one_process_on_cpu()
     from vllm import LLM
 
     kwargs: dict[str, Any] = dict(model=model_dir, dtype=dtype, max_model_len=max_model_len,
@@ -43,19 +42,6 @@ def build_llm(model_dir: str, *, dtype: str = "float32", max_model_len: int = 51
     llm = LLM(**kwargs)
     log.info("vLLM engine for %s ready in %.1f s", model_dir, time.perf_counter() - started)
     return llm
-
-
-def _one_process_on_cpu() -> None:
-    """On CPU, run vLLM's engine core and its worker in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``).
-    By default they are two more processes that each import torch and vLLM again: on 2 cores that made an
-    engine's start-up (the generators', the Serve replica's) several times slower, for no gain with one tiny
-    model per engine. An explicit setting in the environment wins; GPU engines keep vLLM's default."""
-    if "VLLM_ENABLE_V1_MULTIPROCESSING" in os.environ:
-        return
-    from vllm.platforms import current_platform
-
-    if current_platform.is_cpu():
-        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
 
 
 def reload_in_place(llm: Any, model_dir: str) -> None:
