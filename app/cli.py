@@ -6,7 +6,7 @@
     prefloop serve RUN_DIR [--round R] [--port P]               serve a committed round (OpenAI-compatible API)
     prefloop rollout RECIPE [--round R] [--set key=value ...]   sample, score and select one round's data
     prefloop train RECIPE [--round R] [--set key=value ...]     train that round's model on Ray Train
-    prefloop assets build [DIR] [--seed S] [--force]            build the tiny offline models
+    prefloop assets build [DIR] [--seed S] [--force] [--recipe R]  build the tiny offline models (R's parts)
     prefloop recipe check RECIPE [--set key=value ...]          validate a recipe and print it resolved
     prefloop data prepare KIND --source SRC --out DIR [...]     the cards' datasets -> prefloop's partitions
 
@@ -36,12 +36,12 @@ log = logging.getLogger("prefloop")
 
 def resolve_recipe(path: str, overrides: list[str], tiny: bool = False) -> Recipe:
     """Load and validate a recipe (``tiny``: with its tiny section); build the tiny assets if it asks for them."""
-    from prefloop.tinyworld.assets import build_assets, default_assets_dir
+    from prefloop.tinyworld.assets import build_assets, default_assets_dir, parts_used
 
     assets_dir = default_assets_dir()
     recipe = load_recipe(path, overrides, {"assets": str(assets_dir), "data": str(DATA_DIR)}, tiny=tiny)
-    if recipe.assets == "tiny":
-        build_assets(assets_dir)
+    if recipe.assets == "tiny":  # the parts its paths name (the demo: policy and PairRM)
+        build_assets(assets_dir, parts=parts_used(recipe.model_dump(), assets_dir))
     return recipe
 
 
@@ -103,10 +103,16 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def cmd_assets(args: argparse.Namespace) -> int:
-    from prefloop.tinyworld.assets import build_assets, default_assets_dir
+    from prefloop.tinyworld.assets import PARTS, build_assets, default_assets_dir, parts_used
 
-    assets = build_assets(Path(args.dir) if args.dir else default_assets_dir(), seed=args.seed, force=args.force)
-    print(f"policy:  {assets.policy}\npairrm:  {assets.pairrm}\nreward:  {assets.reward}")
+    root = Path(args.dir) if args.dir else default_assets_dir()
+    parts = PARTS
+    if args.recipe:  # only what that recipe names (`make demo`: the demo's policy and PairRM)
+        recipe = load_recipe(args.recipe, [], {"assets": str(root), "data": str(DATA_DIR)}, tiny=args.tiny)
+        parts = parts_used(recipe.model_dump(), root)
+    assets = build_assets(root, seed=args.seed, force=args.force, parts=parts)
+    for part in ("policy", *(p for p in PARTS if p in parts and p != "policy")):
+        print(f"{part + ':':8s} {getattr(assets, part)}")
     return 0
 
 
@@ -205,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", nargs="?", help="target directory (default $PREFLOOP_ASSETS or ~/.cache/prefloop/assets)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="rebuild even if cached")
+    p.add_argument("--recipe", default=None, help="build only the parts this recipe names (e.g. recipes/demo.yaml: "
+                   "policy and PairRM); default: all three")
+    p.add_argument("--tiny", action="store_true", help="with --recipe: apply its tiny: section first")
     p.set_defaults(func=cmd_assets)
 
     from prefloop.app.data_prepare import add_parser as add_data_parser

@@ -1,9 +1,10 @@
 """The judges of the per-round evaluation: the eval judge, the training scorer beside it, and best-of-N reranking.
 
 - ``training_verdicts``: the recipe's training scorer (``scorer``) on [round answer, base answer] per prompt.
-- ``eval_verdicts``: the eval judge (``eval.judge``): ``pairrm`` / ``reward_model`` / ``function`` through the
-  same Ray Data scorer stages, ``llm_judge`` through ``app/llm_judge.py``; with no ``eval.judge``, the training
-  scorer's verdicts are reused and the judge is marked not independent.
+- ``eval_verdicts``: the eval judge (``eval.judge``): ``pairrm`` / ``reward_model`` through the same Ray Data
+  scorer stages, ``function`` called on the driver (no actor to start for a few dozen answers),
+  ``llm_judge`` through ``app/llm_judge.py``; with no ``eval.judge``, the training scorer's verdicts are
+  reused and the judge is marked not independent.
 - ``best_of_answers``: N samples per prompt from the model the pool holds, reranked by PairRM (the eval judge if
   it is PairRM, else the training scorer; the recipe's validation guarantees one of them is), the top one kept.
 
@@ -103,7 +104,25 @@ def eval_verdicts(recipe: Recipe, answers: list[dict], base: list[dict],
         base_by_id = {b["prompt_id"]: b["answer"] for b in base}
         return LLMJudge(judge).judge([a["prompt"] for a in answers], [a["answer"] for a in answers],
                                      [base_by_id[a["prompt_id"]] for a in answers])
+    if judge.kind == "function":
+        return function_verdicts(judge.function, answers, base)
     return scalar_verdicts(_with_scorer(recipe, judge.as_scorer()), answers, base, f"eval judge ({judge.kind})")
+
+
+def function_verdicts(function: str, answers: list[dict], base: list[dict]) -> list[dict[str, Any]]:
+    """A ``function`` eval judge, called here on the driver: it scores the held-out answers only (``eval_limit``
+    prompts), and a Ray Data actor just to call it cost 3-9 s of start-up per round on 2 cores (the demo's gold
+    judge runs in milliseconds). Same scorer class, same scores as the actor stage gives."""
+    from prefloop.actors.scorers import FunctionScorer
+
+    base_by_id = {b["prompt_id"]: b["answer"] for b in base}
+    batch = {"prompt_id": [a["prompt_id"] for a in answers], "prompt": [a["prompt"] for a in answers],
+             "candidates": [[a["answer"], base_by_id[a["prompt_id"]]] for a in answers]}
+    scored = FunctionScorer(function)(batch).column("scores").to_pylist()  # a pyarrow Table, as Ray Data gets it
+    verdicts = []
+    for score, base_score in (map(float, s) for s in scored):
+        verdicts.append({"score": score, "base_score": base_score, "preference": preference(score, base_score)})
+    return verdicts
 
 
 def reranker(recipe: Recipe) -> ScorerConfig:

@@ -80,9 +80,11 @@ def chat_examples(rng: random.Random, n: int, exclude: set[str]) -> list[tuple[s
 
 def encode_chat(tok, pairs: list[tuple[str, str]], max_len: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids (right-padded) and labels (-100 outside the answer and its EOS) for chat pairs."""
-    prompts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                       add_generation_prompt=True) for p, _ in pairs]
-    p_ids = tok(prompts, add_special_tokens=False)["input_ids"]
+    unique = sorted({p for p, _ in pairs})  # the world's prompts repeat (~3k distinct in 20k): tokenise each once
+    texts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+             for p in unique]
+    by_prompt = dict(zip(unique, tok(texts, add_special_tokens=False)["input_ids"]))
+    p_ids = [by_prompt[p] for p, _ in pairs]
     a_ids = tok([a + EOS for _, a in pairs], add_special_tokens=False)["input_ids"]
     ids = torch.full((len(pairs), max_len), tok.pad_token_id)
     labels = torch.full((len(pairs), max_len), -100)

@@ -73,3 +73,19 @@ def test_the_eval_judge_is_checked_before_any_round(tmp_path, monkeypatch):
     monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
     with pytest.raises(RuntimeError, match="NO_SUCH_KEY_VAR is not set"):
         preflight(judge(kind="llm_judge", base_url="http://x/v1", model_name="j", api_key_env="NO_SUCH_KEY_VAR"))
+
+
+def test_a_function_eval_judge_is_called_on_the_driver_with_the_base_answer_second():
+    from prefloop.app.eval_judges import function_verdicts
+    from prefloop.tinyworld.gold import gold_score
+
+    good = "Bees make honey. A bee visits many flowers. The hive keeps the queen and her workers busy all day."
+    off = "By the way, watch the lava closely."
+    answers = [{"prompt_id": "a", "prompt": "Explain bees.", "answer": good},
+               {"prompt_id": "b", "prompt": "Explain bees.", "answer": off},
+               {"prompt_id": "c", "prompt": "Explain bees.", "answer": off}]
+    base = [{"prompt_id": "c", "answer": off}, {"prompt_id": "b", "answer": good}, {"prompt_id": "a", "answer": off}]
+    verdicts = function_verdicts("prefloop.tinyworld.gold:gold_score", answers, base)
+    assert [v["preference"] for v in verdicts] == [1.0, 0.0, 0.5]  # win, loss, tie (the same answer)
+    assert verdicts[0] == {"score": gold_score("Explain bees.", good), "base_score": gold_score("Explain bees.", off),
+                           "preference": 1.0}
