@@ -1,7 +1,7 @@
 """The round loop end to end on real components, through the shipped recipes' ``--tiny`` switch.
 
-- Snorkel (online DPO): two of its three rounds (CI time), each on its own partition of the prepared tiny
-  Snorkel copy (disjoint prompts), with the vLLM generators kept across rounds and swapped, PairRM, Ray Train;
+- Snorkel (online DPO): three rounds, each on its own partition of the prepared tiny Snorkel copy (disjoint
+  prompts), with the vLLM generators kept across rounds and swapped, PairRM, Ray Train;
   then the same command again is a no-op.
 - Contextual KTO (its online variant): a driver killed mid-round resumes without redoing committed work, in
   tests/ray/test_killed_driver.py.
@@ -41,19 +41,18 @@ LEARN_MARGIN = 0.0
 
 def test_snorkel_tiny_rounds_swap_in_place_and_resume_is_a_no_op(tmp_path, tiny_env, ray_cluster,
                                                                  graded_by_gold):
-    recipe = resolve_recipe(str(RECIPES / "snorkel-pairrm-dpo.yaml"), [f"run_dir={tmp_path / 'run'}", "loop.rounds=2"],
-                            tiny=True)
+    recipe = resolve_recipe(str(RECIPES / "snorkel-pairrm-dpo.yaml"), [f"run_dir={tmp_path / 'run'}"], tiny=True)
     rows = run_loop(recipe)
     run_dir = tmp_path / "run"
-    assert [m["round"] for m in rows] == [0, 1]
+    assert [m["round"] for m in rows] == [0, 1, 2]
     seen = []  # each round rolled out its own partition (the card's iteration), never another round's prompts
-    for r in range(2):
+    for r in range(3):
         manifest = json.loads((run_dir / f"round_{r}" / "rollout" / "manifest.json").read_text())
         assert manifest["partition"]["path"].endswith(f"snorkel_tiny_prepared/prompts-{r}.parquet")
         ids = set(pq.read_table(run_dir / f"round_{r}" / "rollout" / "candidates.parquet")["prompt_id"].to_pylist())
         assert len(ids) == manifest["counts"]["used"] == 32
         seen.append(ids)
-    assert not (seen[0] & seen[1])
+    assert not (seen[0] & seen[1]) and not (seen[0] & seen[2]) and not (seen[1] & seen[2])
     for m in rows:
         assert m["n"] == 12 and m["pairs"] > 0 and m["method"] == "dpo"
         graded_by_gold(run_dir, m)
@@ -71,9 +70,9 @@ def test_snorkel_tiny_rounds_swap_in_place_and_resume_is_a_no_op(tmp_path, tiny_
     assert "eval judge (`function`)" in report and "Warning" not in report
     assert (run_dir / "report.png").stat().st_size > 1000
     assert (run_dir / "round_1" / "model" / "config.json").is_file()
-    before = stage_mtimes(run_dir, "model", 2)
-    assert [m["round"] for m in run_loop(recipe)] == [0, 1]
-    assert stage_mtimes(run_dir, "model", 2) == before
+    before = stage_mtimes(run_dir, "model", 3)
+    assert [m["round"] for m in run_loop(recipe)] == [0, 1, 2]
+    assert stage_mtimes(run_dir, "model", 3) == before
 
 
 def pq_rows(path: Path) -> list[dict]:
