@@ -6,8 +6,9 @@ Not one Ray Train run per step: ``remax_loop`` is ``TorchTrainer``'s per-worker 
 3. asks the scorer actor for both rewards; advantage = clip(r(sample) - r(greedy)) (``core.losses``);
 4. computes the REINFORCE loss with the per-token KL to the frozen reference (``sampled`` or ``full_step``),
    averaged over response tokens; DDP averages the gradients over workers; one optimizer step;
-5. pushes the new weights to the generators (rank 0 saves them, every worker reloads its share of the
-   engines in place) before the next step, so every sample comes from the current policy.
+5. pushes the new weights to the generators before the next step (rank 0 saves them on its own node, puts
+   them into Ray's object store and has every engine reload them in place: actors/model_cache.py), so every
+   sample comes from the current policy.
 Per step it records rewards, advantage, KL, response length and the time of generate / score / train / sync.
 Checkpoints (weights, optimizer, step, metrics) every ``checkpoint_every_steps`` go through ``Worker.report``;
 a restarted worker group resumes from the last one and pushes the restored weights to the generators first.
