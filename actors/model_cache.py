@@ -140,8 +140,11 @@ def ship(path: str | os.PathLike) -> str | ModelRef:
 
 def shipping_store(path: str | os.PathLike) -> str | None:
     """For channels that carry only JSON (Serve's ``user_config``): ship ``path`` from this node and return the
-    store's name, for ``fetch_model`` in the actor; None when ``path`` is no folder here (a hub id)."""
-    if not Path(path).is_dir():
+    store's name, for ``fetch_model`` in the actor; None when ``path`` is no folder here (a hub id), or when Ray
+    is not up here (an application built only to be inspected, e.g. by a Serve config builder's test)."""
+    import ray
+
+    if not Path(path).is_dir() or not ray.is_initialized():
         return None
     ship(path)
     return store_name()

@@ -75,7 +75,7 @@ def _application(spec: dict[str, Any], model_dir: str, round_idx: int | None) ->
     store = shipping_store(model_dir)
     return deployment.options(
         num_replicas=spec["replicas"], ray_actor_options=options, max_ongoing_requests=32,
-        user_config={"model_dir": model_dir, "round": round_idx, "model_store": store},
+        user_config={"model_dir": model_dir, "round": round_idx, **({"model_store": store} if store else {})},
         version=version, _internal=True,
     ).bind({**spec, "model_store": shipping_store(spec["model_dir"])})
 
