@@ -16,7 +16,7 @@ included, which TRL's figure does not pay); start-up (Ray, worker groups, TRL's 
 are outside on both sides. Each run is a separate process; the repeats interleave the three set-ups (rotating
 their order) and the medians are compared. TRL is a bench-only dependency: ``pip install -e .[bench]``.
 
-    python bench/train.py [--pairs 192] [--epochs 1] [--batch 8] [--repeats 3] [--hidden 256] [--layers 4]
+    python bench/train.py [--pairs 128] [--epochs 1] [--batch 8] [--repeats 3] [--hidden 256] [--layers 4]
 """
 
 from __future__ import annotations
@@ -185,7 +185,7 @@ def child(setup: str, args: argparse.Namespace, work: Path, timeout_s: float) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", type=int, default=192)
+    parser.add_argument("--pairs", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch", type=int, default=8, help="pairs per optimizer step (global)")
     parser.add_argument("--repeats", type=int, default=3)
