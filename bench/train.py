@@ -3,7 +3,7 @@ pass included on both sides.
 
 Same model (a random-weight Llama built here, never downloaded), same pairs of varied lengths (prompts of about
 16-256 tokens, answers 16-256), same global batch (pairs per optimizer step), same steps, nothing truncated,
-full fine-tuning, float32 on CPU. Both sides precompute the reference log-probs before training, with the same
+full fine-tuning, float32 on CPU (TRL's default bf16 autocast turned off). Both sides precompute the reference log-probs before training, with the same
 batch (4 micro-batches of pairs). TRL is set up at its best for this work: ``precompute_ref_log_probs=True`` (and
 its fused LM head, always on); its ``padding_free`` mode falls back to padding in TRL 1.16 (it needs FlashAttention
 and is disabled since its DPO refactor), so it is not used. prefloop runs as configured by default
@@ -132,6 +132,7 @@ def run_trl(model_dir: Path, pairs: list[dict], args: argparse.Namespace, work: 
     config = DPOConfig(output_dir=str(work / "trl"), per_device_train_batch_size=args.batch, learning_rate=1e-4,
                        num_train_epochs=args.epochs, beta=0.1, max_length=None, use_cpu=True,
                        precompute_ref_log_probs=True, precompute_ref_batch_size=4 * args.batch, report_to="none",
+                       bf16=False,  # TRL defaults to bf16 autocast; both sides compute in float32 here
                        save_strategy="no", logging_steps=10_000, lr_scheduler_type="linear", warmup_steps=0.1,
                        dataloader_num_workers=0, disable_tqdm=True)
     trainer = Timed(model=AutoModelForCausalLM.from_pretrained(model_dir), args=config, train_dataset=data,
