@@ -3,6 +3,11 @@ gradient checkpointing) in the precision ``core/precision.py`` picks from ``poli
 its mixed-precision policy, encoding (prompt, response) batches, summed response log-probs under autocast, and
 ``ReferenceLogps``, the Ray Data actor that computes a frozen reference's log-probs once per round.
 
+Sequence log-probs (DPO, KTO, the reference pass) run on packed batches (``core/packing.py``, ``train.packing``):
+no padding, and the LM head projects only the hidden states of the positions that predict a response token (a
+forward pre-hook on the output embedding hands it ``hidden[select]``), so neither prompt positions nor padding
+reach the vocabulary-sized matmul and log-softmax.
+
 The compute dtype a model was loaded for travels with it (``compute_dtype(model)``), so every forward of that
 model (``seq_logps``, ``autocast(cfg, device, model)``) uses it without threading it through each call.
 """
@@ -10,14 +15,15 @@ model (``seq_logps``, ``autocast(cfg, device, model)``) uses it without threadin
 from __future__ import annotations
 
 import logging
-from contextlib import nullcontext
-from typing import Any
+from contextlib import contextmanager, nullcontext
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 
-from prefloop.core.batching import encode_pairs
-from prefloop.core.logprobs import sequence_logps
+from prefloop.core.batching import encode_pairs, encode_pairs_packed
+from prefloop.core.logprobs import label_logps, segment_logps, sequence_logps
+from prefloop.core.packing import Packed
 from prefloop.core.precision import Precision, resolve_precision
 from prefloop.core.train_config import TrainConfig
 
@@ -33,6 +39,46 @@ def wants_bos(tokenizer: Any) -> bool:
 def encode(tokenizer: Any, prompts: Any, responses: Any, cfg: TrainConfig) -> dict[str, torch.Tensor]:
     return encode_pairs(tokenizer, [str(p) for p in prompts], [str(r) for r in responses], cfg.max_prompt_len,
                         cfg.max_response_len, add_bos=wants_bos(tokenizer), padding_side="right")
+
+
+def _inner(model: Any) -> Any:
+    return model.module if hasattr(model, "module") else model  # DDP wrapper
+
+
+# attention implementations that read packed sequences from restarting position ids with any batch size
+PACKING_ATTENTION = ("sdpa", "eager")
+
+
+def packs(model: Any, cfg: TrainConfig) -> bool:
+    """Whether ``seq_batch`` packs for this model: ``train.packing`` and an attention that supports it."""
+    impl = getattr(getattr(_inner(model), "config", None), "_attn_implementation", None)
+    return cfg.packing and impl in PACKING_ATTENTION
+
+
+def seq_batch(tokenizer: Any, prompts: Any, responses: Any, cfg: TrainConfig, model: Any) -> Packed | dict:
+    """What ``seq_logps`` takes: a packed batch where the model supports it, else the padded ``encode``."""
+    if not packs(model, cfg):
+        return encode(tokenizer, prompts, responses, cfg)
+    return encode_pairs_packed(tokenizer, [str(p) for p in prompts], [str(r) for r in responses],
+                               cfg.max_prompt_len, cfg.max_response_len, add_bos=wants_bos(tokenizer))
+
+
+def batch_tokens(batch: Packed | dict) -> int:
+    """Real (non-pad) tokens of a ``seq_batch`` batch."""
+    return batch.tokens if isinstance(batch, Packed) else int(batch["attention_mask"].sum())
+
+
+@contextmanager
+def scored_positions_only(model: Any, select: torch.Tensor) -> Iterator[None]:
+    """During this forward the LM head sees ``hidden[select]`` ([N, H]) instead of [R, C, H]: logits are [N, V]."""
+    head = _inner(model).get_output_embeddings()
+    if head is None:
+        raise ValueError(f"{type(_inner(model)).__name__} has no output embedding to score packed positions with")
+    handle = head.register_forward_pre_hook(lambda _module, args: (args[0][select], *args[1:]))
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 COMPUTE_ATTR = "_prefloop_compute_dtype"
@@ -55,8 +101,7 @@ def precision_for(cfg: TrainConfig | None, device: torch.device, policy_dtype: s
 
 
 def compute_dtype(model: Any) -> torch.dtype | None:
-    inner = model.module if hasattr(model, "module") else model  # DDP wrapper
-    name = getattr(inner, COMPUTE_ATTR, None)
+    name = getattr(_inner(model), COMPUTE_ATTR, None)
     return getattr(torch, name) if name else None
 
 
@@ -75,8 +120,15 @@ def autocast(cfg: TrainConfig, device: torch.device, model: Any = None) -> Any:
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def seq_logps(model: Any, enc: dict[str, torch.Tensor], cfg: TrainConfig, device: torch.device) -> torch.Tensor:
-    """Summed (IPO: averaged) response log-probs [B] of an encoded batch."""
+def seq_logps(model: Any, enc: Packed | dict[str, torch.Tensor], cfg: TrainConfig,
+              device: torch.device) -> torch.Tensor:
+    """Summed (IPO: averaged) response log-probs [B] of a ``seq_batch`` batch (packed) or an ``encode`` one."""
+    if isinstance(enc, Packed):
+        p = enc.to(device)
+        # no attention mask: the model reads the packing from the restarting position ids
+        with autocast(cfg, device, model), scored_positions_only(model, p.select):
+            logits = model(input_ids=p.input_ids, position_ids=p.position_ids, use_cache=False).logits
+        return segment_logps(label_logps(logits, p.targets), p.segment, p.n_seqs, average=cfg.ipo)
     ids, attn, mask = (enc[k].to(device) for k in ("input_ids", "attention_mask", "loss_mask"))
     with autocast(cfg, device, model):
         logits = model(input_ids=ids, attention_mask=attn).logits
@@ -162,7 +214,7 @@ class ReferenceLogps:
 
     @torch.no_grad()
     def _logps(self, prompts: Any, responses: Any) -> np.ndarray:
-        enc = encode(self.tokenizer, prompts, responses, self.cfg)
+        enc = seq_batch(self.tokenizer, prompts, responses, self.cfg, self.model)
         return seq_logps(self.model, enc, self.cfg, self.device).float().cpu().numpy()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

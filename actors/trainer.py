@@ -36,7 +36,8 @@ import numpy as np
 import torch
 
 from prefloop.actors.model_cache import local_model
-from prefloop.actors.train_model import autocast, encode, load_model, load_reference, seq_logps, shard_fsdp
+from prefloop.actors.train_model import (autocast, batch_tokens, encode, load_model, load_reference, seq_batch,
+                                         seq_logps, shard_fsdp)
 from prefloop.core.losses import dpo_loss, kto_loss, sft_loss
 from prefloop.core.train_config import lr_factor, warmup_steps
 from prefloop.core.train_data import worker_order
@@ -63,7 +64,7 @@ def _ref(batch: dict[str, np.ndarray], key: str, device: torch.device) -> torch.
 def dpo_step(w: "Worker", batch: dict[str, np.ndarray], stats: Stats) -> tuple[torch.Tensor, int]:
     n, cfg = len(batch["prompt_text"]), w.cfg
     prompts = list(batch["prompt_text"]) * 2
-    enc = encode(w.tokenizer, prompts, list(batch["chosen"]) + list(batch["rejected"]), cfg)
+    enc = seq_batch(w.tokenizer, prompts, list(batch["chosen"]) + list(batch["rejected"]), cfg, w.model)
     logps = seq_logps(w.model, enc, cfg, w.device)  # chosen and rejected in one forward pass
     if w.ref_model is not None:
         with torch.no_grad():
@@ -77,15 +78,15 @@ def dpo_step(w: "Worker", batch: dict[str, np.ndarray], stats: Stats) -> tuple[t
     stats.add("reward_rejected", out.rejected_rewards.sum(), n)
     stats.add("reward_accuracy", (out.chosen_rewards > out.rejected_rewards).float().sum(), n)
     stats.add("reward_margin", (out.chosen_rewards - out.rejected_rewards).sum(), n)
-    return out.losses.mean(), int(enc["attention_mask"].sum())
+    return out.losses.mean(), batch_tokens(enc)
 
 
 def kto_step(w: "Worker", batch: dict[str, np.ndarray], stats: Stats) -> tuple[torch.Tensor, int]:
     cfg, prompts = w.cfg, list(batch["prompt_text"])
-    kl_enc = encode(w.tokenizer, prompts, batch["kl_completion"], cfg)
+    kl_enc = seq_batch(w.tokenizer, prompts, batch["kl_completion"], cfg, w.model)
     with torch.no_grad():  # z is detached: the mismatched pairs need no graph
         kl_logps = seq_logps(w.model, kl_enc, cfg, w.device)
-    enc = encode(w.tokenizer, prompts, batch["completion"], cfg)
+    enc = seq_batch(w.tokenizer, prompts, batch["completion"], cfg, w.model)
     logps = seq_logps(w.model, enc, cfg, w.device)
     if w.ref_model is not None:
         with torch.no_grad():
@@ -103,7 +104,7 @@ def kto_step(w: "Worker", batch: dict[str, np.ndarray], stats: Stats) -> tuple[t
     # KTO "accuracy": the implicit reward sits on the label's side of the reference point beta * z
     right = torch.where(desirable, out.rewards > cfg.beta * out.z, out.rewards < cfg.beta * out.z)
     stats.add("reward_accuracy", right.float().sum(), n)
-    return out.losses.mean(), int(enc["attention_mask"].sum())
+    return out.losses.mean(), batch_tokens(enc)
 
 
 def sft_step(w: "Worker", batch: dict[str, np.ndarray], stats: Stats) -> tuple[torch.Tensor, int]:

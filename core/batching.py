@@ -21,6 +21,8 @@ from typing import Any, Sequence, TypeVar
 
 import torch
 
+from prefloop.core.packing import Packed, pack_sequences
+
 T = TypeVar("T")
 
 
@@ -127,6 +129,24 @@ def encode_pairs(
         "prompt_lengths": torch.tensor([len(p) for p in prompt_ids], dtype=torch.long),
         "response_lengths": torch.tensor([len(r) for r in response_ids], dtype=torch.long),
     }
+
+
+def encode_pairs_packed(
+    tokenizer: Any,
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    max_prompt_len: int = 384,
+    max_response_len: int = 384,
+    add_bos: bool = False,
+    add_eos: bool = True,
+) -> Packed:
+    """The same tokens as ``encode_pairs`` (same truncation rules), packed without padding (``core.packing``)."""
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    prompt_ids = encode_prompts(tokenizer, prompts, max_prompt_len, add_bos)
+    response_ids = encode_responses(tokenizer, responses, max_response_len, add_eos)
+    return pack_sequences([p + r for p, r in zip(prompt_ids, response_ids)], [len(p) for p in prompt_ids],
+                          _pad_id(tokenizer))
 
 
 def mismatched_completions(completions: Sequence[T]) -> list[T]:

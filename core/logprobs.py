@@ -14,6 +14,11 @@ Conventions (one place, so every loss agrees):
       log pi(y | x) = sum_t token_logp[b, t]                 (``average=True`` divides by the token count,
                                                               the length-normalised variant IPO uses)
 
+- Packed batches (``core/packing.py``) score only the positions that predict a response token: ``label_logps``
+  takes those rows of the logits, [N, V], and ``segment_logps`` sums them per sequence. Nothing of the size of a
+  full-vocabulary log-softmax is kept: per row, the label's logit minus the row's logsumexp, in row chunks, so
+  under bf16 autocast not even the float32 copy of all the logits exists at once.
+
 - The full-vocabulary KL at every response step (ReMax ``full_step`` penalty):
 
       KL_t = sum_v pi(v | s_t) * (log pi(v | s_t) - log pi_ref(v | s_t))
@@ -84,6 +89,43 @@ def sequence_logps(
     if not average:
         return total
     return total / response_token_counts(loss_mask).clamp(min=1).to(total.dtype)
+
+
+def label_logps(logits: torch.Tensor, targets: torch.Tensor, chunk_rows: int = 4096) -> torch.Tensor:
+    """log softmax(logits[i])[targets[i]] for each row i of [N, V] logits, computed ``chunk_rows`` rows at a time.
+
+    Returns [N] float32; equal to ``log_softmax(logits.float(), -1).gather(-1, targets[:, None])`` without that
+    [N, V] tensor (the label logit minus the row's logsumexp; backward recomputes softmax per chunk).
+    """
+    if logits.dim() != 2 or targets.shape != logits.shape[:1]:
+        raise ValueError(f"expected logits [N, V] and targets [N], got {tuple(logits.shape)} and "
+                         f"{tuple(targets.shape)}")
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    parts = []
+    for start in range(0, logits.shape[0], chunk_rows):
+        rows = logits[start:start + chunk_rows].float()
+        picked = rows.gather(-1, targets[start:start + chunk_rows].unsqueeze(-1)).squeeze(-1)
+        parts.append(picked - torch.logsumexp(rows, dim=-1))
+    return torch.cat(parts) if parts else logits.float().sum(-1)  # no rows: [0], still in the graph
+
+
+def segment_logps(token_values: torch.Tensor, segment: torch.Tensor, n_seqs: int, average: bool = False) -> torch.Tensor:
+    """Per-sequence sums (or means) of per-token log-probs: ``segment[i]`` is the sequence of ``token_values[i]``.
+
+    The packed counterpart of ``sequence_logps``: [n_seqs] float32, 0 for a sequence with no token.
+    """
+    if token_values.shape != segment.shape or token_values.dim() != 1:
+        raise ValueError(f"token_values and segment must be equal [N] tensors, got {tuple(token_values.shape)} "
+                         f"and {tuple(segment.shape)}")
+    if segment.numel() and (int(segment.min()) < 0 or int(segment.max()) >= n_seqs):
+        raise ValueError(f"segment ids must lie in [0, {n_seqs}), got {int(segment.min())}..{int(segment.max())}")
+    values = token_values.float()
+    total = values.new_zeros(n_seqs).index_add(0, segment, values)
+    if not average:
+        return total
+    counts = torch.bincount(segment, minlength=n_seqs).clamp(min=1)
+    return total / counts.to(total.dtype)
 
 
 def build_response_mask(

@@ -73,6 +73,9 @@ class TrainConfig(_Strict):
     cpus_per_worker: float = Field(1.0, gt=0, description="Logical CPUs each Ray Train worker asks for.")
     lora: LoraSettings | None = Field(None, description="LoRA settings, or null for full fine-tuning.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+    packing: bool = Field(True, description="DPO/KTO and the reference pass: pack each micro-batch's sequences "
+                          "into rows without padding (position ids restart per sequence; sdpa/eager attention, "
+                          "else padded) and score response positions only. false: padded rows, as SFT is.")
     bf16: bool = Field(False, description="bfloat16 autocast where the hardware has it (warns and uses fp32 "
                        "otherwise); master weights stay float32.")
     strategy: Literal["ddp", "fsdp"] = Field("ddp", description="ddp: a full copy per worker; fsdp: sharded "

@@ -99,3 +99,17 @@ def test_mismatched_completions_rotate_by_one():
 def test_length_mismatch_is_an_error():
     with pytest.raises(ValueError):
         encode_pairs(make_tokenizer(), ["a", "b"], ["c"])
+
+
+def test_packed_encoding_holds_the_padded_encodings_tokens():
+    from prefloop.core.batching import encode_pairs_packed
+
+    tok = make_tokenizer()
+    prompts, responses = ["a b", "c", "d e f"], ["d", "e f g", ""]
+    padded = encode_pairs(tok, prompts, responses, add_bos=True)
+    packed = encode_pairs_packed(tok, prompts, responses, add_bos=True)
+    assert packed.tokens == int(padded["attention_mask"].sum()) == 16
+    # the scored targets are the padded batch's response tokens (position 0 never scored), per sequence
+    for i in range(3):
+        row = padded["input_ids"][i][padded["loss_mask"][i].bool()].tolist()
+        assert packed.targets[packed.segment == i].tolist() == row

@@ -5,10 +5,13 @@ import math
 import pytest
 import torch
 
+from prefloop.core.packing import pack_sequences
 from prefloop.core.logprobs import (
     build_response_mask,
     full_kl,
+    label_logps,
     response_token_counts,
+    segment_logps,
     sequence_logps,
     token_logps,
 )
@@ -150,3 +153,65 @@ def test_shape_errors():
         token_logps(torch.zeros(1, 4, 3), torch.zeros(1, 5, dtype=torch.long))
     with pytest.raises(ValueError):
         sequence_logps(torch.zeros(1, 4, 3), torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 3))
+
+
+# ---------------------------------------------------------------- packed rows: label_logps, segment_logps
+
+def test_label_logps_hand_computed_in_any_chunking():
+    rows = torch.tensor([[0.0, 1.0, 2.0], [1.0, 0.5, -1.0], [2.0, 0.0, 0.0]])
+    targets = torch.tensor([2, 0, 1])
+    want = [log_softmax_py(r, t) for r, t in zip(rows.tolist(), targets.tolist())]
+    for chunk in (1, 2, 3, 100):
+        assert label_logps(rows, targets, chunk_rows=chunk).tolist() == pytest.approx(want, abs=1e-6)
+
+
+def test_label_logps_equals_naive_log_softmax_and_its_gradient():
+    torch.manual_seed(0)
+    logits = (torch.randn(37, 50) * 4).requires_grad_(True)
+    targets = torch.randint(0, 50, (37,))
+    naive = torch.log_softmax(logits, -1).gather(-1, targets[:, None]).squeeze(-1)
+    (g_naive,) = torch.autograd.grad(naive.sum(), logits)
+    ours = label_logps(logits, targets, chunk_rows=8)
+    (g_ours,) = torch.autograd.grad(ours.sum(), logits)
+    assert torch.allclose(ours, naive, atol=1e-5)
+    assert torch.allclose(g_ours, g_naive, atol=1e-5)
+    bf16 = label_logps(logits.detach().bfloat16(), targets, chunk_rows=5)
+    assert bf16.dtype == torch.float32  # computed in float32 whatever the logits' dtype
+
+
+def test_segment_logps_sums_and_means_per_sequence():
+    values = torch.tensor([-1.0, -2.0, -0.5, -3.0])
+    segment = torch.tensor([2, 0, 2, 2])
+    assert segment_logps(values, segment, 4).tolist() == [-2.0, 0.0, -4.5, 0.0]
+    assert segment_logps(values, segment, 4, average=True).tolist() == [-2.0, 0.0, -1.5, 0.0]
+    with pytest.raises(ValueError, match="segment ids"):
+        segment_logps(values, segment, 2)
+    with pytest.raises(ValueError, match="equal"):
+        segment_logps(values, segment[:3], 4)
+    with pytest.raises(ValueError, match="logits"):
+        label_logps(torch.zeros(2, 3, 4), torch.zeros(2, dtype=torch.long))
+
+
+def test_packed_logps_equal_padded_sequence_logps():
+    """The same sequences, padded or packed (ToyLM sees only its own sequence either way): equal log-probs."""
+    torch.manual_seed(1)
+    seqs = [[3, 4, 5, 6, 7], [8, 9], [1, 2, 3, 4, 5, 6, 7, 8], [10, 4, 4]]
+    prompts = [2, 1, 5, 3]  # the last one has no response token
+    pad, width = 0, max(map(len, seqs))
+    ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs])
+    attn = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
+    mask = torch.tensor([[0] * p + [1] * (len(s) - p) + [0] * (width - len(s)) for s, p in zip(seqs, prompts)])
+    model = ToyLM()
+    padded = sequence_logps(model(ids, attn), ids, mask)
+    packed = pack_sequences(seqs, prompts, pad)
+    assert packed.input_ids.shape[0] < len(seqs)  # some rows hold several sequences
+    # ToyLM has no position ids: run each packed sequence alone, in its packed place, to get the same hidden rows
+    logits = torch.zeros(*packed.input_ids.shape, 11)
+    for r in range(packed.input_ids.shape[0]):
+        starts = (packed.position_ids[r] == 0).nonzero().flatten().tolist() + [packed.input_ids.shape[1]]
+        for a, b in zip(starts, starts[1:]):
+            piece = packed.input_ids[r:r + 1, a:b]
+            logits[r, a:b] = model(piece, torch.ones_like(piece))[0]
+    got = segment_logps(label_logps(logits[packed.select], packed.targets), packed.segment, packed.n_seqs)
+    assert torch.allclose(got, padded, atol=1e-5)
+    assert got[3] == 0.0
