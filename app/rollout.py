@@ -37,7 +37,7 @@ from prefloop.core.config import Recipe
 from prefloop.core.model_info import control_token_of
 from prefloop.core.partition import RoundPart
 from prefloop.core.prompt_blocks import TokenBudget
-from prefloop.core.prompt_files import plan_sources
+from prefloop.core.prompt_files import Piece, Source, plan_pieces, plan_sources
 from prefloop.core.prompt_index import Decision
 from prefloop.core.prompts import Fields, ReadResult, read_prompts
 
@@ -106,14 +106,15 @@ def run_rollout(recipe: Recipe, round_idx: int = 0, policy_dir: str | None = Non
     tokenizer = AutoTokenizer.from_pretrained(policy_dir)
     part = RoundPart(recipe.data, recipe.data.train, round_idx)
     sources = plan_sources(part.path, data_fields(recipe))  # a missing file or column fails before Ray starts
+    pieces = plan_pieces(sources, recipe.rollout.block_prompts)
     reader = reader_kwargs(recipe, tokenizer)
     init_ray(recipe.resources)
     with run.commit(round_idx, ROLLOUT) as out:
-        decision = choose_prompts(recipe, part, sources, reader, out)
+        decision = choose_prompts(recipe, part, sources, pieces, reader, out)
         t_read = time.perf_counter() - started
         stages = [generator_stage(recipe, policy_dir, pool), scorer_stage(recipe)]
         what = f"round {round_idx} {ROLLOUT}"
-        totals = stream_rollout(recipe, sources, decision, reader, stages, out,
+        totals = stream_rollout(recipe, sources, pieces, decision, reader, stages, out,
                                 lambda rows: check_sampled_from(rows, policy_dir, what))
         t_stream = time.perf_counter() - started - t_read
         timings = {"read_s": t_read, "generate_and_score_s": t_stream, "total_s": time.perf_counter() - started}
@@ -128,13 +129,15 @@ def reader_kwargs(recipe: Recipe, tokenizer: Any) -> dict[str, Any]:
     return {"tokenizer": tokenizer, "style": recipe.policy.chat_template,
             "max_prompt_tokens": recipe.data.max_prompt_tokens,
             "control": control_token_of(getattr(tokenizer, "name_or_path", None)),  # a cSFT model's <|good|>
-            "fields": asdict(data_fields(recipe)), "block_rows": recipe.rollout.block_prompts}
+            "fields": asdict(data_fields(recipe))}
 
 
-def choose_prompts(recipe: Recipe, part: RoundPart, sources: list, reader: dict[str, Any], out: Path) -> Decision:
+def choose_prompts(recipe: Recipe, part: RoundPart, sources: list[Source], pieces: list[Piece],
+                   reader: dict[str, Any], out: Path) -> Decision:
     """The first pass (rejected rows into ``rejected_inputs.jsonl``); raise when no prompt is usable."""
     with open(out / "rejected_inputs.jsonl", "w", encoding="utf-8") as rejected:
-        decision, first_reason = index_prompts(sources, reader, lambda rows: part.select(rows, key=lambda r: r[2]),
+        decision, first_reason = index_prompts(sources, pieces, reader,
+                                               lambda rows: part.select(rows, key=lambda r: r[2]),
                                                recipe.data.limit, recipe.resources.stage_timeout_s, rejected)
     log.info("prompts: %d read, %d accepted, %d rejected", decision.read, decision.accepted, decision.rejected)
     if not decision.used_ids:

@@ -1,19 +1,21 @@
 """The streaming rollout: prompt files -> Ray Data readers -> generators -> scorers -> Parquet, block by block.
 
-Two passes over the prompt files, both in Ray Data (``actors/prompt_reader.py``):
+The prompt files are cut into pieces of at most ``rollout.block_prompts`` rows (``core.prompt_files``) and read
+twice, both times in Ray Data (``actors/prompt_reader.py``), one piece per reader call:
 
 1. ``index_prompts``: readers check every row (``core.prompts.check_row`` and the token budget) and send back, per
-   block, only the accepted rows' numbers and prompt_ids and the rejected rows' records, which go straight into
+   piece, only the accepted rows' numbers and prompt_ids and the rejected rows' records, which go straight into
    ``rejected_inputs.jsonl``. The driver then decides, in input order, the duplicates, the round's partition and
    ``data.limit`` (``core.prompt_index.PromptIndex``), as the in-memory reader does.
-2. ``stream_rollout``: readers re-read only the chosen rows and stream them through the generator and scorer
-   actor pools; the driver takes the scored rows a chunk at a time, checks them (exactly once, N candidates, the
-   round's policy), selects pairs and appends the chunk to ``candidates.parquet``, ``pairs.parquet`` and
-   ``kto.parquet`` (one row group per chunk).
+2. ``stream_rollout``: readers re-read only the chosen rows; the blocks are cut to one generator batch each
+   (``rollout.batch_size`` rows, as before streaming) and flow through the generator and scorer actor pools; the
+   driver takes the scored rows a chunk at a time, checks them (exactly once, N candidates, the round's policy),
+   selects pairs and appends the chunk to ``candidates.parquet``, ``pairs.parquet`` and ``kto.parquet`` (one row
+   group per chunk).
 
-What the driver holds: the files' list, each accepted prompt's (file, number, prompt_id), the set of used ids,
-counts, and one chunk of scored rows at a time; never the prompt set or the candidates. The readers run on the
-driver's node (the prompt path is the driver's), the tokenizer travels to them through Ray.
+What the driver holds: the list of pieces, each accepted prompt's (piece, number, prompt_id), the set of used
+ids, counts, and one chunk of scored rows at a time; never the prompt set or the candidates. The readers run on
+the driver's node (the prompt path is the driver's); the tokenizer travels to them through Ray.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from prefloop.app import console
 from prefloop.app.runtime import iterate_with_timeout
 from prefloop.app.tables import ParquetAppender
 from prefloop.core.config import Recipe
-from prefloop.core.prompt_files import Source
+from prefloop.core.prompt_files import Fields, Piece, Source
 from prefloop.core.prompt_index import Decision, ExactlyOnce, PromptIndex
 from prefloop.core.selection import PAIRED, choose_pair, dpo_pair, kto_examples
 
@@ -56,28 +58,30 @@ def output_schemas() -> dict[str, Any]:
     }
 
 
-def reader_dataset(pieces: list[dict[str, Any]], reader_kwargs: dict[str, Any]) -> Any:
-    """A dataset of the reader's output over ``pieces`` (one per file), in input order, read on this node."""
+def reader_dataset(items: list[dict[str, Any]], reader_kwargs: dict[str, Any]) -> Any:
+    """A dataset of the reader's output over ``items`` (one per piece), in input order, read on this node."""
     import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from prefloop.actors.prompt_reader import PromptReader
 
-    ds = ray.data.from_items([{"piece": json.dumps(p)} for p in pieces], override_num_blocks=len(pieces))
+    ds = ray.data.from_items([{"piece": json.dumps(item)} for item in items], override_num_blocks=len(items))
     ds.context.execution_options.preserve_order = True  # outputs in input order (this dataset's context only)
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    here = {f"node:{ray.util.get_node_ip_address()}": 0.001}  # the prompt path is this machine's
     return ds.map_batches(PromptReader, fn_constructor_kwargs=reader_kwargs, batch_size=1,
-                          compute=ray.data.ActorPoolStrategy(size=1), num_cpus=READER_CPUS,
-                          scheduling_strategy=here)
+                          compute=ray.data.ActorPoolStrategy(size=1), num_cpus=READER_CPUS, resources=here)
 
 
-def index_prompts(sources: list[Source], reader_kwargs: dict[str, Any], select: Callable | None,
+def _item(index: int, sources: list[Source], pieces: list[Piece], keep: list[int] | None = None) -> dict[str, Any]:
+    piece = pieces[index]
+    return {"index": index, "source": sources[piece.source].to_dict(), "piece": piece.to_dict(), "keep": keep}
+
+
+def index_prompts(sources: list[Source], pieces: list[Piece], reader_kwargs: dict[str, Any], select: Callable | None,
                   limit: int | None, timeout_s: float, rejected_out: TextIO) -> tuple[Decision, str | None]:
     """First pass: every row checked in Ray Data; rejected records written to ``rejected_out`` as they come.
     Returns the driver's decision and the first rejection's reason (for an error when nothing is usable)."""
-    index = PromptIndex(sources, _fields(reader_kwargs))
-    pieces = [{"index": i, "source": s.to_dict(), "keep": None} for i, s in enumerate(sources)]
-    ds = reader_dataset(pieces, {**reader_kwargs, "mode": "check"})
+    index = PromptIndex(sources, pieces, Fields(**reader_kwargs["fields"]))
+    ds = reader_dataset([_item(i, sources, pieces) for i in range(len(pieces))], {**reader_kwargs, "mode": "check"})
     first_reason = None
     for row in iterate_with_timeout(ds.iter_rows(), timeout_s, "rollout: reading prompts"):
         for record in index.add(json.loads(row["summary"])):
@@ -88,12 +92,6 @@ def index_prompts(sources: list[Source], reader_kwargs: dict[str, Any], select: 
         rejected_out.write(json.dumps(dup.to_dict(), ensure_ascii=False) + "\n")
         first_reason = first_reason or dup.reason
     return decision, first_reason
-
-
-def _fields(reader_kwargs: dict[str, Any]) -> Any:
-    from prefloop.core.prompt_files import Fields
-
-    return Fields(**reader_kwargs["fields"])
 
 
 @dataclass
@@ -121,15 +119,18 @@ class Totals:
                 self.unpaired[c["pair_status"]] = self.unpaired.get(c["pair_status"], 0) + 1
 
 
-def stream_rollout(recipe: Recipe, sources: list[Source], decision: Decision, reader_kwargs: dict[str, Any],
-                   stages: list[Any], out: Path, check_rows: Callable[[list[dict]], None]) -> Totals:
+def stream_rollout(recipe: Recipe, sources: list[Source], pieces: list[Piece], decision: Decision,
+                   reader_kwargs: dict[str, Any], stages: list[Any], out: Path,
+                   check_rows: Callable[[list[dict]], None]) -> Totals:
     """Second pass: the chosen rows through ``stages`` (generators, scorers); selection and the three tables
     written chunk by chunk into ``out``. ``check_rows(chunk)`` raises on rows from the wrong model."""
     import ray
 
-    pieces = [{"index": i, "source": sources[i].to_dict(), "keep": numbers}
-              for i, numbers in sorted(decision.keep.items())]
-    ds = reader_dataset(pieces, {**reader_kwargs, "mode": "rows"})
+    items = [_item(i, sources, pieces, numbers) for i, numbers in sorted(decision.keep.items())]
+    ds = reader_dataset(items, {**reader_kwargs, "mode": "rows"})
+    # One block per generator call, as before streaming: a pool of generators shares the work, and results
+    # come back batch by batch (the stage timeout is between results).
+    ds = ds.repartition(target_num_rows_per_block=recipe.rollout.batch_size)
     for st in stages:
         ds = ds.map_batches(st.cls, fn_constructor_kwargs=st.kwargs, batch_size=st.batch_size,
                             compute=ray.data.ActorPoolStrategy(size=st.size), num_cpus=st.num_cpus,

@@ -2,9 +2,10 @@
 
 ``plan_sources(path)`` lists the files to read (one ``Source`` each) and checks what can be checked without
 reading rows: the file exists, its type is known, a table has a prompt or messages column. Its errors are
-``InputError``s naming the file. ``iter_rows(source)`` then yields each row with its number, one file at a time
-and one batch at a time, so neither the driver (``read_prompts``) nor a Ray Data reader (the streaming rollout,
-``actors/prompt_reader.py``) ever holds a whole file's rows.
+``InputError``s naming the file. ``plan_pieces`` cuts the files into ``Piece``s of at most N rows (a JSONL file
+at line boundaries, found in one streaming pass; a table by row ranges), the unit a Ray Data reader task reads
+(the streaming rollout, ``actors/prompt_reader.py``). ``iter_rows(source, piece)`` yields each row of a file or of
+one piece with its number, one batch at a time, so no reader ever holds a whole file's rows.
 
 A row's number is its line (1-based) in a JSONL file and its row index (0-based) in a table, as
 ``Source.location`` writes it into every rejected record ("line 7", "row 12").
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 from contextlib import contextmanager
+from itertools import islice
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Collection, Iterator
@@ -43,6 +45,20 @@ class Source:
         return f"line {number}" if self.kind == "jsonl" else f"row {number}"
 
     def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Rows ``first`` .. ``first + rows - 1`` of source ``source`` (an index into the plan's sources): lines
+    (blank ones included) of a JSONL file, starting at byte ``offset``; rows of a table."""
+
+    source: int
+    first: int
+    rows: int
+    offset: int = 0
+
+    def to_dict(self) -> dict[str, int]:
         return asdict(self)
 
 
@@ -110,24 +126,69 @@ def _arrow_batches(path: Path) -> Iterator[tuple[Any, Iterator[Any]]]:
         yield schema, batches
 
 
-def iter_rows(source: Source, keep: Collection[int] | None = None) -> Iterator[Row]:
-    """Yield ``(number, row, raw)`` for every row of ``source`` (only the numbers in ``keep`` when given: the
-    others are skipped without being parsed). A row that cannot be decoded comes as a ValueError saying why."""
-    path = Path(source.file)
-    if source.kind == "jsonl":
-        yield from _jsonl_rows(path, keep)
-        return
-    if source.kind == "parquet":
-        yield from _table_rows(_parquet_file(path).iter_batches(TABLE_BATCH_ROWS), keep)
-        return
-    with _arrow_batches(path) as (_, batches):
-        yield from _table_rows(batches, keep)
+def plan_pieces(sources: list[Source], rows: int) -> list[Piece]:
+    """Every source cut into pieces of at most ``rows`` rows, in reading order (an empty file: one empty piece,
+    so every file is accounted for)."""
+    if rows < 1:
+        raise ValueError(f"rows per piece must be >= 1, got {rows}")
+    pieces: list[Piece] = []
+    for index, source in enumerate(sources):
+        if source.kind == "jsonl":
+            mine = _jsonl_pieces(index, Path(source.file), rows)
+        else:
+            total = _table_num_rows(source)
+            mine = [Piece(index, first, min(rows, total - first)) for first in range(0, total, rows)]
+        pieces += mine or [Piece(index, 1 if source.kind == "jsonl" else 0, 0)]
+    return pieces
 
 
-def _jsonl_rows(path: Path, keep: Collection[int] | None) -> Iterator[Row]:
-    """Each non-blank line, decoded and parsed per line so one bad line spoils nothing else."""
+def _jsonl_pieces(index: int, path: Path, rows: int) -> list[Piece]:
+    """Where every ``rows`` lines start: one pass over the file, one line in memory at a time."""
+    pieces, offset, start, count = [], 0, 0, 0
     with open(path, "rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
+            if count == 0:
+                start, first = offset, lineno
+            offset, count = offset + len(raw), count + 1
+            if count == rows:
+                pieces.append(Piece(index, first, count, start))
+                count = 0
+    if count:
+        pieces.append(Piece(index, first, count, start))
+    return pieces
+
+
+def _table_num_rows(source: Source) -> int:
+    if source.kind == "parquet":
+        return _parquet_file(Path(source.file)).metadata.num_rows
+    with _arrow_batches(Path(source.file)) as (_, batches):  # memory-mapped: counting touches no row data
+        return sum(batch.num_rows for batch in batches)
+
+
+def iter_rows(source: Source, keep: Collection[int] | None = None, piece: Piece | None = None) -> Iterator[Row]:
+    """Yield ``(number, row, raw)`` for every row of ``source``, or of one ``piece`` of it (only the numbers in
+    ``keep`` when given: the others are skipped without being parsed). A row that cannot be decoded comes as a
+    ValueError saying why."""
+    path = Path(source.file)
+    if source.kind == "jsonl":
+        yield from _jsonl_rows(path, keep, piece)
+        return
+    lo, hi = (piece.first, piece.first + piece.rows) if piece else (0, None)
+    if source.kind == "parquet":
+        yield from _parquet_rows(_parquet_file(path), keep, lo, hi)
+        return
+    with _arrow_batches(path) as (_, batches):
+        yield from _table_rows(batches, 0, keep, lo, hi)
+
+
+def _jsonl_rows(path: Path, keep: Collection[int] | None, piece: Piece | None) -> Iterator[Row]:
+    """Each non-blank line, decoded and parsed per line so one bad line spoils nothing else."""
+    with open(path, "rb") as fh:
+        lines: Iterator[bytes] = fh
+        if piece is not None:
+            fh.seek(piece.offset)
+            lines = islice(fh, piece.rows)
+        for lineno, raw in enumerate(lines, start=piece.first if piece else 1):
             if keep is not None and lineno not in keep:
                 continue
             try:
@@ -143,16 +204,31 @@ def _jsonl_rows(path: Path, keep: Collection[int] | None) -> Iterator[Row]:
                 yield lineno, ValueError(f"malformed JSON: {err.msg} (column {err.colno})"), text
 
 
-def _table_rows(batches: Any, keep: Collection[int] | None) -> Iterator[Row]:
-    """Rows of Arrow record batches, numbered from 0 across batches; only the kept ones are converted."""
-    first = 0
+def _parquet_rows(pf: Any, keep: Collection[int] | None, lo: int, hi: int | None) -> Iterator[Row]:
+    """Rows lo .. hi-1 of a Parquet file, decoding only the row groups that hold them."""
+    groups, start, first = [], 0, None
+    for g in range(pf.metadata.num_row_groups):
+        n = pf.metadata.row_group(g).num_rows
+        if start + n > lo and (hi is None or start < hi):
+            groups.append(g)
+            first = start if first is None else first
+        start += n
+    if groups:
+        yield from _table_rows(pf.iter_batches(TABLE_BATCH_ROWS, row_groups=groups), first, keep, lo, hi)
+
+
+def _table_rows(batches: Any, first: int, keep: Collection[int] | None, lo: int = 0, hi: int | None = None
+                ) -> Iterator[Row]:
+    """Rows lo .. hi-1 of Arrow record batches whose first row is number ``first``; only the rows wanted
+    (in range, and in ``keep`` when given) are converted to Python."""
     for batch in batches:
-        if keep is None:
-            numbers = range(first, first + batch.num_rows)
-            rows = batch.to_pylist()
-        else:
-            numbers = [n for n in range(first, first + batch.num_rows) if n in keep]
-            rows = batch.take([n - first for n in numbers]).to_pylist() if numbers else []
-        for number, row in zip(numbers, rows):
-            yield number, row, ""
-        first += batch.num_rows
+        end = first + batch.num_rows
+        if hi is not None and first >= hi:
+            return
+        wanted = range(max(first, lo), min(end, hi) if hi is not None else end)
+        numbers = [n for n in wanted if n in keep] if keep is not None else list(wanted)
+        if numbers:
+            rows = batch.take([n - first for n in numbers]).to_pylist()
+            for number, row in zip(numbers, rows):
+                yield number, row, ""
+        first = end

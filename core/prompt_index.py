@@ -1,18 +1,18 @@
 """The driver's share of the streaming rollout: which prompts a round uses, and did each come back exactly once.
 
-The rollout reads its prompt files in Ray Data, twice (``app/rollout_stream.py``). The first pass checks every
-row inside the blocks and sends the driver, per block, only each accepted row's (line or row number, prompt_id)
-and the rejected rows' records. ``PromptIndex`` keeps those numbers and ids (about 150 bytes a prompt: 50k
+The rollout reads its prompt files in Ray Data, twice (``app/rollout_stream.py``), in pieces of at most
+``rollout.block_prompts`` rows. The first pass checks every row inside the readers and sends the driver, per
+piece, only each accepted row's (line or row number, prompt_id) and the rejected rows' records. ``PromptIndex`` keeps those numbers and ids (about 150 bytes a prompt: 50k
 prompts are a few MB, while the rows themselves never reach the driver) and decides what the in-memory reader
 (``core.prompts.read_prompts``) decides, in input order: a prompt_id already accepted earlier is a duplicate
 (rejected, naming the first row), then the round's partition, then ``data.limit``. It hands the second pass, per
-file, the numbers of the rows to use.
+piece, the numbers of the rows to use.
 
 ``ExactlyOnce`` checks the second pass's output as it streams by: every used prompt_id back once with N
 candidates, none twice, none that was not sent. It holds the set of ids, not the rows.
 
 One departure from ``read_prompts``: a row that is both a duplicate and over the token budget is rejected for its
-length here (the block checks the budget before the driver sees the id), for being a duplicate there.
+length here (the reader checks the budget before the driver sees the id), for being a duplicate there.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
-from prefloop.core.prompt_files import Fields, Source
+from prefloop.core.prompt_files import Fields, Piece, Source
 from prefloop.core.prompts import Rejected, duplicate_reason
 
 
@@ -33,50 +33,59 @@ class Decision:
     rejected: int
     in_partition: int
     used_ids: list[str]  # in input order
-    keep: dict[int, list[int]]  # source index -> the line / row numbers to use, ascending
+    keep: dict[int, list[int]]  # piece index -> the line / row numbers to use, ascending
     duplicates: list[Rejected] = field(default_factory=list)
 
 
 class PromptIndex:
-    """Accepted rows' (source, number, prompt_id) and the count of rejected rows, block by block."""
+    """Accepted rows' (piece, number, prompt_id) and the count of rejected rows, piece by piece."""
 
-    def __init__(self, sources: Sequence[Source], fields: Fields = Fields()):
-        self.sources, self.fields = list(sources), fields
+    def __init__(self, sources: Sequence[Source], pieces: Sequence[Piece], fields: Fields = Fields()):
+        self.sources, self.pieces, self.fields = list(sources), list(pieces), fields
         self._accepted: list[tuple[int, int, str]] = []
+        self._seen: set[int] = set()
         self.rejected = 0
 
-    def add(self, block: dict[str, Any]) -> list[dict[str, str]]:
-        """One block's summary ``{"source": i, "accepted": [[number, prompt_id], ...], "rejected": [record, ...]}``;
+    def add(self, summary: dict[str, Any]) -> list[dict[str, str]]:
+        """One piece's summary ``{"piece": i, "accepted": [[number, prompt_id], ...], "rejected": [record, ...]}``;
         returns its rejected records (the caller writes them out)."""
-        source = int(block["source"])
-        if not 0 <= source < len(self.sources):
-            raise ValueError(f"a block names source {source}, but there are {len(self.sources)}")
-        self._accepted.extend((source, int(number), str(pid)) for number, pid in block["accepted"])
-        self.rejected += len(block["rejected"])
-        return block["rejected"]
+        piece = int(summary["piece"])
+        if not 0 <= piece < len(self.pieces):
+            raise ValueError(f"a summary names piece {piece}, but there are {len(self.pieces)}")
+        if piece in self._seen:
+            raise RuntimeError(f"rollout: piece {piece} of the prompt files was read twice")
+        self._seen.add(piece)
+        self._accepted.extend((piece, int(number), str(pid)) for number, pid in summary["accepted"])
+        self.rejected += len(summary["rejected"])
+        return summary["rejected"]
+
+    def where(self, piece: int, number: int) -> tuple[str, str]:
+        source = self.sources[self.pieces[piece].source]
+        return source.file, source.location(number)
 
     def decide(self, select: Any = None, limit: int | None = None) -> Decision:
         """Duplicates out (the first row in input order keeps the id), then ``select`` (the round's partition:
-        a function from the accepted (source, number, prompt_id) tuples to those of the round), then ``limit``."""
+        a function from the accepted (piece, number, prompt_id) tuples to those of the round), then ``limit``."""
+        missing = sorted(set(range(len(self.pieces))) - self._seen)
+        if missing:
+            raise RuntimeError(f"rollout: {len(missing)} pieces of the prompt files were never read "
+                               f"(first: {missing[:5]})")
         first: dict[str, tuple[int, int]] = {}
         unique, duplicates = [], []
-        for entry in sorted(self._accepted):
-            source, number, pid = entry
+        for entry in sorted(self._accepted):  # pieces are in reading order, numbers ascend inside a piece
+            piece, number, pid = entry
             if pid in first:
-                src = self.sources[source]
-                earlier = self.sources[first[pid][0]]
-                where = f"{earlier.file}:{earlier.location(first[pid][1])}"
-                duplicates.append(Rejected(src.file, src.location(number), self.fields.id,
-                                           duplicate_reason(pid, where)))
+                earlier = ":".join(self.where(*first[pid]))
+                duplicates.append(Rejected(*self.where(piece, number), self.fields.id, duplicate_reason(pid, earlier)))
                 continue
-            first[pid] = (source, number)
+            first[pid] = (piece, number)
             unique.append(entry)
         del first
         mine = select(unique) if select is not None else unique
         used = mine[:limit] if limit is not None else mine
         keep: dict[int, list[int]] = {}
-        for source, number, _ in used:  # already in input order
-            keep.setdefault(source, []).append(number)
+        for piece, number, _ in used:  # already in input order
+            keep.setdefault(piece, []).append(number)
         read = len(self._accepted) + self.rejected
         return Decision(read=read, accepted=len(unique), rejected=self.rejected + len(duplicates),
                         in_partition=len(mine), used_ids=[pid for _, _, pid in used], keep=keep,
