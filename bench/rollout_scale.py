@@ -56,8 +56,10 @@ def child(recipe_file: str) -> None:
     """One driver: load everything, note the floor, run the rollout stage, report the peak."""
     import resource
 
-    from transformers import AutoTokenizer  # noqa: F401  (loaded by the stage; part of the floor)
+    from transformers import AutoTokenizer  # noqa: F401  (what the stage loads anyway: part of the floor)
 
+    import prefloop.actors.generator  # noqa: F401  (vLLM: the driver imports it to build the generator stage)
+    import prefloop.actors.scorers  # noqa: F401
     from prefloop.app.rollout import run_rollout
     from prefloop.app.runtime import init_ray
     from prefloop.core.config import parse_recipe
