@@ -21,7 +21,15 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
+
+# bench/select.py, beside this file, shadows the standard library's `select` (which subprocess, asyncio and Ray
+# import): a script's folder comes first on sys.path. Load the real module before anything needs it.
+if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+    _bench = sys.path.pop(0)
+    import select  # noqa: E402,F401
+    sys.path.insert(0, _bench)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -83,7 +83,8 @@ def run_size(code: Path, n: int, args, policy: str, tmp: Path) -> dict:
     recipe_file = folder / "recipe.json"
     recipe_file.write_text(json.dumps(recipe))
     env = dict(os.environ, PYTHONPATH=str(code), HF_HUB_OFFLINE="1")
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), recipe_file], env=env, cwd=str(code),
+    # -P: the child's sys.path does not start with bench/ (whose select.py would shadow the standard library's)
+    proc = subprocess.run([sys.executable, "-P", str(Path(__file__).resolve()), recipe_file], env=env, cwd=str(code),
                           capture_output=True, text=True, timeout=args.timeout)
     lines = [l for l in proc.stdout.splitlines() if l.startswith(MARK)]
     if proc.returncode != 0 or not lines:
