@@ -7,8 +7,8 @@ write) runs in a fresh Python process, the driver. That process reports its own 
 the libraries were loaded, before the first prompt was read (the floor every run pays). Goal: peak at 50k at most
 1.3x peak at 5k.
 
-``--before ROOT`` runs the same sizes with another checkout's code (e.g. ``git archive`` of the commit before the
-streaming rollout), for a before/after on the same machine.
+``--before ROOT`` runs the same sizes with another checkout's code instead (e.g. ``git archive`` of the commit
+before the streaming rollout) and only prints, for a before/after on the same machine.
 """
 
 from __future__ import annotations
@@ -96,25 +96,20 @@ def run_size(code: Path, n: int, args, policy: str, tmp: Path) -> dict:
     return result
 
 
-def scale(args, policy: str) -> dict:
-    """Every size with this checkout's code (and ``--before``'s); print and return the figures."""
-    here = Path(__file__).resolve().parents[1]
-    codes = {"after": here} | ({"before": Path(args.before).resolve()} if args.before else {})
+def scale(args, policy: str, label: str) -> dict:
+    """Every size with this checkout's code (``--before``'s for label ``before``); print and return the figures."""
+    code = Path(args.before).resolve() if args.before else Path(__file__).resolve().parents[1]
     with tempfile.TemporaryDirectory(prefix="prefloop-scale-") as tmp:
-        got = {label: {n: run_size(code, n, args, policy, Path(tmp)) for n in args.sizes}
-               for label, code in codes.items()}
+        results = {n: run_size(code, n, args, policy, Path(tmp)) for n in args.sizes}
     small, large = min(args.sizes), max(args.sizes)
-    figures = {"sizes": args.sizes, "samples": args.samples, "max_tokens": args.max_tokens}
-    print(f"\nrollout scale bench: driver peak RSS, {args.samples} samples, {args.max_tokens} new tokens, "
-          "function scorer")
-    for label, results in got.items():
-        ratio = results[large]["peak_mib"] / results[small]["peak_mib"]
-        figures[label] = {str(n): {k: round(v, 1) for k, v in r.items()} for n, r in results.items()}
-        figures[label]["ratio"] = round(ratio, 3)
-        growth = {n: r["peak_mib"] - r["floor_mib"] for n, r in results.items()}
-        print(f"  {label:6}  " + "   ".join(f"{n}: {r['peak_mib']:.0f} MiB (+{growth[n]:.0f} over the floor)"
-                                            for n, r in results.items()) + f"   ratio {large}/{small}: {ratio:.2f}")
-    return figures
+    ratio = results[large]["peak_mib"] / results[small]["peak_mib"]
+    mine = {str(n): {k: round(v, 1) for k, v in r.items()} for n, r in results.items()}
+    print(f"\nrollout scale bench ({label}: {code}): driver peak RSS, {args.samples} samples, {args.max_tokens} new "
+          "tokens, function scorer")
+    print("  " + "   ".join(f"{n}: {r['peak_mib']:.0f} MiB (+{r['peak_mib'] - r['floor_mib']:.0f} over the floor)"
+                            for n, r in results.items()) + f"   ratio {large}/{small}: {ratio:.2f}")
+    return {"sizes": args.sizes, "samples": args.samples, "max_tokens": args.max_tokens,
+            label: {**mine, "ratio": round(ratio, 3)}}
 
 
 if __name__ == "__main__":  # one driver of the scale bench: python bench/rollout_scale.py RECIPE.json
