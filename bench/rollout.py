@@ -1,6 +1,7 @@
 """Rollout throughput: the Ray Data stages against bare loops, measured in one run on the same inputs.
 
     python bench/rollout.py [--prompts 256] [--samples 4] [--max-tokens 48] [--repeats 3]
+    python bench/rollout.py --scale [--sizes 5000 50000] [--before ROOT]     (the driver's memory: rollout_scale.py)
 
 Generation: tokens/s of the Ray Data generator stage (``VLLMGenerator`` in an actor pool) against a bare
 ``vllm.LLM.generate`` loop over the same batches with the same sampling settings. Scoring: PairRM pairs/s
@@ -20,7 +21,15 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
+
+# bench/select.py, beside this file, shadows the standard library's `select` (which subprocess, asyncio and Ray
+# import): a script's folder comes first on sys.path. Load the real module before anything needs it.
+if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+    _bench = sys.path.pop(0)
+    import select  # noqa: E402,F401
+    sys.path.insert(0, _bench)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -85,12 +94,21 @@ def ray_stage(cls, kwargs: dict, rows: list[dict], batch: int, column: str, cpus
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--prompts", type=int, default=256)
-    parser.add_argument("--samples", type=int, default=4)
-    parser.add_argument("--max-tokens", type=int, default=48)
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--samples", type=int, help="default 4 (--scale: 2)")
+    parser.add_argument("--max-tokens", type=int, help="default 48 (--scale: 4)")
+    parser.add_argument("--batch", type=int, help="default 32 (--scale: 128)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--data", help="prompt file (default: the shipped prompts)")
+    parser.add_argument("--scale", action="store_true", help="the driver's peak memory at two prompt-set sizes")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[5000, 50000], help="--scale: prompt counts")
+    parser.add_argument("--before", help="--scale: run another checkout's code instead, print only (a before/after)")
+    parser.add_argument("--timeout", type=float, default=3600, help="--scale: seconds per driver")
     args = parser.parse_args()
+    for name, (plain, scale) in {"samples": (4, 2), "max_tokens": (48, 4), "batch": (32, 128)}.items():
+        if getattr(args, name) is None:
+            setattr(args, name, scale if args.scale else plain)
+    if args.scale:
+        return main_scale(args)
 
     import ray
     import torch
@@ -137,6 +155,24 @@ def main() -> None:
     print(f"  PairRM pairs/s        bare rank {med(bare_score):9.1f}   Ray Data stage {med(ray_score):9.1f}   "
           f"ratio {med(ray_score) / med(bare_score):.2f}   runs bare={[round(x) for x in bare_score]} "
           f"ray={[round(x) for x in ray_score]}")
+
+
+def main_scale(args: argparse.Namespace) -> None:
+    from results import record  # bench/results.py, beside this file
+    from rollout_scale import GOAL_RATIO, scale
+
+    from prefloop.tinyworld.assets import build_assets, default_assets_dir
+
+    label = "before" if args.before else "after"
+    figures = scale(args, str(build_assets(default_assets_dir()).policy), label)
+    if args.before:
+        return  # another checkout's figures: for comparison, not this code's record
+    small, large = str(min(args.sizes)), str(max(args.sizes))
+    got = figures[label]
+    headline = (f"driver peak RSS {got[small]['peak_mib']:.0f} MiB at {small} prompts, "
+                f"{got[large]['peak_mib']:.0f} MiB at {large}: {got['ratio']:.2f}x")
+    record("rollout_scale", figures, headline=headline, goal=f"driver peak RSS at {large} <= {GOAL_RATIO}x at {small}",
+           met=got["ratio"] <= GOAL_RATIO)
 
 
 if __name__ == "__main__":

@@ -70,6 +70,9 @@ class RolloutConfig(_Strict):
     seed: int | None = Field(0, description="Per-request seeds derive from this and the prompt_id; null = unseeded.")
     num_generators: int = Field(1, ge=1, description="vLLM actors in the pool.")
     batch_size: int = Field(16, ge=1, description="Prompts per generator call.")
+    block_prompts: int = Field(1024, ge=1, description="Rows of a prompt file per Ray Data reader call: the rollout "
+                               "reads its prompt files in pieces of this many rows (lines of a JSONL file), so "
+                               "neither a reader nor the driver ever holds a whole file.")
     max_model_len: int = Field(512, ge=16)
     kv_cache_gb: float | None = Field(0.25, gt=0, description="vLLM KV-cache size; null = vLLM's default (GPU).")
     enforce_eager: bool = True

@@ -1,4 +1,4 @@
-"""Reading prompt records from JSONL, Parquet, or a local Hugging Face dataset directory.
+"""Prompt records from JSONL, Parquet, or a local Hugging Face dataset directory: the checks every row passes.
 
 Every input row ends up either accepted (a ``PromptRecord``) or rejected (a ``Rejected`` naming the file,
 the line or row, the field, and the reason). Nothing is dropped silently: ``read = accepted + rejected``.
@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from prefloop.core.prompt_files import Fields, InputError, Source, iter_rows, plan_sources
 from prefloop.core.templates import last_user_text, validate_messages
 
-
-class InputError(ValueError):
-    """A prompt source that cannot be read at all; the message names the file and what is wrong."""
+__all__ = ["Fields", "InputError", "PromptRecord", "ReadResult", "Rejected", "check_row", "derive_prompt_id",
+           "read_prompts"]
 
 
 @dataclass
@@ -29,6 +29,7 @@ class PromptRecord:
     messages: list[dict[str, str]]
     prompt: str  # the last user turn, what PairRM-style judges read
     source: str  # "file:line" or "file:row", for error messages downstream
+    field: str = ""  # the field the prompt came from (prompt or messages), named when it is rejected later
 
 
 @dataclass
@@ -54,88 +55,10 @@ class ReadResult:
         return len(self.accepted) + len(self.rejected)
 
 
-@dataclass(frozen=True)
-class Fields:
-    prompt: str = "prompt"
-    messages: str = "messages"
-    id: str = "prompt_id"
-
-
 def derive_prompt_id(messages: list[dict[str, str]]) -> str:
     """A stable id from the conversation's content: the same prompt gets the same id in every run."""
     canonical = json.dumps(messages, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
     return "p" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
-
-
-Row = tuple[str, str, Any, str]  # (file, "line 7" / "row 12", parsed row or the exception, raw text)
-
-
-def _iter_jsonl(path: Path) -> Iterator[Row]:
-    """Yield each non-blank line, decoded and parsed per line so one bad line spoils nothing else."""
-    with open(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                yield str(path), f"line {lineno}", ValueError(
-                    f"not valid UTF-8 ({err.reason} at byte {err.start})"), repr(raw[:200])
-                continue
-            if not text.strip():
-                continue
-            try:
-                yield str(path), f"line {lineno}", json.loads(text), text
-            except json.JSONDecodeError as err:
-                yield str(path), f"line {lineno}", ValueError(f"malformed JSON: {err.msg} (column {err.colno})"), text
-
-
-def _table_rows(table: Any, path: Path, fields: Fields) -> Iterator[Row]:
-    if fields.prompt not in table.column_names and fields.messages not in table.column_names:
-        raise InputError(f"{path}: no '{fields.prompt}' or '{fields.messages}' column "
-                         f"(columns: {', '.join(table.column_names)})")
-    for i, row in enumerate(table.to_pylist()):
-        yield str(path), f"row {i}", row, ""
-
-
-def _iter_parquet(path: Path, fields: Fields) -> Iterator[Row]:
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(path)
-    except Exception as err:  # pyarrow raises several types for a bad file
-        raise InputError(f"{path}: not a readable Parquet file: {err}") from None
-    yield from _table_rows(table, path, fields)
-
-
-def _iter_hf_dir(path: Path, fields: Fields) -> Iterator[Row]:
-    """A dataset saved with ``datasets.save_to_disk`` (Arrow stream files), or a folder of data files."""
-    import pyarrow as pa
-
-    arrow_files = sorted(path.glob("*.arrow")) or sorted(path.glob("*/*.arrow"))
-    for arrow in arrow_files:
-        with pa.memory_map(str(arrow)) as source:
-            try:
-                table = pa.ipc.open_stream(source).read_all()
-            except pa.ArrowInvalid:
-                table = pa.ipc.open_file(source).read_all()
-        yield from _table_rows(table, arrow, fields)
-    if arrow_files:
-        return
-    data_files = sorted(p for p in path.rglob("*") if p.suffix in (".jsonl", ".json", ".parquet"))
-    if not data_files:
-        raise InputError(f"{path}: a dataset directory with no .arrow, .parquet or .jsonl files")
-    for data_file in data_files:
-        yield from _iter_source(data_file, fields)
-
-
-def _iter_source(path: Path, fields: Fields) -> Iterator[Row]:
-    if path.is_dir():
-        yield from _iter_hf_dir(path, fields)
-    elif path.suffix == ".parquet":
-        yield from _iter_parquet(path, fields)
-    elif path.suffix in (".jsonl", ".json"):
-        yield from _iter_jsonl(path)
-    else:
-        raise InputError(f"{path}: unsupported prompt file type (use .jsonl, .parquet or a dataset directory)")
 
 
 def _row_to_messages(row: dict[str, Any], fields: Fields) -> tuple[list[dict[str, str]], str]:
@@ -153,49 +76,74 @@ def _row_to_messages(row: dict[str, Any], fields: Fields) -> tuple[list[dict[str
     return [{"role": "user", "content": prompt}], fields.prompt
 
 
+def check_row(file: str, location: str, row: Any, raw: str, fields: Fields = Fields()) -> PromptRecord | Rejected:
+    """One row as a record, or rejected naming the field and why (all but the duplicate and token checks,
+    which need the other rows and the tokenizer)."""
+
+    def reject(field_name: str, reason: str) -> Rejected:
+        return Rejected(file, location, field_name, reason, raw_text(row, raw))
+
+    if isinstance(row, Exception):
+        return reject("(line)", str(row))
+    if not isinstance(row, dict):
+        return reject("(line)", f"expected a JSON object, got {type(row).__name__}")
+    try:
+        messages, used = _row_to_messages(row, fields)
+    except ValueError as err:
+        name, _, reason = str(err).partition(": ")
+        return reject(name, reason)
+    if not all(m["content"].strip() for m in messages if m["role"] == "user"):
+        return reject(used, "empty prompt")
+    given = row.get(fields.id)
+    if given is not None and (not isinstance(given, (str, int)) or str(given).strip() == ""):
+        return reject(fields.id, f"must be a non-empty string or integer, got {given!r}")
+    prompt_id = str(given) if given is not None else derive_prompt_id(messages)
+    return PromptRecord(prompt_id, messages, last_user_text(messages), f"{file}:{location}", used)
+
+
+def raw_text(row: Any, raw: str) -> str:
+    """What a rejected record shows of its row: the line as read, or a table row as JSON."""
+    return raw or json.dumps(row, default=str)[:500]
+
+
+def duplicate_reason(prompt_id: str, first: str | None = None) -> str:
+    where = f" as {first}" if first else " as an earlier row"
+    return f"duplicate prompt_id {prompt_id!r} (same id or same content{where})"
+
+
 def read_prompts(path: str | Path, fields: Fields = Fields(),
                  too_long: Callable[[list[dict[str, str]]], str | None] | None = None) -> ReadResult:
-    """Read every row of a prompt source into accepted records and rejected rows.
+    """Read every row of a prompt source into accepted records and rejected rows, on this process.
 
     ``too_long(messages)`` returns a reason when the rendered prompt exceeds the token budget (the caller
-    owns the tokenizer), or None.
+    owns the tokenizer), or None. (The rollout reads its prompts in Ray Data instead, ``app/rollout_stream.py``,
+    with the same checks.)
     """
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: prompt file not found")
     result, seen = ReadResult(), set()
-    for file, loc, row, raw in _iter_source(path, fields):
-
-        def reject(field_name: str, reason: str) -> None:
-            result.rejected.append(Rejected(file, loc, field_name, reason, raw or json.dumps(row, default=str)[:500]))
-
-        if isinstance(row, Exception):
-            reject("(line)", str(row))
-            continue
-        if not isinstance(row, dict):
-            reject("(line)", f"expected a JSON object, got {type(row).__name__}")
-            continue
-        try:
-            messages, used = _row_to_messages(row, fields)
-        except ValueError as err:
-            name, _, reason = str(err).partition(": ")
-            reject(name, reason)
-            continue
-        if not all(m["content"].strip() for m in messages if m["role"] == "user"):
-            reject(used, "empty prompt")
-            continue
-        given = row.get(fields.id)
-        if given is not None and (not isinstance(given, (str, int)) or str(given).strip() == ""):
-            reject(fields.id, f"must be a non-empty string or integer, got {given!r}")
-            continue
-        prompt_id = str(given) if given is not None else derive_prompt_id(messages)
-        if prompt_id in seen:
-            reject(fields.id, f"duplicate prompt_id {prompt_id!r} (same id or same content as an earlier row)")
-            continue
-        reason = too_long(messages) if too_long else None
-        if reason:
-            reject(used, reason)
-            continue
-        seen.add(prompt_id)
-        result.accepted.append(PromptRecord(prompt_id, messages, last_user_text(messages), f"{file}:{loc}"))
+    for source in plan_sources(path, fields):
+        for number, row, raw in iter_rows(source):
+            loc = source.location(number)
+            checked = check_row(source.file, loc, row, raw, fields)
+            if isinstance(checked, PromptRecord) and checked.prompt_id in seen:
+                checked = Rejected(source.file, loc, fields.id, duplicate_reason(checked.prompt_id), raw_text(row, raw))
+            if isinstance(checked, PromptRecord) and too_long and (reason := too_long(checked.messages)):
+                checked = Rejected(source.file, loc, checked.field, reason, raw_text(row, raw))
+            if isinstance(checked, Rejected):
+                result.rejected.append(checked)
+                continue
+            seen.add(checked.prompt_id)
+            result.accepted.append(checked)
     return result
+
+
+# The (file, location, row, raw) iterators other readers (training data, dataset preparation) build on.
+def _iter_source(path: str | Path, fields: Fields = Fields()) -> Iterator[tuple[str, str, Any, str]]:
+    for source in plan_sources(path, fields):
+        for number, row, raw in iter_rows(source):
+            yield source.file, source.location(number), row, raw
+
+
+def _iter_jsonl(path: str | Path) -> Iterator[tuple[str, str, Any, str]]:
+    source = Source(str(path), "jsonl")
+    for number, row, raw in iter_rows(source):
+        yield source.file, source.location(number), row, raw

