@@ -1,140 +1,59 @@
-"""``prefloop run`` as a Ray job: ``ray job submit`` to a separate head, twice.
+"""``prefloop run`` as a Ray job on a multi-node cluster: ``ray job submit`` to a separate head, twice.
 
-A head of its own is started with ``ray start --head --block`` on free ports and in a short temp dir of its
-own (so its address file never lands in /tmp/ray, where ``ray.init()`` of other tests and CI would find it).
-The demo recipe, unchanged (3 rounds of online DPO on the tiny assets), is submitted with the repository as
-working dir and the cluster's runtime env (``cluster/runtime_env.yaml``); the job must SUCCEED, its logs show the
-round lines, and the demo must do what it promises: its final round beats the base model on the held-out
-prompts by a fixed margin, graded by the recipe's eval judge (the tiny world's own preference, which did not
-train the model; the tiny PairRM that did is only reported beside it). This is the demo's learning test too. While it runs, the head's
-Prometheus endpoint is scraped for the loop's ``ray_prefloop_*`` gauges. The same command submitted again must
-succeed at once and say the rounds are already committed (resume = same run directory).
+The cluster (``tests/ray/local_cluster.py``) is a head and two worker nodes, ``gen`` and ``srv``, each started
+with ``ray start`` and each with a model cache of its own, as nodes without a shared filesystem have. The demo
+recipe (3 rounds of online DPO on the tiny assets) is submitted with the repository as working dir and the
+cluster's runtime env (``cluster/runtime_env.yaml``). ``resources.placement`` pins the generators to ``gen``, the
+Serve replica to ``srv`` (``loop.serve`` on), and training and scoring to the head, where the driver runs.
 
-Teardown sends SIGTERM to that ``ray start --block`` process, which stops the processes of that head only
-(``ray stop`` would stop every Ray on the machine, the session's cluster included), then kills what is left of
-its own process group.
+The test checks four things:
+- The job must SUCCEED, and its logs show the round lines.
+- The demo must do what it promises. Its final round beats the base model on the held-out prompts by a fixed
+  margin, graded by the recipe's eval judge. That judge is the tiny world's own preference, which did not train
+  the model; the tiny PairRM that did is only reported beside it. This is the demo's learning test too.
+- Round weights reached the other nodes through Ray, never by reading the driver's run directory. Every model
+  load of every actor goes through ``actors/model_cache.local_model``, which records the load in the node's
+  cache. Each record must name a copy in that node's own cache, and the generator and Serve records must show
+  each round arriving on ``gen`` and ``srv``.
+- While it runs, the head's Prometheus endpoint is scraped for the loop's ``ray_prefloop_*`` gauges.
+
+The same command submitted again must succeed at once and say the rounds are already committed (resume = same
+run directory).
 """
 
 import json
-import os
 import re
-import secrets
-import shutil
-import signal
-import socket
 import subprocess
-import sys
-import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from prefloop.actors.model_cache import read_audit
+from tests.ray.local_cluster import BIN, free_ports, get, start_cluster
+
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 CLUSTER_RUNTIME_ENV = REPO / "cluster" / "runtime_env.yaml"  # the runtime env the cluster guide submits with
 ROUNDS = 3  # recipes/demo.yaml's
 # The demo's learning bar, by the gold judge (issue 9): the final round's win rate vs base at least 0.5 + WIN_MARGIN
 # and above round 0's. Measured on the calibrated tiny world (2026-12-03): see the README, "The two commands".
 WIN_MARGIN = 0.1
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def get(url: str, timeout: float = 10) -> str:
-    with urllib.request.urlopen(url, timeout=timeout) as resp:
-        return resp.read().decode()
-
-
-class Head:
-    """One ``ray start --head --block`` process on free ports, in a temp dir of its own."""
-
-    def __init__(self, env: dict, token: str):
-        self.headers = {"Authorization": f"Bearer {token}"}
-        self.temp_dir = tempfile.mkdtemp(prefix="pfjob-", dir="/tmp")  # short: socket paths must stay < 108 chars
-        gcs, dash, agent, agent_grpc, self.metrics_port, rt_env, client = free_ports(7)
-        self.url = f"http://127.0.0.1:{dash}"
-        cmd = [str(BIN / "ray"), "start", "--head", "--block", f"--port={gcs}", "--num-cpus=8",
-               "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-               f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
-               f"--metrics-export-port={self.metrics_port}", f"--runtime-env-agent-port={rt_env}",
-               f"--ray-client-server-port={client}", f"--temp-dir={self.temp_dir}", "--disable-usage-stats"]
-        self.log_path = Path(self.temp_dir) / "ray-start.log"
-        with open(self.log_path, "w") as log:
-            self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def wait_ready(self, timeout_s: float) -> str | None:
-        """None once the job server answers; else why not."""
-        from ray.job_submission import JobSubmissionClient
-
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                text = self.log_path.read_text()
-                errors = [line for line in text.splitlines() if re.search(r"error|exception|timed out", line, re.I)]
-                return f"ray start exited {self.proc.returncode}:\n" + "\n".join(errors[-20:] or [text[-2000:]])
-            try:
-                JobSubmissionClient(self.url, headers=self.headers)  # checks the job server's version
-                return None
-            except Exception:
-                time.sleep(2)
-        return f"the job head's dashboard did not answer in {timeout_s:.0f} s"
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)  # --block: the head stops its own processes
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # whatever of this head's process group is left
-        except ProcessLookupError:
-            pass
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
+# Where each kind of actor runs: the custom resource each node of the cluster offers (see local_cluster.py).
+PLACEMENT = {"generator": {"pf_gen": 1}, "serve": {"pf_srv": 1}, "train": {"pf_head": 1}, "scorer": {"pf_head": 1}}
 
 
 @pytest.fixture
-def job_head():
-    """A separate Ray head with a dashboard (the job server); yields (the head, the env of its clients).
-    It uses token auth (Ray's default) with a token of its own, given to the head and every client through the
-    environment, so nothing depends on ~/.ray/auth_token. On a loaded 2-core machine a raylet can miss Ray's
-    30 s start-up deadline: one retry on fresh ports."""
-    token = secrets.token_hex(32)
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH")}
-    env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", HF_HUB_OFFLINE="1", RAY_USAGE_STATS_ENABLED="0",
-               RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
-    problems = []
-    for _ in range(2):
-        head = Head(env, token)
-        try:
-            problem = head.wait_ready(240)
-        except BaseException:  # e.g. Ctrl-C while waiting: never leave a head behind
-            head.stop()
-            raise
-        if problem is None:
-            break
-        problems.append(problem)
-        head.stop()
-    else:
-        pytest.fail("could not start the job head:\n" + "\n---\n".join(problems))
+def job_cluster():
+    """The head (job server, driver, training) and the worker nodes ``gen`` (generators) and ``srv`` (Serve)."""
+    cluster = start_cluster(head_cpus=8, workers={"gen": 2, "srv": 2})
     try:
-        yield head, env
+        yield cluster
     finally:
-        head.stop()
+        cluster.stop()
 
 
-def submit(url: str, env: dict, run_dir: Path, assets: Path) -> str:
+def submit(url: str, env: dict, run_dir: Path, assets: Path, serve_port: int) -> str:
     """``ray job submit`` with the cluster's runtime env (its excludes leave the package folders, .git, .venv and
     run dirs out of the upload) plus the tiny assets' path; returns the submission id."""
     import yaml
@@ -144,7 +63,8 @@ def submit(url: str, env: dict, run_dir: Path, assets: Path) -> str:
     # HF_HUB_OFFLINE is also in the loop's own worker env (app/runtime.py): the job's value must win, no conflict.
     runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), "PREFLOOP_ASSETS": str(assets),
                                "HF_HUB_OFFLINE": "1"}
-    sets = ["--set", f"run_dir={run_dir}"]
+    sets = ["--set", f"run_dir={run_dir}", "--set", f"resources.placement={json.dumps(PLACEMENT)}",
+            "--set", "loop.serve=true", "--set", f"loop.serve_port={serve_port}"]
     cmd = [str(BIN / "ray"), "job", "submit", "--address", url, "--working-dir", str(REPO),
            "--runtime-env-json", json.dumps(runtime_env), "--entrypoint-num-cpus", "1", "--no-wait",
            "--", "prefloop", "run", "recipes/demo.yaml", *sets]
@@ -184,16 +104,35 @@ def wait_for(client, job_id: str, timeout_s: float, metrics_port: int | None = N
     pytest.fail(f"job {job_id} not finished after {timeout_s:.0f} s:\n{client.get_job_logs(job_id)[-4000:]}")
 
 
-def test_job_submit_runs_the_demo_graded_by_gold_then_resumes(job_head, tiny_assets, tmp_path, graded_by_gold):
+def check_weights_came_through_ray(cluster, run_dir: Path) -> None:
+    """Every actor read its models from a copy in its own node's cache; each round reached ``gen`` and ``srv``."""
+    loads = {name: read_audit(cluster.cache(name)) for name in ("head", "gen", "srv")}
+    for name, rows in loads.items():
+        strays = [r for r in rows if not r["path"].startswith(str(cluster.cache(name)))]
+        assert not strays, f"node {name}: models read from outside its own cache: {strays[:3]}"
+    rounds = {f"round_{r}/model" for r in range(ROUNDS)}
+
+    def models(node: str, who: str) -> set[str]:
+        return {r["model"].split(str(run_dir) + "/", 1)[-1] for r in loads[node] if r["who"] == who}
+
+    assert rounds <= models("gen", "generator"), models("gen", "generator")
+    assert f"round_{ROUNDS - 1}/model" in models("srv", "serve"), models("srv", "serve")
+    assert models("head", "trainer") and models("head", "reference"), loads["head"][:5]
+    assert not models("gen", "serve") and not models("srv", "generator") and not models("head", "generator")
+    print("model loads per node:", {n: len(rows) for n, rows in loads.items()})
+
+
+def test_job_submit_runs_the_demo_graded_by_gold_then_resumes(job_cluster, tiny_assets, tmp_path, graded_by_gold):
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    head, env = job_head
-    url, metrics_port = head.url, head.metrics_port
-    client = JobSubmissionClient(url, headers=head.headers)
+    cluster, env = job_cluster, job_cluster.env
+    url, metrics_port = cluster.url, cluster.metrics_port
+    client = JobSubmissionClient(url, headers=cluster.headers)
     run_dir = tmp_path / "run"
+    serve_port = free_ports(1)[0]
 
     started = time.monotonic()
-    first = submit(url, env, run_dir, tiny_assets.root)
+    first = submit(url, env, run_dir, tiny_assets.root, serve_port)
     gauges: set[str] = set()
     status, stages = wait_for(client, first, 900, metrics_port, gauges)
     logs = client.get_job_logs(first)
@@ -213,6 +152,7 @@ def test_job_submit_runs_the_demo_graded_by_gold_then_resumes(job_head, tiny_ass
     assert final["repetition_rate"] <= final["base_repetition_rate"] + 0.05, final
     assert stages, "the head's metrics never showed a running prefloop stage"
     assert "ray_prefloop_win_rate" in gauges, f"the round's gauges never reached the head's metrics: {gauges}"
+    check_weights_came_through_ray(cluster, run_dir)
     print(f"first job: {time.monotonic() - started:.0f} s; stages seen on the metrics port: {sorted(stages)}; "
           f"gauges seen: {sorted(gauges)}")
 
@@ -220,7 +160,7 @@ def test_job_submit_runs_the_demo_graded_by_gold_then_resumes(job_head, tiny_ass
           f"{final['judge_win_rate']:.3f} by the training PairRM")
     eval_mtime = (run_dir / f"round_{ROUNDS - 1}" / "eval" / "manifest.json").stat().st_mtime_ns
     started = time.monotonic()
-    second = submit(url, env, run_dir, tiny_assets.root)
+    second = submit(url, env, run_dir, tiny_assets.root, serve_port)
     status, _ = wait_for(client, second, 300)
     logs = client.get_job_logs(second)
     assert status == JobStatus.SUCCEEDED, logs[-4000:]
