@@ -63,6 +63,21 @@ def test_every_accepted_prompt_once_with_n_samples(rollout):
     assert counts["pairs"] + sum(counts["unpaired"].values()) == 34
 
 
+def test_vllm_samples_from_the_tiny_policy_are_word_like_and_varied(rollout):
+    """vLLM (CPU) runs the tiny policy as transformers does (tests/models/test_assets.py): its samples are words
+    of the tiny world, the N samples of a prompt differ, and every sample says why it ended."""
+    from prefloop.tinyworld import topics as T
+
+    _, folder = rollout
+    rows = pq.read_table(folder / "candidates.parquet").to_pylist()
+    known = set(T.WORD_TOPIC) | {w for s in T.SENTENCES + T.OPENERS + T.DIGRESSIONS for w in T.words_of(s)}
+    words = [w.strip(".,").lower() for r in rows for c in r["candidates"] for w in c.split()]
+    assert words and sum(w in known for w in words) / len(words) > 0.8
+    assert sum(len(set(r["candidates"])) >= 3 for r in rows) >= 0.9 * len(rows)  # N=4 samples differ
+    reasons = [f for r in rows for f in r["finish_reasons"]]
+    assert set(reasons) <= {"stop", "length"} and "stop" in reasons, sorted(set(reasons))
+
+
 def test_chosen_scores_at_least_rejected(rollout):
     _, folder = rollout
     pairs = pq.read_table(folder / "pairs.parquet").to_pylist()
