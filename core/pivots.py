@@ -29,7 +29,7 @@ N = 1: score 0, as the full ranking gives a lone candidate; N = 0 is an error.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 # judge([(prompt_index, first, second), ...]) -> [logit that `first`, shown first, beats `second`, ...]
 Judge = Callable[[list[tuple[int, int, int]]], list[float]]
