@@ -1,7 +1,8 @@
 """Scorers: classes Ray Data turns into an actor pool after the generators, one score per candidate.
 
 - ``PairRMScorer``: llm-blender's PairRM ranker over all N candidates of a prompt (``Blender.rank`` with
-  ``return_scores=True``: each candidate's aggregate of the full N x (N-1) comparison matrix).
+  ``return_scores=True``: each candidate's aggregate of the full N x (N-1) comparison matrix), or with
+  ``comparisons="pivots"`` each candidate against two pivots in 2(N-1) passes (``core/pivots.py``).
 - ``RewardModelScorer``: a scalar reward model (``AutoModelForSequenceClassification``, or a base model plus a
   custom head such as UltraRM's, see ``actors/reward_model.py``), fed each (prompt, answer) in the reward model's
   own chat template, which may differ from the policy's.
@@ -50,16 +51,16 @@ def _with_scores(batch: dict[str, Any], scores: list[list[float]]) -> dict[str, 
 
 class PairRMScorer:
     """PairRM through llm-blender. ``comparisons="full"``: every ordered pair of a prompt's candidates
-    (``Blender.rank``); ``"tournament"``: only the best and the worst, in about 3N/2 comparisons
-    (``core/tournament.py``, each comparison in both orders through ``Blender.compare``)."""
+    (``Blender.rank``); ``"pivots"``: each candidate against two pivots, 2(N-1) one-order passes per prompt
+    (``core/pivots.py``), all in one ``Blender.compare`` call."""
 
     def __init__(self, ranker_dir: str, batch_size: int = 16, device: str | None = None,
                  comparisons: str = "full"):
         from prefloop.actors.blender_compat import load_pairrm, ranker_safe
         from prefloop.actors.devices import actor_device
 
-        if comparisons not in ("full", "tournament"):
-            raise ValueError(f"scorer.comparisons: {comparisons!r} is not 'full' or 'tournament'")
+        if comparisons not in ("full", "pivots"):
+            raise ValueError(f"scorer.comparisons: {comparisons!r} is not 'full' or 'pivots'")
         self.safe = ranker_safe
         device = device or actor_device()[0]
         # llm-blender halves the ranker only for the device string "cuda" (PairRM was trained in fp16); inside an
@@ -72,32 +73,34 @@ class PairRMScorer:
     def score(self, prompts: list[str], candidates: list[list[str]]) -> list[list[float]]:
         prompts = [self.safe(p) for p in prompts]
         candidates = [[self.safe(c) for c in cands] for cands in candidates]
-        if self.comparisons == "tournament":
-            return self.tournament(prompts, candidates)
+        if self.comparisons == "pivots":
+            return self.pivots(prompts, candidates)
         scores = self.blender.rank(prompts, candidates, return_scores=True, batch_size=self.batch_size,
                                    disable_tqdm=True)
         return np.asarray(scores, dtype=np.float64).tolist()
 
-    def tournament(self, prompts: list[str], candidates: list[list[str]]) -> list[list[float]]:
-        from prefloop.core.tournament import min_max_tournament, tournament_scores
+    def pivots(self, prompts: list[str], candidates: list[list[str]]) -> list[list[float]]:
+        from prefloop.core.pivots import pivot_scores
 
-        def compare(todo: list[tuple[int, int, int]]) -> list[float]:
-            # one batched call per tournament round; sorted by length so each mini-batch pads little
-            order = sorted(range(len(todo)), key=lambda k: len(candidates[todo[k][0]][todo[k][1]])
-                           + len(candidates[todo[k][0]][todo[k][2]]) + len(prompts[todo[k][0]]))
-            picked = [todo[k] for k in order]
+        def judge(passes: list[tuple[int, int, int]]) -> list[float]:
+            # sorted by length, so each mini-batch pads little (the collator trims to the batch's longest);
+            # one order per pass ("[A,B]"): core/pivots.py chooses the orientation so the position bias cancels
+            def chars(k: int) -> int:
+                p, i, j = passes[k]
+                return len(prompts[p]) + len(candidates[p][i]) + len(candidates[p][j])
+
+            order = sorted(range(len(passes)), key=chars)
+            picked = [passes[k] for k in order]
             logits = self.blender.compare([prompts[p] for p, _, _ in picked],
                                           [candidates[p][i] for p, i, _ in picked],
                                           [candidates[p][j] for p, _, j in picked], batch_size=self.batch_size,
-                                          return_logits=True, mode="[A,B]+[B,A]", disable_tqdm=True)
-            out = [0.0] * len(todo)
+                                          return_logits=True, mode="[A,B]", disable_tqdm=True)
+            out = [0.0] * len(passes)
             for k, logit in zip(order, np.asarray(logits, dtype=np.float64).reshape(-1).tolist()):
                 out[k] = logit
             return out
 
-        results = min_max_tournament([len(c) for c in candidates], compare)
-        return [tournament_scores(len(c), best, worst, margin)
-                for c, (best, worst, margin) in zip(candidates, results)]
+        return pivot_scores([len(c) for c in candidates], judge)
 
     @timed("score_s")
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:

@@ -95,9 +95,10 @@ class ScorerConfig(_Strict):
     chat_template: ChatTemplate = Field("tokenizer", description="Reward model's rendering of (prompt, answer).")
     num_scorers: int = Field(1, ge=1)
     batch_size: int = Field(16, ge=1, description="Prompts per scorer call.")
-    comparisons: Literal["full", "tournament"] = Field(
-        "full", description="PairRM only. full: every ordered pair, N(N-1) per prompt (scores for every "
-        "candidate); tournament: only the best and the worst, in about 3N/2 comparisons (core/tournament.py).")
+    comparisons: Literal["full", "pivots"] = Field(
+        "full", description="PairRM only. full: every ordered pair, N(N-1) passes per prompt (Blender.rank); "
+        "pivots: each candidate against two pivots, 2(N-1) one-order passes per prompt with the position bias "
+        "cancelled (core/pivots.py); both give every candidate a score.")
     reward_head: RewardHeadConfig | None = Field(
         None, description="reward_model only: a base model + scalar head checkpoint (e.g. {name: regression_head, "
         "bias: false}); null = recognised from config.json (architectures LlamaRewardModel: UltraRM's "
@@ -109,8 +110,8 @@ class ScorerConfig(_Strict):
             raise ValueError(f"scorer.model is required when scorer.kind is '{self.kind}'")
         if self.kind == "function" and (not self.function or ":" not in self.function):
             raise ValueError("scorer.function must be 'module:function' when scorer.kind is 'function'")
-        if self.comparisons == "tournament" and self.kind != "pairrm":
-            raise ValueError("scorer.comparisons: 'tournament' is for pairwise judges (scorer.kind: pairrm)")
+        if self.comparisons == "pivots" and self.kind != "pairrm":
+            raise ValueError("scorer.comparisons: 'pivots' is for pairwise judges (scorer.kind: pairrm)")
         return self
 
 
@@ -262,9 +263,6 @@ class Recipe(_Strict):
         if need > self.rollout.max_model_len:
             raise ValueError(f"data.max_prompt_tokens + rollout.max_tokens = {need} exceeds "
                              f"rollout.max_model_len = {self.rollout.max_model_len}")
-        if self.scorer.comparisons == "tournament" and self.selection.length_penalty:
-            raise ValueError("selection.length_penalty must be 0 with scorer.comparisons: tournament (the "
-                             "tournament scores only the best and the worst; penalise length in the judge instead)")
         return self
 
 
