@@ -155,6 +155,15 @@ def main() -> None:
     print(f"  PairRM pairs/s        bare rank {med(bare_score):9.1f}   Ray Data stage {med(ray_score):9.1f}   "
           f"ratio {med(ray_score) / med(bare_score):.2f}   runs bare={[round(x) for x in bare_score]} "
           f"ray={[round(x) for x in ray_score]}")
+    from results import record  # bench/results.py, beside this file
+
+    figures = {"prompts": args.prompts, "samples": n, "max_tokens": args.max_tokens, "batch": b,
+               "repeats": args.repeats, "bare_gen_tokens_per_s": bare_gen, "stage_gen_tokens_per_s": ray_gen,
+               "bare_rank_pairs_per_s": bare_score, "stage_rank_pairs_per_s": ray_score,
+               "ratio_gen": med(ray_gen) / med(bare_gen), "ratio_rank": med(ray_score) / med(bare_score)}
+    record("rollout_stages", figures, headline=f"Ray Data stage / bare loop: generation {figures['ratio_gen']:.2f}x "
+           f"({med(ray_gen):.0f} vs {med(bare_gen):.0f} tokens/s), PairRM full ranking {figures['ratio_rank']:.2f}x "
+           f"({med(ray_score):.0f} vs {med(bare_score):.0f} pairs/s), medians of {args.repeats}")
 
 
 def main_scale(args: argparse.Namespace) -> None:
