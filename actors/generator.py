@@ -29,7 +29,8 @@ class VLLMGenerator:
     def __init__(self, model: str | ModelRef, spec: SampleSpec, dtype: str = "float32", max_model_len: int = 512,
                  kv_cache_gb: float | None = 0.25, enforce_eager: bool = True, tensor_parallel_size: int = 1):
         self.engine_kwargs = dict(dtype=dtype, max_model_len=max_model_len, kv_cache_gb=kv_cache_gb,
-                                  enforce_eager=enforce_eager, tensor_parallel_size=tensor_parallel_size)
+                                  enforce_eager=enforce_eager, tensor_parallel_size=tensor_parallel_size,
+                                  in_process=True)  # one engine at a time: a rebuild shuts the old one down first
         self.local = local_model(model, "generator")  # this node's copy (actors/model_cache.py)
         self.llm = build_llm(self.local, seed=spec.seed or 0, seeded_requests=spec.seed is not None,
                              **self.engine_kwargs)

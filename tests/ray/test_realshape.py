@@ -57,14 +57,14 @@ def test_mistral_bf16_dpo_fsdp_then_vllm_reload(ray_cluster, tmp_path):
     script.write_text(textwrap.dedent("""
         import json, sys
         if __name__ == "__main__":
-            from vllm import LLM, SamplingParams
-            llm = LLM(model=sys.argv[1], dtype="bfloat16", max_model_len=128, enforce_eager=True,
-                      kv_cache_memory_bytes=64 * 1024**2)
+            from vllm import SamplingParams
+            from prefloop.actors.vllm_engine import build_llm, reload_in_place
+            llm = build_llm(sys.argv[1], dtype="bfloat16", max_model_len=128, kv_cache_gb=1 / 16, seeded_requests=False,
+                            in_process=True)
             prompts = ["[INST] tell me about cats [/INST]", "[INST] tell me about boats [/INST]"]
             params = SamplingParams(max_tokens=8, temperature=0.0)
             first = [o.outputs[0].token_ids for o in llm.generate(prompts, params)]
-            llm.collective_rpc("reload_weights", kwargs={"weights_path": sys.argv[2]})
-            llm.reset_prefix_cache()
+            reload_in_place(llm, sys.argv[2])  # the engine prefloop builds (in-process on CPU)
             second = [o.outputs[0].token_ids for o in llm.generate(prompts, params)]
             print("RESULT " + json.dumps([list(map(list, first)), list(map(list, second))]))
     """))

@@ -169,15 +169,15 @@ def test_models_load_in_vllm_lora_merged_and_full(trained, tmp_path):
     script.write_text(textwrap.dedent("""
         import json, sys
         if __name__ == "__main__":
-            from vllm import LLM, SamplingParams
-            llm = LLM(model=sys.argv[1], dtype="float32", max_model_len=128, enforce_eager=True,
-                      kv_cache_memory_bytes=64 * 1024**2)
+            from vllm import SamplingParams
+            from prefloop.actors.vllm_engine import build_llm, reload_in_place
+            llm = build_llm(sys.argv[1], dtype="float32", max_model_len=128, kv_cache_gb=1 / 16, seeded_requests=False,
+                            in_process=True)
             prompt = llm.get_tokenizer().apply_chat_template([{"role": "user", "content": "Tell me about cats 1."}],
                                                              tokenize=False, add_generation_prompt=True)
             params = SamplingParams(max_tokens=8, temperature=0.0)
             first = llm.generate([prompt], params)[0].outputs[0]
-            llm.collective_rpc("reload_weights", kwargs={"weights_path": sys.argv[2]})
-            llm.reset_prefix_cache()
+            reload_in_place(llm, sys.argv[2])  # the engine prefloop builds (in-process on CPU)
             second = llm.generate([prompt], params)[0].outputs[0]
             print("RESULT " + json.dumps([list(first.token_ids), list(second.token_ids)]))
     """))
