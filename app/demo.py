@@ -16,13 +16,13 @@ log = logging.getLogger(__name__)
 DEMO_RECIPE = Path(str(files("prefloop") / "recipes" / "demo.yaml"))
 
 
-def show_one_answer(run_dir: str, prompt: str) -> str:
+def show_one_answer(run_dir: str, prompt: str, temperature: float = 0.0) -> str:
     """Serve the last committed round briefly (Ray Serve) and ask it one question."""
     from prefloop.app.serve import ask, serve_run_dir, stop_serving
 
     serve_run_dir(run_dir)
     try:
-        return ask(prompt)
+        return ask(prompt, temperature=temperature)
     finally:
         stop_serving()
 
@@ -38,8 +38,12 @@ def run_demo(overrides: list[str], allow_recipe_change: bool = False) -> int:
     con = console.get()
     con.stage("serve")
     prompt = "Write a short note about rivers."
-    answer = show_one_answer(recipe.run_dir, prompt)
+    # sampled as the demo's evaluation samples (loop.eval_temperature): the tiny model's greedy answers fall into
+    # loops that no graded answer shows (README, "The two commands")
+    temperature = recipe.loop.eval_temperature
+    answer = show_one_answer(recipe.run_dir, prompt, temperature)
     con.end_stage()
-    con.line(f"\nserved round {rows[-1]['round']} model on Ray Serve, asked {prompt!r}:\n  {answer}")
+    con.line(f"\nserved round {rows[-1]['round']} model on Ray Serve, asked {prompt!r} "
+             f"(temperature {temperature:g}):\n  {answer}")
     con.summary(rows, Path(recipe.run_dir).resolve(), time.perf_counter() - started)
     return 0
