@@ -17,12 +17,12 @@ Every remote wait here has a timeout; an actor that stays dead fails the stage w
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 from typing import Any
 
 from prefloop.actors.common import ray_get
+from prefloop.actors.forwarder import Forwarder
 from prefloop.actors.generator import VLLMGenerator
 from prefloop.actors.model_cache import ModelRef, model_name
 from prefloop.core.sampling import SampleSpec
@@ -101,49 +101,25 @@ class GeneratorPool:
             ray.kill(h)
 
 
-class PooledGenerator:
+class PooledGenerator(Forwarder):
     """The Ray Data stage in front of a ``GeneratorPool``: forwards each batch, with the model it must be sampled
     from, to the next named actor; a call whose actor died is sent again (to the restarted actor or another)."""
 
-    retries = 3
+    what = "generator"
 
     def __init__(self, names: list[str], timeout_s: float, spec: dict[str, Any] | None = None,
                  model: str | ModelRef | None = None):
-        import ray
+        super().__init__(names, timeout_s)
+        self.spec, self.model = spec, model
 
-        self.ray, self.names, self.timeout_s, self.spec, self.model = ray, names, timeout_s, spec, model
-        self.handles = [ray.get_actor(n) for n in names]
-        self.turn = itertools.cycle(range(len(names)))
+    def send(self, handle: Any, batch: dict[str, Any]) -> Any:
+        return handle.generate_batch.remote(batch, self.spec, self.model)
+
+    def ping(self, handle: Any) -> Any:
+        return handle.current_model.remote()
 
     def __call__(self, batch: dict[str, Any]) -> Any:
-        for attempt in range(self.retries + 1):
-            i = next(self.turn)
-            try:
-                ref = self.handles[i].generate_batch.remote(batch, self.spec, self.model)
-                return self.ray.get(ref, timeout=self.timeout_s)
-            except self.ray.exceptions.GetTimeoutError:
-                raise TimeoutError(f"generator {self.names[i]}: no answer in {self.timeout_s:.0f} s") from None
-            except self.ray.exceptions.RayActorError as err:
-                if attempt == self.retries:
-                    raise RuntimeError(f"generator {self.names[i]} failed {attempt + 1} times; giving up") from err
-                log.warning("generator %s died during a batch (%s): waiting for its restart, then sending the "
-                            "batch again", self.names[i], type(err).__name__)
-                self._wait_alive(i)
-        raise AssertionError("unreachable")
-
-    def _wait_alive(self, i: int) -> None:
-        """Until Ray has restarted actor ``i`` (vLLM start-up: seconds to minutes), at most ``timeout_s``."""
-        deadline = time.monotonic() + self.timeout_s
-        while True:
-            try:
-                self.handles[i] = self.ray.get_actor(self.names[i])
-                self.ray.get(self.handles[i].current_model.remote(), timeout=max(1.0, deadline - time.monotonic()))
-                return
-            except (ValueError, self.ray.exceptions.RayActorError, self.ray.exceptions.GetTimeoutError):
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"generator {self.names[i]} did not come back in {self.timeout_s:.0f} s") \
-                        from None
-                time.sleep(1.0)
+        return self.forward(batch)
 
 
 def check_sampled_from(rows: list[dict[str, Any]], policy: str, what: str) -> None:

@@ -21,19 +21,6 @@ from prefloop.core.sampling import SampleSpec
 log = logging.getLogger(__name__)
 
 
-class ScorerActor:
-    """A named actor holding one scorer; ``score`` takes and returns plain row lists."""
-
-    def __init__(self, cls: type, kwargs: dict[str, Any]):
-        self.scorer = cls(**kwargs)
-
-    def score(self, batch: dict[str, Any]) -> list[list[float]]:
-        return [list(map(float, s)) for s in self.scorer(batch).column("scores").to_pylist()]
-
-    def ready(self) -> bool:
-        return True
-
-
 def to_batch(rows: list[dict[str, Any]], candidates: list[list[str]] | None = None) -> dict[str, Any]:
     """Rows (``prompt_id``, ``prompt``, ``messages``, ``prompt_token_ids``) as a column batch for the actors."""
     batch = {"prompt_id": np.array([r["prompt_id"] for r in rows]),
@@ -139,15 +126,3 @@ class StepRollout:
         handles = [self.ray.get_actor(n) for n in names]
         seconds = self._get([h.reload_weights.remote(weights) for h in handles], "reload pushed weights")
         return float(max(seconds, default=0.0))
-
-
-def start_scorer(cls: type, kwargs: dict[str, Any], num_cpus: float, num_gpus: float, name: str,
-                 timeout_s: float, resources: dict[str, float] | None = None) -> Any:
-    """Start the named scorer actor and wait (with a timeout) until its model is loaded."""
-    import ray
-
-    handle = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources or {},
-                        max_restarts=1)(ScorerActor) \
-        .options(name=name).remote(cls, kwargs)
-    ray_get(handle.ready.remote(), timeout_s, f"scorer actor {name}: loading")
-    return handle

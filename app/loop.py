@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from prefloop.app import console, evaluate, report
 from prefloop.app.model_stage import round_models, round_recipe
-from prefloop.app.pipeline import engine_kwargs, sample_spec
+from prefloop.app.pipeline import engine_kwargs, keep_scorers, sample_spec
 from prefloop.app.remax import run_remax
 from prefloop.app.rollout import run_rollout
 from prefloop.app.round_summary import round_summary
@@ -131,20 +131,21 @@ def _run_rounds(recipe: Recipe, run: RunDir) -> list[dict]:
     pool = start_pool(recipe, recipe.policy.model)
     serve_latest_round(recipe, run)
     try:
-        enter_stage(tel, "base_answers", None)
-        base = evaluate.base_answers(recipe, run, eval_rows, pool)
-        for r in rounds:
-            if run.is_committed(r, EVAL):
-                log.info("round %d already committed: skipping", r)
-                con.round_done(run.manifest(r, EVAL))
-                continue
-            m = run_round(recipe, run, r, pool, eval_rows, base, tel)
-            log.info("round %d: %d pairs, win rate vs base %.3f (+-%.3f) by the eval judge (%s), %.3f by the "
-                     "training scorer, mean length %.1f, swap %.3f s", r, m["pairs"], m["win_rate"],
-                     m["win_rate_stderr"], m["judge"], m["judge_win_rate"], m["mean_length"], m["swap_s"])
-            tel.round_done(r, m)
-            report.write_report(recipe, run)
-            con.round_done(m)
+        with keep_scorers():  # scorer actors load once and serve every stage of every round
+            enter_stage(tel, "base_answers", None)
+            base = evaluate.base_answers(recipe, run, eval_rows, pool)
+            for r in rounds:
+                if run.is_committed(r, EVAL):
+                    log.info("round %d already committed: skipping", r)
+                    con.round_done(run.manifest(r, EVAL))
+                    continue
+                m = run_round(recipe, run, r, pool, eval_rows, base, tel)
+                log.info("round %d: %d pairs, win rate vs base %.3f (+-%.3f) by the eval judge (%s), %.3f by the "
+                         "training scorer, mean length %.1f, swap %.3f s", r, m["pairs"], m["win_rate"],
+                         m["win_rate_stderr"], m["judge"], m["judge_win_rate"], m["mean_length"], m["swap_s"])
+                tel.round_done(r, m)
+                report.write_report(recipe, run)
+                con.round_done(m)
     finally:
         tel.close()
         pool.shutdown()

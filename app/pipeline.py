@@ -4,7 +4,8 @@ A ``Stage`` is one ``map_batches`` step (a class Ray Data turns into an actor po
 size and resources). ``run_stages`` streams rows through a list of stages with a progress bar and a timeout
 between results. The builders below make the stages a recipe needs:
 
-- ``scorer_stage``: PairRM, a scalar reward model or a user function (``actors/scorers.py``);
+- ``scorer_stage``: PairRM, a scalar reward model or a user function (``actors/scorers.py``); inside
+  ``keep_scorers`` (the round loop) a forwarder to scorer actors kept across stages and rounds;
 - ``fresh_generator_stage``: a vLLM actor pool that lives for one dataset execution (``prefloop rollout``);
 - ``pooled_generator_stage``: a zero-CPU forwarder to the round loop's long-lived ``GeneratorPool``.
 
@@ -13,8 +14,10 @@ between results. The builders below make the stages a recipe needs:
 
 from __future__ import annotations
 
+import json
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from prefloop.app import console
 from prefloop.app.runtime import iterate_with_timeout
@@ -51,8 +54,8 @@ def engine_kwargs(recipe: Recipe) -> dict[str, Any]:
                 enforce_eager=ro.enforce_eager, tensor_parallel_size=ro.tensor_parallel_size)
 
 
-def scorer_stage(recipe: Recipe) -> Stage:
-    """The recipe's scorer as an actor-pool stage (function scorers hold no GPU)."""
+def own_scorer_stage(recipe: Recipe) -> Stage:
+    """The recipe's scorer as a stage of its own actor pool (function scorers hold no GPU)."""
     from prefloop.actors.scorers import FunctionScorer, PairRMScorer, RewardModelScorer
 
     sc, res = recipe.scorer, recipe.resources
@@ -67,6 +70,58 @@ def scorer_stage(recipe: Recipe) -> Stage:
         cls, kwargs = FunctionScorer, {"function": sc.function}
     gpus = res.scorer_gpus if sc.kind != "function" else 0.0
     return Stage(cls, kwargs, sc.num_scorers, sc.batch_size, res.scorer_cpus, gpus, res.custom("scorer"))
+
+
+def scorer_stage(recipe: Recipe) -> Stage:
+    """The recipe's scorer stage: a forwarder to the kept scorer actors inside ``keep_scorers``, else its own
+    actor pool."""
+    stage = own_scorer_stage(recipe)
+    if _scorer_pools is None:
+        return stage
+    from prefloop.actors.scorer_pool import PooledScorer
+
+    timeout_s = recipe.resources.stage_timeout_s
+    names = kept_scorer(stage, timeout_s).names
+    return Stage(PooledScorer, {"names": names, "timeout_s": timeout_s}, len(names), stage.batch_size, 0.0)
+
+
+# While the round loop runs (``keep_scorers``), each scorer configuration's actors start once and every stage
+# forwards to them (``actors/scorer_pool.py``); outside it (one-stage commands) a stage starts its own pool.
+_scorer_pools: dict[str, Any] | None = None
+
+
+@contextmanager
+def keep_scorers() -> Iterator[None]:
+    """Within: scorer actors are kept across stages and rounds; on exit they are shut down."""
+    global _scorer_pools
+    _scorer_pools = {}
+    try:
+        yield
+    finally:
+        pools, _scorer_pools = _scorer_pools, None
+        for pool in pools.values():
+            pool.shutdown()
+
+
+def kept_scorer(stage: Stage, timeout_s: float) -> Any:
+    """The kept ``ScorerPool`` for ``stage``'s scorer configuration, started on first use (``keep_scorers``)."""
+    from prefloop.actors.scorer_pool import ScorerPool
+
+    if _scorer_pools is None:
+        raise RuntimeError("kept_scorer: only inside keep_scorers()")
+    key = json.dumps([stage.cls.__name__, stage.kwargs, stage.size, stage.num_cpus, stage.num_gpus,
+                      stage.resources], sort_keys=True, default=str)
+    if key not in _scorer_pools:
+        _scorer_pools[key] = ScorerPool.start(stage.cls, stage.kwargs, stage.size, stage.num_cpus, stage.num_gpus,
+                                              timeout_s, stage.resources)
+    return _scorer_pools[key]
+
+
+def kept_scorer_names(recipe: Recipe) -> list[str] | None:
+    """The kept scorer actors' names for ``recipe.scorer`` inside ``keep_scorers``, else None."""
+    if _scorer_pools is None:
+        return None
+    return kept_scorer(own_scorer_stage(recipe), recipe.resources.stage_timeout_s).names
 
 
 def fresh_generator_stage(recipe: Recipe, policy_dir: str, spec: SampleSpec | None = None) -> Stage:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from prefloop.actors.model_cache import ship
-from prefloop.app.pipeline import scorer_stage
+from prefloop.app.pipeline import kept_scorer_names, own_scorer_stage
 from prefloop.app.rollout import prepare_prompts, preflight
 from prefloop.app.model_stage import commit_model, round_models
 from prefloop.app.rundir import MODEL, REMAX_WORK, RunDir
@@ -97,7 +97,7 @@ def run_remax(recipe: Recipe, round_idx: int, pool: GeneratorPool,
     import ray
     from transformers import AutoTokenizer
 
-    from prefloop.actors.remax_rollout import start_scorer
+    from prefloop.actors.scorer_pool import start_scorer
     from prefloop.actors.remax_worker import remax_loop
 
     run, cfg = RunDir(recipe.run_dir), recipe.train
@@ -116,11 +116,16 @@ def run_remax(recipe: Recipe, round_idx: int, pool: GeneratorPool,
     work.mkdir(parents=True, exist_ok=True)
     if pool.model != model_dir:
         pool.reload(ship(model_dir))
-    stage = scorer_stage(recipe)
-    scorer_name = f"prefloop-remax-scorer-{int(time.time() * 1000) % 10**9}"
     timeout = recipe.resources.stage_timeout_s
-    scorer = start_scorer(stage.cls, stage.kwargs, stage.num_cpus, stage.num_gpus, scorer_name, timeout,
-                          stage.resources)
+    kept = kept_scorer_names(recipe)  # the round loop's kept scorer actors, else one of this round's own
+    scorer = None
+    if kept:
+        scorer_name = kept[0]
+    else:
+        stage = own_scorer_stage(recipe)
+        scorer_name = f"prefloop-remax-scorer-{int(time.time() * 1000) % 10**9}"
+        scorer = start_scorer(stage.cls, stage.kwargs, stage.num_cpus, stage.num_gpus, scorer_name, timeout,
+                              stage.resources)
     worker = RemaxWorkerConfig(
         train=cfg, model_dir=ship(model_dir), dtype=recipe.policy.dtype, ref_dir=ship(ref_dir), seed=seed, total_steps=total, prompts=prepared.rows,
         generators=pool.names, scorer=scorer_name, timeout_s=timeout,
@@ -144,7 +149,8 @@ def run_remax(recipe: Recipe, round_idx: int, pool: GeneratorPool,
         result = fit(None, worker, cfg, storage, loop=remax_loop, placement=recipe.resources.custom("train"))
     finally:
         stop.set()
-        ray.kill(scorer)
+        if scorer is not None:
+            ray.kill(scorer)
         for follower in followers:
             follower.join(timeout=60)
     manifest = {"method": "remax", "start_model": model_dir, "reference": ref_dir,

@@ -2,7 +2,7 @@
 
 The cluster (``tests/ray/local_cluster.py``) is a head and two worker nodes, ``gen`` and ``srv``, each started
 with ``ray start`` and each with a model cache of its own, as nodes without a shared filesystem have. The demo
-recipe (3 rounds of online DPO on the tiny assets) is submitted with the repository as working dir and the
+recipe (its first 2 rounds of online DPO on the tiny assets) is submitted with the repository as working dir and the
 cluster's runtime env (``cluster/runtime_env.yaml``). ``resources.placement`` pins the generators to ``gen``, the
 Serve replica to ``srv`` (``loop.serve`` on), and training and scoring to the head, where the driver runs.
 
@@ -35,9 +35,12 @@ from tests.ray.local_cluster import BIN, free_ports, get, start_cluster
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER_RUNTIME_ENV = REPO / "cluster" / "runtime_env.yaml"  # the runtime env the cluster guide submits with
-ROUNDS = 3  # recipes/demo.yaml's
+# Two of the demo's three rounds: round 1 runs the same code as round 2 (a later round's start model, reference
+# and swap), and the third round cost ~2 minutes of CI. `make demo` runs all three.
+ROUNDS = 2
 # The demo's learning bar, by the gold judge (issue 9): the final round's win rate vs base at least 0.5 + WIN_MARGIN
-# and above round 0's. Measured on the calibrated tiny world (2026-12-03): see the README, "The two commands".
+# and above round 0's. Measured on the calibrated tiny world (2026-12-03): 0.562 after round 0, 0.641 after round 1,
+# 0.711 after round 2 (see the README, "The two commands").
 WIN_MARGIN = 0.1
 # Where each kind of actor runs: the custom resource each node of the cluster offers (see local_cluster.py).
 PLACEMENT = {"generator": {"pf_gen": 1}, "serve": {"pf_srv": 1}, "train": {"pf_head": 1}, "scorer": {"pf_head": 1}}
@@ -64,7 +67,7 @@ def submit(url: str, env: dict, run_dir: Path, assets: Path, serve_port: int) ->
     runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), "PREFLOOP_ASSETS": str(assets),
                                "HF_HUB_OFFLINE": "1"}
     sets = ["--set", f"run_dir={run_dir}", "--set", f"resources.placement={json.dumps(PLACEMENT)}",
-            "--set", "loop.serve=true", "--set", f"loop.serve_port={serve_port}"]
+            "--set", "loop.serve=true", "--set", f"loop.serve_port={serve_port}", "--set", f"loop.rounds={ROUNDS}"]
     cmd = [str(BIN / "ray"), "job", "submit", "--address", url, "--working-dir", str(REPO),
            "--runtime-env-json", json.dumps(runtime_env), "--entrypoint-num-cpus", "1", "--no-wait",
            "--", "prefloop", "run", "recipes/demo.yaml", *sets]

@@ -6,6 +6,7 @@ across Ray Data blocks, not just inside one.
 """
 
 import json
+import os
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -99,6 +100,41 @@ def test_pairrm_scores_equal_direct_blender_rank(rollout, tiny_assets):
     direct = blender.rank([r["prompt"] for r in rows], cands, return_scores=True,
                           batch_size=16, disable_tqdm=True)
     np.testing.assert_allclose(np.asarray([r["scores"] for r in rows]), np.asarray(direct), rtol=1e-4, atol=1e-4)
+
+
+def test_kept_scorer_actor_serves_every_stage_and_is_restarted_after_a_kill(rollout):
+    """Inside the round loop's ``keep_scorers`` PairRM loads once: two stages reach the same actor process, an
+    actor killed between stages is restarted by Ray (the forwarder's mid-stage retry is tested with generators,
+    tests/ray/test_generator_faults.py); every score equals the own-pool stage's."""
+    import ray
+
+    from prefloop.app.pipeline import keep_scorers, kept_scorer_names, run_stages, scorer_stage
+
+    recipe, folder = rollout
+    rows = pq.read_table(folder / "candidates.parquet").to_pylist()[:12]
+    own = np.asarray([r["scores"] for r in rows])  # from the rollout's own actor pool
+    keys = ("prompt_id", "prompt", "messages", "candidates")
+    inputs = [{k: r[k] for k in keys} for r in rows]
+
+    def scores() -> np.ndarray:
+        out = {r["prompt_id"]: r["scores"] for r in run_stages(inputs, [scorer_stage(recipe)], 300, "kept")}
+        return np.asarray([out[r["prompt_id"]] for r in rows])
+
+    def pid(name: str) -> int:
+        return ray.get(ray.get_actor(name).__ray_call__.remote(lambda _: os.getpid()), timeout=120)
+
+    with keep_scorers():
+        names = kept_scorer_names(recipe)
+        assert len(names) == recipe.scorer.num_scorers == 1
+        first_pid = pid(names[0])
+        np.testing.assert_allclose(scores(), own, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(scores(), own, rtol=1e-4, atol=1e-4)
+        assert kept_scorer_names(recipe) == names and pid(names[0]) == first_pid  # no second load
+        ray.kill(ray.get_actor(names[0]), no_restart=False)
+        np.testing.assert_allclose(scores(), own, rtol=1e-4, atol=1e-4)
+        assert pid(names[0]) != first_pid
+    with pytest.raises(ValueError):  # shut down with the loop
+        ray.get_actor(names[0])
 
 
 def test_bad_inputs_are_written_with_reasons(rollout, prompt_file):

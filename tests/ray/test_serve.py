@@ -208,14 +208,23 @@ def switch_under_load(served, model_dir, round_idx):
             with lock:
                 results.append((prompt, sent, time.monotonic(), status, out))
 
+    def wait_for(count_of, want=4, timeout_s=60.0):
+        # Wait on what the clients saw, not on a fixed sleep: a loaded machine answers slower.
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with lock:
+                if count_of(results) >= want:
+                    return
+            time.sleep(0.05)
+
     threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(4)]
     for t in threads:
         t.start()
-    time.sleep(1.0)
+    wait_for(len)
     t_publish = time.monotonic()
     info = publish(str(model_dir), round_idx, name=served.name, timeout_s=120)
     t_done = time.monotonic()
-    time.sleep(1.0)
+    wait_for(lambda rs: sum(sent > t_done for _, sent, _, _, _ in rs))
     stop.set()
     for t in threads:
         t.join(timeout=60)
