@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from prefloop.actors.common import ActorDied, object_column, ray_get
+from prefloop.actors.generator_pool import latest_weights
 from prefloop.core.sampling import SampleSpec
 
 log = logging.getLogger(__name__)
@@ -32,38 +33,18 @@ def to_batch(rows: list[dict[str, Any]], candidates: list[list[str]] | None = No
     return batch
 
 
-class LatestWeights:
-    """A named actor holding the ``ModelRef`` rank 0 pushed last, so any worker can give a restarted generator
-    the current weights (refs travel as actor arguments, so Ray counts them and frees the older pushes)."""
-
-    def __init__(self) -> None:
-        self.ref: Any = None
-
-    def set(self, ref: Any) -> None:
-        self.ref = ref
-
-    def get(self) -> Any:
-        return self.ref
-
-
-def latest_weights(name: str) -> Any:
-    """The ``LatestWeights`` actor ``name`` (created by the first caller; 0 CPUs)."""
-    import ray
-
-    return ray.remote(LatestWeights).options(name=name, get_if_exists=True, num_cpus=0).remote()
-
-
 class StepRollout:
     """One worker's client of a generator and the scorer, with timeouts and one retry after a generator death."""
 
-    def __init__(self, generator_name: str, scorer_name: str, timeout_s: float, retries: int = 2):
+    def __init__(self, generator_name: str, scorer_name: str, timeout_s: float, retries: int = 2,
+                 board: str | None = None):
         import ray
 
         self.ray, self.timeout_s, self.retries = ray, timeout_s, retries
         self.generator_name, self.scorer_name = generator_name, scorer_name
         self.generator = ray.get_actor(generator_name)
         self.scorer = ray.get_actor(scorer_name)
-        self.board = latest_weights(f"{scorer_name}-weights")  # shared by the workers: rank 0 pushes
+        self.board = latest_weights(board or f"{scorer_name}-weights")  # shared by the workers: rank 0 pushes
         self.retried = 0  # calls retried after a generator death, over this worker's life
 
     def _get(self, ref: Any, what: str) -> Any:

@@ -129,6 +129,7 @@ def run_remax(recipe: Recipe, round_idx: int, pool: GeneratorPool,
     worker = RemaxWorkerConfig(
         train=cfg, model_dir=ship(model_dir), dtype=recipe.policy.dtype, ref_dir=ship(ref_dir), seed=seed, total_steps=total, prompts=prepared.rows,
         generators=pool.names, scorer=scorer_name, timeout_s=timeout,
+        weights_board=f"prefloop-remax-weights-{round_idx}-{int(time.time() * 1000) % 10**9}",  # this round's pushes
         sample_seed=recipe.rollout.seed, publish_dir=str(work / "published") if on_checkpoint else None,
         steps_file=str(work / "steps.jsonl"), kill_at_step=kill_at_step,
         kill_generator_at_step=kill_generator_at_step, fault_marker=str(work / "fault-injected"))
@@ -151,6 +152,10 @@ def run_remax(recipe: Recipe, round_idx: int, pool: GeneratorPool,
         stop.set()
         if scorer is not None:
             ray.kill(scorer)
+        try:  # the round's pushed weights are not needed any more
+            ray.kill(ray.get_actor(worker.weights_board))
+        except ValueError:
+            pass  # no worker created it
         for follower in followers:
             follower.join(timeout=60)
     manifest = {"method": "remax", "start_model": model_dir, "reference": ref_dir,

@@ -44,6 +44,7 @@ class RemaxWorkerConfig(TrainWorkerConfig):
     prompts: list[dict[str, Any]] = field(default_factory=list)  # tokenised prompt rows (see app.rollout)
     generators: list[str] = field(default_factory=list)  # names of the round loop's generator actors
     scorer: str = ""  # name of the scorer actor
+    weights_board: str = ""  # name of this round's LatestWeights actor (default: "<scorer>-weights")
     timeout_s: float = 600.0  # every remote wait of a step
     sample_seed: int | None = None  # the sampling seed of step s is sample_seed + s (None: unseeded)
     publish_dir: str | None = None  # checkpoints for Serve to follow (None: not serving)
