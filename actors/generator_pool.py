@@ -8,8 +8,7 @@ reaches them through ``PooledGenerator``, a zero-CPU forwarding stage, and betwe
 
 Every generate call names the model it must run on (``model``): an actor that holds another one (typically
 one restarted by Ray after a crash, which comes back on the base model it was created with) loads it before
-answering (the stage passes the model's name; the weights come from the pool's ``LatestWeights`` board, since
-object refs in a Ray Data actor's arguments make Ray print an error line on every run), and every returned row says which model sampled it (``sampled_from``), so the rollout can check
+answering, and every returned row says which model sampled it (``sampled_from``), so the rollout can check
 that all of a round's candidates came from the round's policy (``check_sampled_from``). A call that fails
 because its actor died is retried once Ray has restarted the actor.
 
@@ -31,35 +30,8 @@ from prefloop.core.sampling import SampleSpec
 log = logging.getLogger(__name__)
 
 
-class LatestWeights:
-    """A named actor holding the ``ModelRef`` of the weights a set of generators holds now (the pool's round
-    model, or the weights ReMax rank 0 pushed last), so a restarted generator can be given them again. Refs
-    travel as actor arguments, so Ray counts them and frees the older ones."""
-
-    def __init__(self) -> None:
-        self.ref: Any = None
-
-    def set(self, ref: Any) -> None:
-        self.ref = ref
-
-    def get(self) -> Any:
-        return self.ref
-
-
-def latest_weights(name: str) -> Any:
-    """The ``LatestWeights`` actor ``name`` (created by the first caller; 0 CPUs)."""
-    import ray
-
-    return ray.remote(LatestWeights).options(name=name, get_if_exists=True, num_cpus=0).remote()
-
-
 class GeneratorActor(VLLMGenerator):
-    """``VLLMGenerator`` as a named actor: batch calls, in-place reloads, and a per-call sampling override.
-    ``board``: the pool's ``LatestWeights`` actor, where a call that names its model only finds the weights."""
-
-    def __init__(self, *args: Any, board: str | None = None, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.board = board
+    """``VLLMGenerator`` as a named actor: batch calls, in-place reloads, and a per-call sampling override."""
 
     def generate_batch(self, batch: dict[str, Any], spec: dict[str, Any] | None = None,
                        model: str | ModelRef | None = None) -> Any:
@@ -67,7 +39,7 @@ class GeneratorActor(VLLMGenerator):
         if model is not None and model_name(model) != self.model:
             log.warning("generator holds %s but the call is for %s (restarted?): loading it first", self.model,
                         model_name(model))
-            self.reload_weights(self._weights_of(model))
+            self.reload_weights(model)
         if spec is None:
             return self(batch)
         saved, self.spec = self.spec, SampleSpec(**spec)
@@ -75,18 +47,6 @@ class GeneratorActor(VLLMGenerator):
             return self(batch)
         finally:
             self.spec = saved
-
-    def _weights_of(self, model: str | ModelRef) -> str | ModelRef:
-        """The weights of ``model``: given, or (a name only) the pool's board's when it holds that model."""
-        if not isinstance(model, str) or self.board is None:
-            return model
-        import ray
-
-        ref = ray.get(ray.get_actor(self.board).get.remote(), timeout=120)
-        if ref is None or model_name(ref) != model:
-            log.warning("board %s does not hold %s: loading it from that path", self.board, model)
-            return model
-        return ref
 
     def current_model(self) -> str:
         return self.model
@@ -100,9 +60,8 @@ class GeneratorPool:
     """``size`` named generator actors, started once, reloaded in place each round. ``model``: the name of
     the model they hold; ``ref``: what a (restarted) actor loads it from (``actors/model_cache.py``)."""
 
-    def __init__(self, names: list[str], handles: list[Any], model: str | ModelRef, timeout_s: float,
-                 board: Any = None):
-        self.names, self.handles, self.timeout_s, self.board = names, handles, timeout_s, board
+    def __init__(self, names: list[str], handles: list[Any], model: str | ModelRef, timeout_s: float):
+        self.names, self.handles, self.timeout_s = names, handles, timeout_s
         self.model, self.ref = model_name(model), model
 
     @classmethod
@@ -115,11 +74,8 @@ class GeneratorPool:
                             max_restarts=5)(GeneratorActor)
         stamp = f"{int(time.time() * 1000) % 10**9}"
         names = [f"{prefix}-{stamp}-{i}" for i in range(size)]
-        board = latest_weights(f"{prefix}-{stamp}-weights")
-        handles = [remote.options(name=n).remote(model=model, spec=spec, board=f"{prefix}-{stamp}-weights",
-                                                 **engine_kwargs) for n in names]
-        pool = cls(names, handles, model, timeout_s, board)
-        pool._wait(board.set.remote(model), "publish the model")
+        handles = [remote.options(name=n).remote(model=model, spec=spec, **engine_kwargs) for n in names]
+        pool = cls(names, handles, model, timeout_s)
         started = time.perf_counter()
         pool._wait([h.current_model.remote() for h in handles], "start")
         log.info("%d generator actor(s) up in %.1f s", size, time.perf_counter() - started)
@@ -132,8 +88,6 @@ class GeneratorPool:
         """Swap ``model``'s weights into every engine; returns the slowest actor's seconds."""
         seconds = self._wait([h.reload_weights.remote(model) for h in self.handles], f"reload {model_name(model)}")
         self.model, self.ref = model_name(model), model
-        if self.board is not None:  # what a restarted actor is given (PooledGenerator passes the name only)
-            self._wait(self.board.set.remote(model), "publish the model")
         return max(seconds)
 
     def loaded_from(self) -> list[str]:
@@ -143,7 +97,7 @@ class GeneratorPool:
     def shutdown(self) -> None:
         import ray
 
-        for h in [*self.handles, *([self.board] if self.board is not None else [])]:
+        for h in self.handles:
             ray.kill(h)
 
 

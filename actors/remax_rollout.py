@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 
 from prefloop.actors.common import ActorDied, object_column, ray_get
-from prefloop.actors.generator_pool import latest_weights
 from prefloop.core.sampling import SampleSpec
 
 log = logging.getLogger(__name__)
@@ -31,6 +30,27 @@ def to_batch(rows: list[dict[str, Any]], candidates: list[list[str]] | None = No
     if candidates is not None:
         batch["candidates"] = object_column(candidates)
     return batch
+
+
+class LatestWeights:
+    """A named actor holding the ``ModelRef`` rank 0 pushed last, so any worker can give a restarted generator
+    the current weights (refs travel as actor arguments, so Ray counts them and frees the older pushes)."""
+
+    def __init__(self) -> None:
+        self.ref: Any = None
+
+    def set(self, ref: Any) -> None:
+        self.ref = ref
+
+    def get(self) -> Any:
+        return self.ref
+
+
+def latest_weights(name: str) -> Any:
+    """The ``LatestWeights`` actor ``name`` (created by the first caller; 0 CPUs)."""
+    import ray
+
+    return ray.remote(LatestWeights).options(name=name, get_if_exists=True, num_cpus=0).remote()
 
 
 class StepRollout:

@@ -6,7 +6,9 @@ total, tokens/s where the rows carry token counts, elapsed and ETA), the round t
 and a closing summary. Everything the libraries log (Ray, Ray Data, Ray Train/Serve, vLLM, transformers, Python
 warnings) goes to ``RUN_DIR/logs/driver.log`` instead; the Ray workers' own output (vLLM engines, trainers) stays
 in Ray's session log folder (``log_to_driver`` off), whose path the header prints. Warnings of prefloop itself
-and every error still reach the console. ``-v`` puts everything back on the console (and keeps the file).
+and every error still reach the console. Lines that bypass Python logging (Ray's C++ core worker on
+descriptor 2, the raylet's notices) go to the driver log too (``app/console_streams.py``). ``-v`` puts
+everything back on the console (and keeps the file).
 
 Without a TTY (``ray job submit``, a pipe) the same events print as one plain line each, no bars; a long
 stage adds a progress line at most every ``PLAIN_EVERY_S``.
@@ -28,6 +30,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from tqdm import tqdm
 
+from prefloop.app.console_streams import NativeStderr, route_raylet_notices
 from prefloop.app.heartbeat import HEARTBEAT, Heartbeat
 
 log = logging.getLogger(__name__)
@@ -79,10 +82,15 @@ def route_library_logs() -> None:
 
 
 class _ConsoleStream:
-    """A stream for the console log handler that does not tear an open progress bar."""
+    """A stream for the console log handler that does not tear an open progress bar. ``out`` None: whatever
+    ``sys.stderr`` is when written to (``NativeStderr`` replaces it during a quiet run)."""
 
-    def __init__(self, out: Any):
-        self.out = out
+    def __init__(self, out: Any = None):
+        self._out = out
+
+    @property
+    def out(self) -> Any:
+        return self._out or sys.stderr
 
     def write(self, text: str) -> None:
         with tqdm.external_write_mode(file=self.out):
@@ -110,6 +118,7 @@ class Console:
         self._lock = threading.RLock()
         self._ticker: threading.Thread | None = None
         self._root_level = logging.NOTSET
+        self._native = NativeStderr()
 
     @property
     def out(self) -> Any:
@@ -129,7 +138,7 @@ class Console:
         """The CLI's logging: the console handler (everything with -v; else prefloop warnings and errors)."""
         root = logging.getLogger()
         root.setLevel(logging.DEBUG if self.verbose else logging.INFO)
-        handler = logging.StreamHandler(_ConsoleStream(sys.stderr))
+        handler = logging.StreamHandler(_ConsoleStream())
         handler.setFormatter(logging.Formatter(FORMAT, datefmt="%H:%M:%S"))
         if not self.verbose:
             handler.setFormatter(_QuietFormatter(FORMAT, datefmt="%H:%M:%S"))
@@ -152,6 +161,7 @@ class Console:
 
             ray.data.DataContext.get_current().enable_progress_bars = False
             route_library_logs()
+            route_raylet_notices()
         try:
             url = ray._private.worker.get_dashboard_url()
             self.ray_logs = ray._private.worker._global_node.get_logs_dir_path()
@@ -170,6 +180,8 @@ class Console:
         self.log_path = run_root / "logs" / "driver.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._file = logging.FileHandler(self.log_path, encoding="utf-8")
+        if not self.verbose:  # native stderr lines (Ray's C++ core worker) into the driver log too
+            self._native.start(self.log_path)
         self._file.setFormatter(logging.Formatter(FORMAT))
         root = logging.getLogger()
         self._root_level = root.level
@@ -196,6 +208,7 @@ class Console:
             else:
                 self.heartbeat.stop("failed", error=f"{type(error).__name__}: {error}")
             self.heartbeat = None
+        self._native.stop()
         if self._file is not None:
             logging.getLogger().setLevel(self._root_level)
             logging.getLogger().removeHandler(self._file)

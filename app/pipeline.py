@@ -140,9 +140,7 @@ def pooled_generator_stage(recipe: Recipe, pool: GeneratorPool, spec: SampleSpec
     from prefloop.actors.generator_pool import PooledGenerator
 
     kwargs = {"names": pool.names, "timeout_s": recipe.resources.stage_timeout_s,
-              # the model's name only: a restarted actor reloads it from the pool's board first. Object refs
-              # in a Ray Data actor's arguments make Ray print an error line on the console (core_worker.cc).
-              "spec": asdict(spec) if spec else None, "model": pool.model}
+              "spec": asdict(spec) if spec else None, "model": pool.ref}  # a restarted actor reloads it first
     return Stage(PooledGenerator, kwargs, len(pool.names), recipe.rollout.batch_size, 0.0)
 
 

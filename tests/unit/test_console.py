@@ -115,3 +115,38 @@ def test_default_console_is_verbose_and_tracks_like_a_plain_iterator(tmp_path):
     con = console_mod.get()
     assert con.verbose and con.log_to_driver
     assert [r["prompt_id"] for r in console_mod.track(rows(3, 1), 3, "x")] == ["0", "1", "2"]
+
+
+NATIVE_SCRIPT = r'''
+import logging, os, sys
+from pathlib import Path
+from prefloop.app.console import Console
+from prefloop.app.console_streams import route_raylet_notices
+import ray._private.worker as ray_worker
+
+run = Path(sys.argv[1])
+con = Console(verbose=False, tty=False)
+con.install_logging()
+con.attach(run, "demo")
+os.write(2, b"[E core_worker.cc:2465] a native error line\n")  # what Ray's C++ core worker does
+route_raylet_notices()
+ray_worker.print_to_stdstream({"lines": ["WARNING: 8 PYTHON worker processes have been started"],
+                               "pid": "raylet", "is_err": False}, False)
+logging.getLogger("prefloop.app.loop").warning("a prefloop warning")
+con.detach()
+os.write(2, b"native after the run\n")
+'''
+
+
+def test_native_stderr_and_raylet_notices_go_to_the_driver_log(tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", NATIVE_SCRIPT, str(tmp_path)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    log = (tmp_path / "logs" / "driver.log").read_text()
+    assert "a native error line" in log and "8 PYTHON worker processes" in log
+    assert "a native error line" not in done.stderr and "8 PYTHON" not in done.stdout + done.stderr
+    assert "a prefloop warning" in done.stderr  # prefloop's own warnings still reach the person
+    assert "native after the run" in done.stderr  # descriptor 2 is given back when the run ends
