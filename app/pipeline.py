@@ -153,10 +153,18 @@ def run_stages(rows: list[dict[str, Any]], stages: list[Stage], timeout_s: float
     """Stream rows through the stages' actor pools; return every output row (with a progress bar)."""
     import ray
 
-    ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows) // stages[0].batch_size))
+    ds = add_stages(ray.data.from_items(rows, override_num_blocks=max(1, len(rows) // stages[0].batch_size)),
+                    stages)
+    rows_iter = iterate_with_timeout(ds.iter_rows(), timeout_s, desc)
+    return list(console.track(rows_iter, len(rows), desc))  # a bar on a TTY, one line per event otherwise
+
+
+def add_stages(ds: Any, stages: list[Stage]) -> Any:
+    """``ds`` through each stage's actor pool (with its resources: ``resources.placement``)."""
+    import ray
+
     for st in stages:
         ds = ds.map_batches(st.cls, fn_constructor_kwargs=st.kwargs, batch_size=st.batch_size,
                             compute=ray.data.ActorPoolStrategy(size=st.size), num_cpus=st.num_cpus,
                             num_gpus=st.num_gpus, **({"resources": st.resources} if st.resources else {}))
-    rows_iter = iterate_with_timeout(ds.iter_rows(), timeout_s, desc)
-    return list(console.track(rows_iter, len(rows), desc))  # a bar on a TTY, one line per event otherwise
+    return ds

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, TextIO
 
 from prefloop.app import console
+from prefloop.app.pipeline import add_stages
 from prefloop.app.runtime import iterate_with_timeout
 from prefloop.app.tables import ParquetAppender
 from prefloop.core.config import Recipe
@@ -132,17 +133,11 @@ def stream_rollout(recipe: Recipe, sources: list[Source], pieces: list[Piece], d
                    check_rows: Callable[[list[dict]], None]) -> Totals:
     """Second pass: the chosen rows through ``stages`` (generators, scorers); selection and the three tables
     written chunk by chunk into ``out``. ``check_rows(chunk)`` raises on rows from the wrong model."""
-    import ray
-
     items = [_item(i, sources, pieces, numbers) for i, numbers in sorted(decision.keep.items())]
     ds = reader_dataset(items, {**reader_kwargs, "mode": "rows"})
     # One block per generator call, as before streaming: a pool of generators shares the work, and results
     # come back batch by batch (the stage timeout is between results).
-    ds = ds.repartition(target_num_rows_per_block=recipe.rollout.batch_size)
-    for st in stages:
-        ds = ds.map_batches(st.cls, fn_constructor_kwargs=st.kwargs, batch_size=st.batch_size,
-                            compute=ray.data.ActorPoolStrategy(size=st.size), num_cpus=st.num_cpus,
-                            num_gpus=st.num_gpus)
+    ds = add_stages(ds.repartition(target_num_rows_per_block=recipe.rollout.batch_size), stages)
     once, totals = ExactlyOnce(decision.used_ids, recipe.rollout.num_samples), Totals()
     desc = "rollout: prompts"
     rows = console.track(iterate_with_timeout(ds.iter_rows(), recipe.resources.stage_timeout_s, desc),

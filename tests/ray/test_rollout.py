@@ -178,3 +178,22 @@ def test_missing_policy_path_is_a_clear_error(tmp_path, tiny_assets, prompt_file
     recipe.policy.model = str(tmp_path / "no-such-model")
     with pytest.raises(FileNotFoundError, match="no-such-model"):
         run_rollout(recipe)
+
+
+class _Same:
+    def __call__(self, batch):
+        return batch
+
+
+def test_every_stage_keeps_its_placement_resources(ray_cluster):
+    """Both the rollout's stream and ``run_stages`` build their stages with ``add_stages``: a stage pinned by
+    ``resources.placement`` keeps its custom resource (the stream path once dropped it)."""
+    import ray
+
+    from prefloop.app.pipeline import Stage, add_stages
+
+    ds = add_stages(ray.data.range(4), [Stage(_Same, {}, 1, 2, 0.5, 0.0, {"pf_gen": 1.0}),
+                                        Stage(_Same, {}, 1, 2, 0.0)])
+    last = ds._logical_plan.dag
+    assert "resources" not in last.ray_remote_args
+    assert last.input_dependencies[0].ray_remote_args["resources"] == {"pf_gen": 1.0}
