@@ -38,7 +38,7 @@ class Forwarder:
     def ping(self, handle: Any) -> Any:
         raise NotImplementedError
 
-    def forward(self, batch: dict[str, Any]) -> Any:
+    def __call__(self, batch: dict[str, Any]) -> Any:
         for attempt in range(self.retries + 1):
             i = next(self.turn)
             try:

@@ -118,8 +118,6 @@ class PooledGenerator(Forwarder):
     def ping(self, handle: Any) -> Any:
         return handle.current_model.remote()
 
-    def __call__(self, batch: dict[str, Any]) -> Any:
-        return self.forward(batch)
 
 
 def check_sampled_from(rows: list[dict[str, Any]], policy: str, what: str) -> None:

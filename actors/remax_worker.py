@@ -52,7 +52,7 @@ class RemaxWorker(Worker):
         names = config.generators
         self.own_generator = names[self.rank % len(names)]
         self.rollout = StepRollout(self.own_generator, config.scorer, config.timeout_s,
-                                   board=config.weights_board or f"{config.scorer}-weights")
+                                   board=config.weights_board or None)
         self.sync_root = Path(tempfile.mkdtemp(prefix="prefloop-remax-push-"))  # on this worker's node
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None \
             else self.tokenizer.eos_token_id

@@ -90,5 +90,3 @@ class PooledScorer(Forwarder):
     def ping(self, handle: Any) -> Any:
         return handle.ready.remote()
 
-    def __call__(self, batch: dict[str, Any]) -> Any:
-        return self.forward(batch)
