@@ -23,6 +23,8 @@ warns on every ranker load; that one warning is silenced.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import os
@@ -115,7 +117,10 @@ def load_pairrm(ranker_dir: str | os.PathLike, device: str = "cpu") -> Any:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local ranker must never trigger a download attempt
     llm_blender = import_llm_blender()
     blender = llm_blender.Blender(llm_blender.BlenderConfig(device=device, use_tqdm=False))
-    # model_name is passed explicitly so a relative backbone path works from any working directory.
-    blender.loadranker(str(Path(ranker_dir).resolve()), device=device, model_name=str(backbone.resolve()))
+    # model_name is passed explicitly so a relative backbone path works from any working directory. llm-blender
+    # print()s "Successfully loaded ranker from ..." to stdout; the log line below says it instead, so a quiet
+    # console (`prefloop assets build`, the demo) stays quiet.
+    with contextlib.redirect_stdout(io.StringIO()):
+        blender.loadranker(str(Path(ranker_dir).resolve()), device=device, model_name=str(backbone.resolve()))
     log.info("PairRM loaded from %s on %s", ranker_dir, device)
     return blender

@@ -1,7 +1,8 @@
 """``prefloop demo``: the demo recipe end to end on the embedded local Ray and the tiny offline models.
 
-Builds the tiny assets if absent, runs the round loop of ``recipes/demo.yaml``, serves the final round for a
-moment to show one answer, and prints the per-round table and where the report is.
+Builds the tiny assets if absent, runs the round loop of ``recipes/demo.yaml`` (which serves each round on Ray
+Serve as it commits, ``loop.serve``), asks the served final round one question, and prints the per-round table
+and where the report is.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ log = logging.getLogger(__name__)
 DEMO_RECIPE = Path(str(files("prefloop") / "recipes" / "demo.yaml"))
 
 
-def show_one_answer(run_dir: str, prompt: str, temperature: float = 0.0) -> str:
-    """Serve the last committed round briefly (Ray Serve) and ask it one question."""
+def show_one_answer(run_dir: str, prompt: str, temperature: float = 0.0, serving: bool = False) -> str:
+    """Ask the last committed round one question on Ray Serve, then stop the app. ``serving``: the loop already
+    serves it (``loop.serve``); otherwise it is served for the moment."""
     from prefloop.app.serve import ask, serve_run_dir, stop_serving
 
-    serve_run_dir(run_dir)
+    if not serving:
+        serve_run_dir(run_dir)
     try:
         return ask(prompt, temperature=temperature)
     finally:
@@ -41,7 +44,7 @@ def run_demo(overrides: list[str], allow_recipe_change: bool = False) -> int:
     # sampled as the demo's evaluation samples (loop.eval_temperature): the tiny model's greedy answers fall into
     # loops that no graded answer shows (README, "The two commands")
     temperature = recipe.loop.eval_temperature
-    answer = show_one_answer(recipe.run_dir, prompt, temperature)
+    answer = show_one_answer(recipe.run_dir, prompt, temperature, serving=recipe.loop.serve)
     con.end_stage()
     con.line(f"\nserved round {rows[-1]['round']} model on Ray Serve, asked {prompt!r} "
              f"(temperature {temperature:g}):\n  {answer}")

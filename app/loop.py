@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from prefloop.app import console, evaluate, report
@@ -51,12 +52,29 @@ def ensure_model(pool: GeneratorPool, model: str) -> float:
     return 0.0 if pool.model == model else pool.reload(ship(model))
 
 
-def serve_latest_round(recipe: Recipe, run: RunDir) -> None:
-    """Serve the run's latest committed round (or the base model) when ``loop.serve`` is on."""
-    if recipe.loop.serve:
-        from prefloop.app.serve import serve_run_dir
+def serve_latest_round(recipe: Recipe, run: RunDir) -> Future | None:
+    """Start serving the run's latest committed round (or the base model) when ``loop.serve`` is on.
 
-        serve_run_dir(run.root, port=recipe.loop.serve_port)
+    It starts in a thread, beside the generators' start: both are mostly process start-up and imports, so on a
+    small machine each takes a core (the demo's Serve start, ~35 s on 2 cores, hid behind the pool's). The
+    caller waits on the returned future (``wait_serving``) before the first round publishes to the app."""
+    if not recipe.loop.serve:
+        return None
+    from prefloop.app.serve import serve_run_dir
+
+    starter = ThreadPoolExecutor(1, thread_name_prefix="serve-start")
+    future = starter.submit(serve_run_dir, run.root, port=recipe.loop.serve_port)
+    starter.shutdown(wait=False)
+    return future
+
+
+def wait_serving(serving: Future | None) -> None:
+    """Wait for the Serve start of ``serve_latest_round``; its error, if any, is raised here."""
+    if serving is not None:
+        from prefloop.app.serve import START_TIMEOUT_S
+
+        # serve_run_dir bounds each of its waits; this bound is the backstop for the thread as a whole
+        serving.result(timeout=START_TIMEOUT_S + 60)
 
 
 def swap_into_serve(recipe: Recipe, model_dir: str, round_idx: int) -> float | None:
@@ -128,12 +146,13 @@ def _run_rounds(recipe: Recipe, run: RunDir) -> list[dict]:
     init_ray(recipe.resources)
     tel = Telemetry.start(recipe, run.root)  # Ray gauges + tracking
     eval_rows = evaluate.eval_prompts(recipe, AutoTokenizer.from_pretrained(recipe.policy.model)).rows
+    serving = serve_latest_round(recipe, run)
     pool = start_pool(recipe, recipe.policy.model)
-    serve_latest_round(recipe, run)
     try:
         with keep_scorers():  # scorer actors load once and serve every stage of every round
             enter_stage(tel, "base_answers", None)
             base = evaluate.base_answers(recipe, run, eval_rows, pool)
+            wait_serving(serving)
             for r in rounds:
                 if run.is_committed(r, EVAL):
                     log.info("round %d already committed: skipping", r)
