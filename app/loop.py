@@ -56,8 +56,8 @@ def serve_latest_round(recipe: Recipe, run: RunDir) -> Future | None:
     """Start serving the run's latest committed round (or the base model) when ``loop.serve`` is on.
 
     It starts in a thread, beside the generators' start: both are mostly process start-up and imports, so on a
-    small machine each takes a core (the demo's Serve start, ~35 s on 2 cores, hid behind the pool's). The
-    caller waits on the returned future (``wait_serving``) before the first round publishes to the app."""
+    small machine each takes a core (the demo's Serve start, ~35 s on 2 cores, now overlaps the generators', the
+    base answers and round 0). ``swap_into_serve`` waits on the returned future before it publishes a round."""
     if not recipe.loop.serve:
         return None
     from prefloop.app.serve import serve_run_dir
@@ -77,11 +77,14 @@ def wait_serving(serving: Future | None) -> None:
         serving.result(timeout=START_TIMEOUT_S + 60)
 
 
-def swap_into_serve(recipe: Recipe, model_dir: str, round_idx: int) -> float | None:
-    """Hot-swap round ``round_idx``'s model into the Serve app (when serving is on); returns the seconds."""
+def swap_into_serve(recipe: Recipe, model_dir: str, round_idx: int, serving: Future | None) -> float | None:
+    """Hot-swap round ``round_idx``'s model into the Serve app (when serving is on, once its start, ``serving``,
+    is done); returns the seconds."""
     if not recipe.loop.serve:
         return None
     from prefloop.app.serve import publish
+
+    wait_serving(serving)
 
     return publish(model_dir, round_idx)["publish_s"]
 
@@ -93,7 +96,7 @@ def enter_stage(tel: Telemetry, name: str, round_idx: int | None) -> None:
 
 
 def run_round(recipe: Recipe, run: RunDir, r: int, pool: GeneratorPool, eval_rows: list[dict], base: list[dict],
-              tel: Telemetry) -> dict:
+              tel: Telemetry, serving: Future | None = None) -> dict:
     """One round. Online (no ``train.data``): rollout with the current policy, then train on its pairs.
     Offline (``train.data`` given, e.g. the Snorkel partitions): train on that file, no rollout."""
     started = time.perf_counter()
@@ -106,14 +109,14 @@ def run_round(recipe: Recipe, run: RunDir, r: int, pool: GeneratorPool, eval_row
     t_rollout = time.perf_counter() - started
     enter_stage(tel, "train", r)
     if remax:  # on-policy: the ReMax workers sample through the pool themselves; Serve follows its checkpoints
-        follow = (lambda d: swap_into_serve(recipe, d, r)) if recipe.loop.serve else None
+        follow = (lambda d: swap_into_serve(recipe, d, r, serving)) if recipe.loop.serve else None
         model_dir = str(run_remax(recipe, r, pool, on_checkpoint=follow, on_step=tel.remax_step))
     else:
         model_dir = str(run_train(recipe, r))
     t_train = time.perf_counter() - started - t_rollout
     enter_stage(tel, "swap", r)
     swap_s = ensure_model(pool, model_dir)
-    serve_swap_s = swap_into_serve(recipe, model_dir, r)
+    serve_swap_s = swap_into_serve(recipe, model_dir, r, serving)
     summary = round_summary(run, recipe, r, swap_s=swap_s or swap_in, serve_swap_s=serve_swap_s,
                             timings_s={"rollout": t_rollout, "train": t_train})
     enter_stage(tel, "eval", r)
@@ -152,19 +155,19 @@ def _run_rounds(recipe: Recipe, run: RunDir) -> list[dict]:
         with keep_scorers():  # scorer actors load once and serve every stage of every round
             enter_stage(tel, "base_answers", None)
             base = evaluate.base_answers(recipe, run, eval_rows, pool)
-            wait_serving(serving)
             for r in rounds:
                 if run.is_committed(r, EVAL):
                     log.info("round %d already committed: skipping", r)
                     con.round_done(run.manifest(r, EVAL))
                     continue
-                m = run_round(recipe, run, r, pool, eval_rows, base, tel)
+                m = run_round(recipe, run, r, pool, eval_rows, base, tel, serving)
                 log.info("round %d: %d pairs, win rate vs base %.3f (+-%.3f) by the eval judge (%s), %.3f by the "
                          "training scorer, mean length %.1f, swap %.3f s", r, m["pairs"], m["win_rate"],
                          m["win_rate_stderr"], m["judge"], m["judge_win_rate"], m["mean_length"], m["swap_s"])
                 tel.round_done(r, m)
                 report.write_report(recipe, run)
                 con.round_done(m)
+            wait_serving(serving)  # served once the loop returns, even when every round was already committed
     finally:
         tel.close()
         pool.shutdown()
