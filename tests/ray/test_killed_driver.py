@@ -44,7 +44,7 @@ def watch_until_training(proc: subprocess.Popen, run_dir: Path) -> list:
     return seen
 
 
-def test_killed_driver_status_then_resume_without_redoing_committed_work(tmp_path, tiny_assets):
+def test_killed_driver_status_then_resume_without_redoing_committed_work(tmp_path, tiny_assets, graded_by_gold):
     env = dict(os.environ, PREFLOOP_ASSETS=str(tiny_assets.root), PYTHONUNBUFFERED="1")
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "prefloop.app.cli", "run", str(RECIPE), "--tiny", "--set", f"run_dir={run_dir}",
@@ -81,7 +81,9 @@ def test_killed_driver_status_then_resume_without_redoing_committed_work(tmp_pat
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     assert rollout0.stat().st_mtime_ns == committed_at, "the committed rollout was redone"
-    assert json.loads((run_dir / "round_0" / "eval" / "manifest.json").read_text())["method"] == "kto"
+    evaluated = json.loads((run_dir / "round_0" / "eval" / "manifest.json").read_text())
+    assert evaluated["method"] == "kto"
+    graded_by_gold(run_dir, evaluated)  # the eval manifest's keys, graded by the tiny world's preference
     steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     trained = [(s["round"], s["step"]) for s in steps if "step" in s]
     assert trained and len(trained) == len(set(trained)), "a round was trained twice"

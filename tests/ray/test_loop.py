@@ -81,7 +81,7 @@ def pq_rows(path: Path) -> list[dict]:
     return pq.read_table(path).to_pylist()
 
 
-def test_archangel_tiny_offline_sft_then_kto(tmp_path, tiny_env, ray_cluster):
+def test_archangel_tiny_offline_sft_then_kto(tmp_path, tiny_env, ray_cluster, graded_by_gold):
     recipe = resolve_recipe(str(RECIPES / "archangel-sft-kto.yaml"), [f"run_dir={tmp_path / 'run'}"], tiny=True)
     rows = run_loop(recipe)
     assert [(m["round"], m["method"]) for m in rows] == [(0, "sft"), (1, "kto")]
@@ -89,3 +89,5 @@ def test_archangel_tiny_offline_sft_then_kto(tmp_path, tiny_env, ray_cluster):
     assert not (tmp_path / "run" / "round_0" / "rollout").exists(), "offline rounds run no rollout"
     info = json.loads((tmp_path / "run" / "round_1" / "model" / "prefloop_model.json").read_text())
     assert info == {"chat_template": "tokenizer", "method": "kto", "control_token": None}
+    for m in rows:  # the eval manifest's keys, graded by the tiny world's preference
+        graded_by_gold(tmp_path / "run", m)
