@@ -94,6 +94,12 @@ def _scores(a: dict[str, Any]) -> str:
     return " · ".join(f"{k} {a[k]:.3f}" if isinstance(a[k], float) else f"{k} {a[k]}" for k in keys)
 
 
+def verdict(a: dict[str, Any]) -> str:
+    """The outcome a round's answer card is coloured by: the eval judge's against the base answer (the independent
+    one, as the report's headline win rate), the training judge's where the row has no eval verdict."""
+    return str(a.get("eval_outcome") or a.get("outcome") or "")
+
+
 def sample_ids(ids: list[str], n: int = SAMPLE) -> list[str]:
     """Up to ``n`` ids evenly spread over the list (first and last included), in order."""
     if len(ids) <= n:
@@ -124,7 +130,7 @@ def answer_cards(run: RunDir, rows: list[dict[str, Any]]) -> str:
             a = answers.get(pid)
             if a is None:
                 continue
-            cells.append(f'<div class="answer {escape(str(a.get("outcome", "")))}"><div class="who">round {r}</div>'
+            cells.append(f'<div class="answer {escape(verdict(a))}"><div class="who">round {r}</div>'
                          f'<div class="scores">{a.get("num_tokens", "?")} tokens · {escape(_scores(a))}</div>'
                          f'<pre>{escape(str(a.get("answer", "")))}</pre></div>')
         cards.append(f'<div class="card" data-prompt="{escape(prompt.lower())}"><h3>{escape(prompt)}</h3>'
@@ -139,7 +145,9 @@ def render(name: str, run_root: str, rows: list[dict[str, Any]], cards: str) -> 
             f'<div class="meta">run directory <code>{escape(run_root)}</code> · {len(rows)} committed round(s)'
             f'{f" · eval judge: {escape(str(judge))}" if judge else ""}</div>'
             f'<h2>Rounds</h2>{round_table(rows)}<h2>Per round</h2><div class="charts" id="charts">{charts(rows)}</div>'
-            f'<h2>Answers to held-out prompts</h2><input id="filter" type="search" placeholder="filter prompts">'
+            f'<h2>Answers to held-out prompts</h2><div class="meta">a round\'s border: the eval judge\'s verdict '
+            f'against the base model\'s answer (green win, red loss, grey tie)</div>'
+            f'<input id="filter" type="search" placeholder="filter prompts">'
             f' <span id="shown"></span><div id="answers">{cards}</div>'
             f"<script>{JS}</script></body></html>\n")
 

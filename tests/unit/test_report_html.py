@@ -4,7 +4,7 @@ import re
 
 from report_fixtures import PROMPTS, make_run
 
-from prefloop.app.report_html import render, round_table, sample_ids, write_html
+from prefloop.app.report_html import render, round_table, sample_ids, verdict, write_html
 from prefloop.app.rundir import RunDir
 from prefloop.core import svg_chart
 from prefloop.core.svg_chart import line_chart
@@ -60,3 +60,10 @@ def test_report_html_is_self_contained_with_table_plots_and_answers(tmp_path):
 def test_render_with_no_answers_still_renders():
     html = render("x", "/tmp/r", [], "")
     assert "0 committed round(s)" in html and html.count("no data in the round manifests") == 3
+
+
+def test_answer_cards_are_coloured_by_the_eval_judges_verdict():
+    # the training judge (outcome) said win where the independent eval judge said loss: the card shows the loss
+    assert verdict({"outcome": "win", "eval_outcome": "loss"}) == "loss"
+    assert verdict({"outcome": "tie"}) == "tie"  # no eval verdict on the row: the training judge's
+    assert verdict({}) == ""
