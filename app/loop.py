@@ -85,7 +85,6 @@ def swap_into_serve(recipe: Recipe, model_dir: str, round_idx: int, serving: Fut
     from prefloop.app.serve import publish
 
     wait_serving(serving)
-
     return publish(model_dir, round_idx)["publish_s"]
 
 
