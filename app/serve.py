@@ -255,6 +255,21 @@ def ask(prompt: str, name: str = "prefloop", max_tokens: int = 64, temperature: 
     return out["choices"][0]["message"]["content"]
 
 
+def is_serving(name: str = "prefloop") -> bool:
+    """Whether the app ``name`` runs on the Ray cluster this driver is connected to (False when Ray or Serve is
+    not up)."""
+    import ray
+    from ray import serve
+    from ray.serve.exceptions import RayServeException
+
+    if not ray.is_initialized():
+        return False
+    try:
+        return name in serve.status().applications
+    except RayServeException:  # no Serve controller on this cluster
+        return False
+
+
 def stop_serving(name: str = "prefloop", timeout_s: float = CALL_TIMEOUT_S) -> None:
     """Delete the app ``name`` (Serve itself keeps running for any other app)."""
     from ray import serve

@@ -26,3 +26,14 @@ def test_the_serve_starts_error_is_raised_where_the_loop_waits():
     started.set_exception(RuntimeError("starting Serve app 'prefloop': port 8000 taken"))
     with pytest.raises(RuntimeError, match="port 8000 taken"):
         wait_serving(started)
+
+
+def test_not_serving_without_ray():
+    # `prefloop demo` on a run whose rounds were all committed before: the loop started neither Ray nor Serve,
+    # so the demo must serve the final round itself instead of asking an app that is not there
+    import ray
+
+    from prefloop.app.serve import is_serving
+
+    assert not ray.is_initialized()
+    assert is_serving() is False
