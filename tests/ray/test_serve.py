@@ -18,7 +18,9 @@ import pytest
 
 from prefloop.actors.serve import reloadable_in_place
 from prefloop.app.rundir import RunDir, write_manifest
-from prefloop.app.serve import ask, publish, replica_states, resolve_served_model, serve_run_dir, stop_serving
+from prefloop.app.serve import (
+    ask, is_serving, publish, replica_states, resolve_served_model, serve_run_dir, stop_serving,
+)
 from prefloop.core.config import dump_recipe, parse_recipe
 
 pytestmark = pytest.mark.ray
@@ -137,6 +139,8 @@ def test_models_endpoint(served):
     assert ids == ["prefloop-round-0", "prefloop"]
     status, text = http(served.url + "/health")
     assert status == 200 and json.loads(text)["round"] == 0
+    # what `prefloop demo` asks before serving the final round itself
+    assert is_serving(served.name) is True and is_serving("no-such-app") is False
 
 
 def test_chat_completion_and_stream(served):
