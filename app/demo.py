@@ -17,14 +17,14 @@ log = logging.getLogger(__name__)
 DEMO_RECIPE = Path(str(files("prefloop") / "recipes" / "demo.yaml"))
 
 
-def show_one_answer(run_dir: str, prompt: str, temperature: float = 0.0) -> str:
+def show_one_answer(run_dir: str, prompt: str, temperature: float = 0.0, port: int = 8000) -> str:
     """Ask the last committed round one question on Ray Serve, then stop the app. The loop serves it already when
     it ran rounds with ``loop.serve``; otherwise (serving off, or every round committed before) it is served for
     the moment."""
     from prefloop.app.serve import ask, is_serving, serve_run_dir, stop_serving
 
     if not is_serving():
-        serve_run_dir(run_dir)
+        serve_run_dir(run_dir, port=port)
     try:
         return ask(prompt, temperature=temperature)
     finally:
@@ -45,7 +45,7 @@ def run_demo(overrides: list[str], allow_recipe_change: bool = False) -> int:
     # sampled as the demo's evaluation samples (loop.eval_temperature): the tiny model's greedy answers fall into
     # loops that no graded answer shows (README, "The two commands")
     temperature = recipe.loop.eval_temperature
-    answer = show_one_answer(recipe.run_dir, prompt, temperature)
+    answer = show_one_answer(recipe.run_dir, prompt, temperature, recipe.loop.serve_port)
     con.end_stage()
     con.line(f"\nserved round {rows[-1]['round']} model on Ray Serve, asked {prompt!r} "
              f"(temperature {temperature:g}):\n  {answer}")

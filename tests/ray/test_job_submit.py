@@ -17,8 +17,10 @@ The test checks four things:
   each round arriving on ``gen`` and ``srv``.
 - While it runs, the head's Prometheus endpoint is scraped for the loop's ``ray_prefloop_*`` gauges.
 
-The same command submitted again must succeed at once and say the rounds are already committed (resume = same
-run directory).
+The first job leaves its Serve app up for users. Serve is then shut down (``serve shutdown``, as after a cluster
+restart), and ``prefloop demo`` is submitted on the same run directory (the demo recipe, same values): it must say
+the rounds are already committed (resume = same run directory), rerun nothing, and answer from the final round,
+which it serves itself on ``srv`` since the loop had nothing to do and started no Serve app.
 """
 
 import json
@@ -56,9 +58,10 @@ def job_cluster():
         cluster.stop()
 
 
-def submit(url: str, env: dict, run_dir: Path, assets: Path, serve_port: int) -> str:
-    """``ray job submit`` with the cluster's runtime env (its excludes leave the package folders, .git, .venv and
-    run dirs out of the upload) plus the tiny assets' path; returns the submission id."""
+def submit(url: str, env: dict, run_dir: Path, assets: Path, serve_port: int,
+           command: tuple[str, ...] = ("run", "recipes/demo.yaml")) -> str:
+    """``ray job submit`` of ``prefloop COMMAND`` with the cluster's runtime env (its excludes leave the package
+    folders, .git, .venv and run dirs out of the upload) plus the tiny assets' path; returns the submission id."""
     import yaml
 
     runtime_env = yaml.safe_load(CLUSTER_RUNTIME_ENV.read_text())
@@ -70,7 +73,7 @@ def submit(url: str, env: dict, run_dir: Path, assets: Path, serve_port: int) ->
             "--set", "loop.serve=true", "--set", f"loop.serve_port={serve_port}", "--set", f"loop.rounds={ROUNDS}"]
     cmd = [str(BIN / "ray"), "job", "submit", "--address", url, "--working-dir", str(REPO),
            "--runtime-env-json", json.dumps(runtime_env), "--entrypoint-num-cpus", "1", "--no-wait",
-           "--", "prefloop", "run", "recipes/demo.yaml", *sets]
+           "--", "prefloop", *command, *sets]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     found = re.search(r"Job '([^']+)' submitted successfully", done.stdout + done.stderr)
@@ -163,10 +166,16 @@ def test_job_submit_runs_the_demo_graded_by_gold_then_resumes(job_cluster, tiny_
           f"{final['judge_win_rate']:.3f} by the training PairRM")
     eval_mtime = (run_dir / f"round_{ROUNDS - 1}" / "eval" / "manifest.json").stat().st_mtime_ns
     started = time.monotonic()
-    second = submit(url, env, run_dir, tiny_assets.root, serve_port)
-    status, _ = wait_for(client, second, 300)
+    done = subprocess.run([str(BIN / "serve"), "shutdown", "--address", url, "--yes"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    second = submit(url, env, run_dir, tiny_assets.root, serve_port, command=("demo",))
+    status, _ = wait_for(client, second, 400)
     logs = client.get_job_logs(second)
     assert status == JobStatus.SUCCEEDED, logs[-4000:]
     assert f"all {ROUNDS} rounds already committed" in logs, logs[-4000:]
+    served = re.search(rf"served round {ROUNDS - 1} model on Ray Serve, asked .*\n(.*)", logs)
+    assert served and served.group(1).strip(), logs[-4000:]  # the final round's answer, not an empty line
     assert (run_dir / f"round_{ROUNDS - 1}" / "eval" / "manifest.json").stat().st_mtime_ns == eval_mtime
-    print(f"resubmitted job: {time.monotonic() - started:.0f} s")
+    check_weights_came_through_ray(cluster, run_dir)  # the demo's own Serve replica loaded on srv, from its cache
+    print(f"prefloop demo on the finished run: {time.monotonic() - started:.0f} s")
