@@ -88,7 +88,11 @@ def ray_stage(cls, kwargs: dict, rows: list[dict], batch: int, column: str, cpus
     if len(starts) < 2:
         raise SystemExit("bench: need at least two batches (raise --prompts or lower --batch)")
     measured = [r for r in out if r[f"{column}_t0"] >= starts[1]]
-    return end - starts[1], measured
+    window = end - starts[1]
+    # the share of the window the actor spent inside its batch calls: the rest is Ray Data's scheduling and transfer
+    busy = sum(r[column] for r in measured) / window
+    print(f"  {cls.__name__} stage: {window:.2f} s window, actor busy {busy:.0%} of it", flush=True)
+    return window, measured
 
 
 def main() -> None:
@@ -126,11 +130,13 @@ def main() -> None:
     gen_kwargs = dict(model=str(assets.policy), spec=spec, max_model_len=256)
     n, b = args.samples, args.batch
 
+    # Ray gives an actor with num_cpus=1 one OpenMP thread (OMP_NUM_THREADS=1), and vLLM's CPU engine process
+    # takes its thread count from it; the bare loop's engine gets the same, or it would compute on both cores
+    os.environ["OMP_NUM_THREADS"] = "1"
     gen = VLLMGenerator(**gen_kwargs)
     bare_gen, candidates = bare_generation_runs(gen, rows, b, args.repeats)
     gen.shutdown()  # its engine process would otherwise keep one of the cores busy during the PairRM loop
-    # Ray gives an actor with num_cpus=1 one intra-op thread (OMP_NUM_THREADS=1); the bare loop gets the same.
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # the PairRM loop runs in this process: one intra-op thread, as in the actor
     scorer = PairRMScorer(str(assets.pairrm), batch_size=b)
     bare_score = [bare_scoring(scorer, rows, candidates, b) for _ in range(args.repeats)]
     del scorer
@@ -138,9 +144,12 @@ def main() -> None:
     init_ray(ResourcesConfig())
     ray_gen, ray_score = [], []
     scored_rows = [dict(r, candidates=c) for r, c in zip(rows, candidates)]
+    # all generation repeats first, as the bare loops ran: a vLLM engine process that is still shutting down
+    # after its stage would otherwise share the cores with the PairRM stage that follows it
     for _ in range(args.repeats):
         window, out = ray_stage(VLLMGenerator, gen_kwargs, rows, b, "generate_s", 1.0)
         ray_gen.append(sum(sum(r["num_tokens"]) for r in out) / window)
+    for _ in range(args.repeats):
         window, out = ray_stage(PairRMScorer, {"ranker_dir": str(assets.pairrm), "batch_size": b},
                                 scored_rows, b, "score_s", 1.0)
         ray_score.append(len(out) * n * (n - 1) / window)
