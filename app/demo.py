@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 DEMO_RECIPE = Path(str(files("prefloop") / "recipes" / "demo.yaml"))
 
 
-def show_one_answer(run_dir: str, prompt: str, temperature: float = 0.0, port: int = 8000) -> str:
+def show_one_answer(run_dir: str, prompt: str, temperature: float, port: int) -> str:
     """Ask the last committed round one question on Ray Serve, then stop the app. The loop serves it already when
     it ran rounds with ``loop.serve``; otherwise (serving off, or every round committed before) it is served for
     the moment."""
