@@ -81,7 +81,7 @@ def close_engine(engine: Engine) -> None:
 
 
 class PolicyServer:
-    """A Serve replica: ``spec`` is the whole serving setup (see ``app/serve.py``); ``user_config`` the round."""
+    """A Serve replica: ``spec`` is the whole serving setup (see ``app/serving/serve.py``); ``user_config`` the round."""
 
     def __init__(self, spec: dict[str, Any]):
         self.spec = spec

@@ -52,7 +52,7 @@ def main() -> None:
     from prefloop.actors.generator import VLLMGenerator
     from prefloop.actors.scorers import PairRMScorer
     from prefloop.tinyworld.assets import build_assets, default_assets_dir
-    from prefloop.app.runtime import init_ray
+    from prefloop.app.dataflow.runtime import init_ray
     from prefloop.core.config import ResourcesConfig
     from prefloop.core.sampling import SampleSpec
 

@@ -37,7 +37,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def load_rows(policy: str, n_prompts: int, source: str | None) -> list[dict]:
     from transformers import AutoTokenizer
 
-    from prefloop.app.cli import DATA_DIR
+    from prefloop.app.front.cli import DATA_DIR
     from prefloop.core.prompts import read_prompts
     from prefloop.core.templates import render_prompt
 
@@ -120,7 +120,7 @@ def main() -> None:
     from prefloop.actors.generator import VLLMGenerator
     from prefloop.actors.scorers import PairRMScorer
     from prefloop.tinyworld.assets import build_assets, default_assets_dir
-    from prefloop.app.runtime import init_ray
+    from prefloop.app.dataflow.runtime import init_ray
     from prefloop.core.config import ResourcesConfig
     from prefloop.core.sampling import SampleSpec
 

@@ -60,8 +60,8 @@ def child(recipe_file: str) -> None:
 
     import prefloop.actors.generator  # noqa: F401  (vLLM: the driver imports it to build the generator stage)
     import prefloop.actors.scorers  # noqa: F401
-    from prefloop.app.rollout import run_rollout
-    from prefloop.app.runtime import init_ray
+    from prefloop.app.rounds.rollout import run_rollout
+    from prefloop.app.dataflow.runtime import init_ray
     from prefloop.core.config import parse_recipe
 
     recipe = parse_recipe(json.loads(Path(recipe_file).read_text()), "scale")

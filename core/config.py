@@ -218,7 +218,7 @@ class ResourcesConfig(_Strict):
 
 
 class TrackingConfig(_Strict):
-    """Experiment tracking beside Ray's metrics (see app/telemetry.py); the library is imported only when chosen."""
+    """Experiment tracking beside Ray's metrics (see app/watch/telemetry.py); the library is imported only when chosen."""
 
     backend: Literal["none", "tensorboard", "mlflow", "wandb"] = Field(
         "none", description="none; tensorboard (event files, needs tensorboardX); mlflow (needs mlflow-skinny or "

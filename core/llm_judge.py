@@ -8,7 +8,7 @@ text (0 or 1). The wording of the prompt below is prefloop's own.
 
 Where it departs from AlpacaEval: AlpacaEval asks one randomly chosen order per example; here BOTH orders are
 asked for every prompt (the round's answer as ``m``, then as ``M``) and the two verdicts are averaged, so the
-judge's position bias cancels exactly rather than on average. The HTTP client is ``app/llm_judge.py``.
+judge's position bias cancels exactly rather than on average. The HTTP client is ``app/judging/llm_judge.py``.
 """
 
 from __future__ import annotations

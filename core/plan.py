@@ -1,6 +1,6 @@
 """Memory of every actor kind, from a model's ``config.json`` alone: no weights, no GPU, no torch.
 
-``prefloop plan`` (app/plan.py) sets these figures against the GPUs of a cluster file; ``bench/gpu_check.py``
+``prefloop plan`` (app/front/plan.py) sets these figures against the GPUs of a cluster file; ``bench/gpu_check.py``
 prints them next to the peak memory it measures. Parameter counts are exact arithmetic over the layer shapes of
 the architectures the recipes use (Llama / Mistral / Qwen2 decoders, UltraRM's ``LlamaRewardModel``, DeBERTa-v2 and
 llm-blender's PairRM head); any other ``model_type`` is counted by building the model on PyTorch's meta device.

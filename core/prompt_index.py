@@ -1,6 +1,6 @@
 """The driver's share of the streaming rollout: which prompts a round uses, and did each come back exactly once.
 
-The rollout reads its prompt files in Ray Data, twice (``app/rollout_stream.py``), in pieces of at most
+The rollout reads its prompt files in Ray Data, twice (``app/rounds/rollout_stream.py``), in pieces of at most
 ``rollout.block_prompts`` rows. The first pass checks every row inside the readers and sends the driver, per
 piece, only each accepted row's (line or row number, prompt_id) and the rejected rows' records. ``PromptIndex`` keeps those numbers and ids (about 150 bytes a prompt: 50k
 prompts are a few MB, while the rows themselves never reach the driver) and decides what the in-memory reader

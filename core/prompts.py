@@ -116,7 +116,7 @@ def read_prompts(path: str | Path, fields: Fields = Fields(),
     """Read every row of a prompt source into accepted records and rejected rows, on this process.
 
     ``too_long(messages)`` returns a reason when the rendered prompt exceeds the token budget (the caller
-    owns the tokenizer), or None. (The rollout reads its prompts in Ray Data instead, ``app/rollout_stream.py``,
+    owns the tokenizer), or None. (The rollout reads its prompts in Ray Data instead, ``app/rounds/rollout_stream.py``,
     with the same checks.)
     """
     result, seen = ReadResult(), set()

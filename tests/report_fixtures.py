@@ -1,5 +1,5 @@
 """A committed run directory written by hand for report and status tests: manifests with the eval metrics'
-keys (win_rate, judge_win_rate, lc_win_rate, base_* ...) and answers.parquet files, in ``app/rundir.py``'s layout."""
+keys (win_rate, judge_win_rate, lc_win_rate, base_* ...) and answers.parquet files, in ``app/storage/rundir.py``'s layout."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """A small copy of the Snorkel-Mistral-PairRM-DPO dataset in its real schema and split names, made from the tiny
-world (``app/topics.py``), and its partitions as ``prefloop data prepare snorkel-pairs`` builds them, shipped for
+world (``tinyworld/topics.py``), and its partitions as ``prefloop data prepare snorkel-pairs`` builds them, shipped for
 the ``--tiny`` runs of the Snorkel and Contextual KTO recipes (3 rounds, one disjoint partition each).
 
 Each ``train_iteration_<n>`` split holds 32 different tiny-world training prompts; every row has 5 sampled
@@ -67,7 +67,7 @@ def write_snorkel_tiny(directory: Path = SNORKEL_TINY, seed: int = 0) -> Path:
 def prepare_snorkel_tiny(source: Path = SNORKEL_TINY, out: Path = SNORKEL_TINY_PREPARED) -> dict:
     """``prefloop data prepare snorkel-pairs`` on the tiny copy, run from the data folder so the files name
     their rows by relative paths (``snorkel_tiny/data/...``) wherever they are built."""
-    from prefloop.app.data_prepare import prepare
+    from prefloop.app.data.data_prepare import prepare
 
     here = Path.cwd()
     os.chdir(source.parent)

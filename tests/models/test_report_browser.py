@@ -13,8 +13,8 @@ import subprocess
 import pytest
 from report_fixtures import PROMPTS, make_run
 
-from prefloop.app.report_html import write_html
-from prefloop.app.rundir import RunDir
+from prefloop.app.watch.report_html import write_html
+from prefloop.app.storage.rundir import RunDir
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (.ci/run installs it as root)")

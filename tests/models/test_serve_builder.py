@@ -1,11 +1,11 @@
-"""``prefloop.app.serve:build_app``, the Serve config builder KubeRay's RayService names (no Ray started)."""
+"""``prefloop.app.serving.serve:build_app``, the Serve config builder KubeRay's RayService names (no Ray started)."""
 
 import shutil
 
 import pytest
 import yaml
 
-from prefloop.app.serve import build_app
+from prefloop.app.serving.serve import build_app
 
 
 @pytest.fixture

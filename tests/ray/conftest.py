@@ -21,7 +21,7 @@ TOPICS = ["cats", "rivers", "bread", "trains", "music", "gardens", "stars", "boa
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    """One local Ray for the whole session (8 logical CPUs on this 2-core box, see app/runtime.py)."""
+    """One local Ray for the whole session (8 logical CPUs on this 2-core box, see app/dataflow/runtime.py)."""
     import ray
 
     if not ray.is_initialized():

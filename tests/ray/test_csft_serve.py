@@ -9,9 +9,9 @@ import shutil
 
 import pytest
 
-from prefloop.app.model_files import stamp_model
-from prefloop.app.rundir import RunDir, write_manifest
-from prefloop.app.serve import serve_run_dir, stop_serving
+from prefloop.app.storage.model_files import stamp_model
+from prefloop.app.storage.rundir import RunDir, write_manifest
+from prefloop.app.serving.serve import serve_run_dir, stop_serving
 from prefloop.core.config import dump_recipe, parse_recipe
 from prefloop.core.templates import render_prompt
 
@@ -21,7 +21,7 @@ PROMPTS = ["Tell me about cats.", "Tell me about rivers."]
 
 def csft_model(src, out):
     """The tiny policy with <|good|>/<|bad|> in vocabulary and embeddings (as app.train does) and its stamp."""
-    from prefloop.app.train import add_control_tokens
+    from prefloop.app.rounds.train import add_control_tokens
 
     add_control_tokens(str(src), out)
     stamp_model(out, "tokenizer", "csft")

@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from prefloop.actors.generator_pool import GeneratorPool, check_sampled_from
-from prefloop.app.pipeline import engine_kwargs, sample_spec
-from prefloop.app.rollout import run_rollout
+from prefloop.app.dataflow.pipeline import engine_kwargs, sample_spec
+from prefloop.app.rounds.rollout import run_rollout
 from test_rollout import make_recipe
 from test_serve import model_copy
 

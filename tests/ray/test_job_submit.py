@@ -66,7 +66,7 @@ def submit(url: str, env: dict, run_dir: Path, assets: Path, serve_port: int,
 
     runtime_env = yaml.safe_load(CLUSTER_RUNTIME_ENV.read_text())
     runtime_env["excludes"] = runtime_env.get("excludes", []) + ["/.assets-cache/", ".pytest_cache/"]
-    # HF_HUB_OFFLINE is also in the loop's own worker env (app/runtime.py): the job's value must win, no conflict.
+    # HF_HUB_OFFLINE is also in the loop's own worker env (app/dataflow/runtime.py): the job's value must win, no conflict.
     runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), "PREFLOOP_ASSETS": str(assets),
                                "HF_HUB_OFFLINE": "1"}
     sets = ["--set", f"run_dir={run_dir}", "--set", f"resources.placement={json.dumps(PLACEMENT)}",

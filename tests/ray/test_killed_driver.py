@@ -27,7 +27,7 @@ RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "contextual-kto-pairr
 
 
 def status(run_dir: Path, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "prefloop.app.cli", "status", str(run_dir)], env=env,
+    return subprocess.run([sys.executable, "-m", "prefloop.app.front.cli", "status", str(run_dir)], env=env,
                           capture_output=True, text=True, timeout=120)
 
 
@@ -47,7 +47,7 @@ def watch_until_training(proc: subprocess.Popen, run_dir: Path) -> list:
 def test_killed_driver_status_then_resume_without_redoing_committed_work(tmp_path, tiny_assets, graded_by_gold):
     env = dict(os.environ, PREFLOOP_ASSETS=str(tiny_assets.root), PYTHONUNBUFFERED="1")
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "prefloop.app.cli", "run", str(RECIPE), "--tiny", "--set", f"run_dir={run_dir}",
+    cmd = [sys.executable, "-m", "prefloop.app.front.cli", "run", str(RECIPE), "--tiny", "--set", f"run_dir={run_dir}",
            "--set", "loop.rounds=1", "--set", "train.data=null"]  # the online variant: a rollout, then training
     with open(tmp_path / "console.txt", "w") as console:
         proc = subprocess.Popen(cmd, env=env, stdout=console, stderr=subprocess.STDOUT, start_new_session=True)

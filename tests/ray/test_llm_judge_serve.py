@@ -14,7 +14,7 @@ import socket
 
 import pytest
 
-from prefloop.app.rundir import RunDir, write_manifest
+from prefloop.app.storage.rundir import RunDir, write_manifest
 from prefloop.core.config import JudgeConfig, dump_recipe, parse_recipe
 from prefloop.core.llm_judge import build_messages
 
@@ -54,7 +54,7 @@ def always_m_judge(policy_dir, out, steps=12):
 def judge_url(ray_cluster, tiny_assets, tmp_path_factory):
     from ray import serve
 
-    from prefloop.app.serve import serve_run_dir, stop_serving
+    from prefloop.app.serving.serve import serve_run_dir, stop_serving
 
     tmp = tmp_path_factory.mktemp("judge")
     raw = {"name": "judge", "run_dir": str(tmp / "run"), "policy": {"model": str(tiny_assets.policy)},
@@ -81,7 +81,7 @@ BASE = ["By the way, the lava matters more than the ash.", "There is a lot of me
 
 
 def test_both_orders_cancel_the_served_judges_position_bias(judge_url):
-    from prefloop.app.llm_judge import LLMJudge
+    from prefloop.app.judging.llm_judge import LLMJudge
 
     cfg = JudgeConfig(kind="llm_judge", base_url=judge_url, model_name="prefloop", max_tokens=1, timeout_s=120)
     out = LLMJudge(cfg).judge(PROMPTS, ROUND, BASE)
@@ -96,8 +96,8 @@ def test_both_orders_cancel_the_served_judges_position_bias(judge_url):
 
 def test_the_eval_stage_takes_an_llm_judge(judge_url):
     """``eval.judge.kind: llm_judge`` through the evaluation's judge dispatch and summary (no Ray Data needed)."""
-    from prefloop.app.eval_judges import eval_verdicts, judge_independent
-    from prefloop.app.evaluate import judged_summary
+    from prefloop.app.judging.eval_judges import eval_verdicts, judge_independent
+    from prefloop.app.rounds.evaluate import judged_summary
 
     recipe = parse_recipe({"name": "t", "run_dir": "x", "policy": {"model": "/p"}, "data": {"train": "/d"},
                            "scorer": {"kind": "pairrm", "model": "/r"},

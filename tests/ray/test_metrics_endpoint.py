@@ -7,7 +7,7 @@ import urllib.request
 
 import pytest
 
-from prefloop.app.telemetry import GAUGES, Telemetry
+from prefloop.app.watch.telemetry import GAUGES, Telemetry
 from prefloop.core.config import parse_recipe
 
 pytestmark = pytest.mark.ray

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from prefloop.app.model_stage import round_models, round_recipe
-from prefloop.app.rundir import RunDir
-from prefloop.app.cli import cmd_one_round, resolve_recipe
+from prefloop.app.rounds.model_stage import round_models, round_recipe
+from prefloop.app.storage.rundir import RunDir
+from prefloop.app.front.cli import cmd_one_round, resolve_recipe
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"

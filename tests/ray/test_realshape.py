@@ -16,8 +16,8 @@ import textwrap
 import pytest
 import torch
 
-from prefloop.app.rundir import RunDir, write_manifest
-from prefloop.app.tables import write_parquet
+from prefloop.app.storage.rundir import RunDir, write_manifest
+from prefloop.app.storage.tables import write_parquet
 from prefloop.core.config import parse_recipe
 from tests.realshape import mistral_policy, ultrarm
 
@@ -34,7 +34,7 @@ def pairs():
 def test_mistral_bf16_dpo_fsdp_then_vllm_reload(ray_cluster, tmp_path):
     from safetensors import safe_open
 
-    from prefloop.app.train import run_train
+    from prefloop.app.rounds.train import run_train
 
     policy = mistral_policy(tmp_path / "Mistral-7B-Instruct-v0.2")
     run = RunDir(tmp_path / "run")
@@ -79,7 +79,7 @@ def test_mistral_bf16_dpo_fsdp_then_vllm_reload(ray_cluster, tmp_path):
 
 def test_ultrarm_shape_in_the_scorer_stage(ray_cluster, tmp_path):
     from prefloop.actors.scorers import RewardModelScorer
-    from prefloop.app.pipeline import run_stages, scorer_stage
+    from prefloop.app.dataflow.pipeline import run_stages, scorer_stage
 
     rm = ultrarm(tmp_path / "UltraRM-13b")
     recipe = parse_recipe({"name": "rm", "run_dir": str(tmp_path / "run"), "policy": {"model": "unused"},

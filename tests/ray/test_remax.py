@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from prefloop.app.cli import resolve_recipe
-from prefloop.app.loop import run_loop, start_pool
-from prefloop.app.remax import follow_checkpoints, follow_steps, run_remax
+from prefloop.app.front.cli import resolve_recipe
+from prefloop.app.rounds.loop import run_loop, start_pool
+from prefloop.app.rounds.remax import follow_checkpoints, follow_steps, run_remax
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 RECIPE = str(Path(__file__).resolve().parents[2] / "recipes" / "remax-ultrarm.yaml")
@@ -60,8 +60,8 @@ def test_remax_learns_a_reward_and_survives_worker_and_generator_deaths(tmp_path
 def test_remax_recipe_tiny_in_the_loop_with_serve_on_a_uri_run_dir(tmp_path, tiny_env, ray_cluster, monkeypatch,
                                                                    graded_by_gold):
     """Also the run directory on shared storage: a ``file://`` URI (the same pyarrow path as s3:// or gs://)."""
-    from prefloop.app.rundir import RunDir
-    from prefloop.app.serve import replica_states, stop_serving
+    from prefloop.app.storage.rundir import RunDir
+    from prefloop.app.serving.serve import replica_states, stop_serving
 
     monkeypatch.setenv("PREFLOOP_RUNS_CACHE", str(tmp_path / "cache"))
     uri, remote = f"file://{tmp_path}/bucket/run", tmp_path / "bucket" / "run"

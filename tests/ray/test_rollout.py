@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from prefloop.app.rollout import run_rollout
+from prefloop.app.rounds.rollout import run_rollout
 from prefloop.core.config import parse_recipe
 
 pytestmark = pytest.mark.ray
@@ -108,7 +108,7 @@ def test_kept_scorer_actor_serves_every_stage_and_is_restarted_after_a_kill(roll
     tests/ray/test_generator_faults.py); every score equals the own-pool stage's."""
     import ray
 
-    from prefloop.app.pipeline import keep_scorers, kept_scorer_names, run_stages, scorer_stage
+    from prefloop.app.dataflow.pipeline import keep_scorers, kept_scorer_names, run_stages, scorer_stage
 
     recipe, folder = rollout
     rows = pq.read_table(folder / "candidates.parquet").to_pylist()[:12]
@@ -190,7 +190,7 @@ def test_every_stage_keeps_its_placement_resources(ray_cluster):
     ``resources.placement`` keeps its custom resource (the stream path once dropped it)."""
     import ray
 
-    from prefloop.app.pipeline import Stage, add_stages
+    from prefloop.app.dataflow.pipeline import Stage, add_stages
 
     ds = add_stages(ray.data.range(4), [Stage(_Same, {}, 1, 2, 0.5, 0.0, {"pf_gen": 1.0}),
                                         Stage(_Same, {}, 1, 2, 0.0)])

@@ -17,8 +17,8 @@ import urllib.request
 import pytest
 
 from prefloop.actors.serve import reloadable_in_place
-from prefloop.app.rundir import RunDir, write_manifest
-from prefloop.app.serve import (
+from prefloop.app.storage.rundir import RunDir, write_manifest
+from prefloop.app.serving.serve import (
     ask, is_serving, publish, replica_states, resolve_served_model, serve_run_dir, stop_serving,
 )
 from prefloop.core.config import dump_recipe, parse_recipe

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from prefloop.app.serve import publish, replica_states, serve_run_dir, stop_serving
+from prefloop.app.serving.serve import publish, replica_states, serve_run_dir, stop_serving
 from test_serve import PROMPTS, free_port, make_run, model_copy
 
 pytestmark = pytest.mark.ray
@@ -180,8 +180,8 @@ def test_swaps_in_place_under_load_from_this_driver_and_from_a_second_driver(app
     n1 = check_swap(seen, before_actors, before_ids, served, 0, 1)
 
     r2 = strict_copy(tmp / "r0", tmp / "r2", 0.08)
-    code = ("import json, sys; from prefloop.app.runtime import init_ray; from prefloop.core.config import "
-            "ResourcesConfig; init_ray(ResourcesConfig()); from prefloop.app.serve import publish; "
+    code = ("import json, sys; from prefloop.app.dataflow.runtime import init_ray; from prefloop.core.config import "
+            "ResourcesConfig; init_ray(ResourcesConfig()); from prefloop.app.serving.serve import publish; "
             "print('RESULT', json.dumps(publish(sys.argv[1], 2, timeout_s=300)), flush=True)")
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
 

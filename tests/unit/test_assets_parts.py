@@ -42,7 +42,7 @@ def test_parts_used_names_the_parts_under_the_assets_dir(tmp_path):
 
 
 def test_the_demo_recipe_needs_the_policy_and_pairrm_only(tmp_path):
-    from prefloop.app.demo import DEMO_RECIPE
+    from prefloop.app.front.demo import DEMO_RECIPE
     from prefloop.core.config import load_recipe
 
     recipe = load_recipe(str(DEMO_RECIPE), [], {"assets": str(tmp_path), "data": str(tmp_path)})

@@ -1,6 +1,6 @@
 """The command line: a recipe typo is a one-line error naming the key, exit code 2, no traceback."""
 
-from prefloop.app.cli import main
+from prefloop.app.front.cli import main
 
 
 def test_recipe_check_prints_resolved(tmp_path, capsys):
@@ -44,7 +44,7 @@ def test_a_resume_with_other_settings_or_a_held_run_is_refused_before_any_work(t
     import os
     import socket
 
-    from prefloop.app.runlock import LOCK_NAME
+    from prefloop.app.storage.runlock import LOCK_NAME
 
     run = tmp_path / "run"
     path = tmp_path / "r.yaml"

@@ -39,7 +39,7 @@ CLUSTER_CONFIGS = ["ray-cluster.yaml", "cluster/gcp.yaml"]
 KUBERAY = ROOT / "cluster" / "kuberay"
 IMAGE_REPO_DIR = "/home/ray/prefloop"   # where setup_commands / cluster/Dockerfile put the repository
 
-# The gauges of app/telemetry.py and their tags (besides `run`): the names are fixed, dashboards are built on them.
+# The gauges of app/watch/telemetry.py and their tags (besides `run`): the names are fixed, dashboards are built on them.
 METRICS = {
     "prefloop_round": (), "prefloop_prompts_done": (), "prefloop_tokens_per_s": ("stage",),
     "prefloop_pairs_kept": (), "prefloop_reward_mean": (), "prefloop_win_rate": (), "prefloop_train_loss": (),
@@ -276,7 +276,7 @@ def test_dockerfile_matches_the_cluster_image_and_pins():
 def test_runtime_env_is_accepted_and_does_not_clash_with_the_driver():
     from ray.runtime_env import RuntimeEnv
 
-    from prefloop.app.runtime import WORKER_ENV
+    from prefloop.app.dataflow.runtime import WORKER_ENV
 
     env = load_yaml("cluster/runtime_env.yaml")
     RuntimeEnv(working_dir=".", **env)  # what `--working-dir . --runtime-env cluster/runtime_env.yaml` makes
@@ -371,8 +371,8 @@ def test_rayjob_structure():
 def test_rayjob_entrypoint_runs_an_existing_recipe():
     from ray.runtime_env import RuntimeEnv
 
-    from prefloop.app.cli import build_parser
-    from prefloop.app.runtime import WORKER_ENV
+    from prefloop.app.front.cli import build_parser
+    from prefloop.app.dataflow.runtime import WORKER_ENV
     from prefloop.core.config import load_recipe
 
     spec = load_yaml(KUBERAY / "rayjob.yaml")["spec"]
@@ -415,7 +415,7 @@ def test_serve_config_matches_rays_schema_and_the_app():
     (app,) = config["applications"]
     assert app["route_prefix"] == "/", "PolicyServer routes /v1/... itself"
     module, _, attr = app["import_path"].partition(":")
-    assert module == "prefloop.app.serve" and attr
+    assert module == "prefloop.app.serving.serve" and attr
     (dep,) = app["deployments"]
     assert set(dep) <= set(DeploymentSchema.model_fields), f"unknown deployment options {set(dep) - set(DeploymentSchema.model_fields)}"
     assert hasattr(actors_serve, dep["name"]), f"no deployment class {dep['name']} in prefloop.actors.serve"
@@ -471,7 +471,7 @@ def all_panels(panels: list[dict]) -> list[dict]:
 
 
 def test_metric_list_is_telemetrys():
-    from prefloop.app import telemetry
+    from prefloop.app.watch import telemetry
 
     GAUGES = telemetry.GAUGES
     assert {name: tags for name, (_, tags) in GAUGES.items()} == METRICS

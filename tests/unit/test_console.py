@@ -7,8 +7,8 @@ import logging
 import pytest
 from report_fixtures import eval_manifest
 
-from prefloop.app import console as console_mod
-from prefloop.app.console import Console, route_library_logs
+from prefloop.app.watch import console as console_mod
+from prefloop.app.watch.console import Console, route_library_logs
 
 
 @pytest.fixture
@@ -82,8 +82,8 @@ def test_library_logs_go_to_the_driver_log_not_the_console(tmp_path, clean_root,
         noisy.warning("Triton is not installed")
         logging.getLogger("prefloop.app.x").warning("a prefloop warning")
         logging.getLogger("ray.core").error("an actor died")
-        logging.getLogger("prefloop.app.loop").info("round 0: 40 pairs, win rate vs base 0.5")
-        logging.getLogger("prefloop.app.rollout").info("prompts: 64 read")
+        logging.getLogger("prefloop.app.rounds.loop").info("round 0: 40 pairs, win rate vs base 0.5")
+        logging.getLogger("prefloop.app.rounds.rollout").info("prompts: 64 read")
         con.detach()
         log_text = (tmp_path / "logs" / "driver.log").read_text()
         assert "engine config" in log_text and "Triton" in log_text and "an actor died" in log_text
@@ -120,8 +120,8 @@ def test_default_console_is_verbose_and_tracks_like_a_plain_iterator(tmp_path):
 NATIVE_SCRIPT = r'''
 import logging, os, sys
 from pathlib import Path
-from prefloop.app.console import Console
-from prefloop.app.console_streams import route_raylet_notices
+from prefloop.app.watch.console import Console
+from prefloop.app.watch.console_streams import route_raylet_notices
 import ray._private.worker as ray_worker
 
 run = Path(sys.argv[1])
@@ -132,7 +132,7 @@ os.write(2, b"[E core_worker.cc:2465] a native error line\n")  # what Ray's C++ 
 route_raylet_notices()
 ray_worker.print_to_stdstream({"lines": ["WARNING: 8 PYTHON worker processes have been started"],
                                "pid": "raylet", "is_err": False}, False)
-logging.getLogger("prefloop.app.loop").warning("a prefloop warning")
+logging.getLogger("prefloop.app.rounds.loop").warning("a prefloop warning")
 con.detach()
 os.write(2, b"native after the run\n")
 '''

@@ -8,8 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 
 import card_fixtures as fx
-from prefloop.app.cli import main
-from prefloop.app.data_prepare import prepare
+from prefloop.app.front.cli import main
+from prefloop.app.data.data_prepare import prepare
 from prefloop.core.prompts import InputError, read_prompts
 from prefloop.core.train_data import read_train_rows
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from prefloop.app.evaluate import NOT_INDEPENDENT, answer_rows, judged_summary
+from prefloop.app.rounds.evaluate import NOT_INDEPENDENT, answer_rows, judged_summary
 from prefloop.core.config import parse_recipe
 
 RAW = {"name": "t", "run_dir": "x", "policy": {"model": "/p"}, "data": {"train": "/d"},
@@ -59,7 +59,7 @@ def test_a_base_stage_without_finish_reasons_reports_no_truncation_rate():
 
 
 def test_the_eval_judge_is_checked_before_any_round(tmp_path, monkeypatch):
-    from prefloop.app.eval_judges import preflight
+    from prefloop.app.judging.eval_judges import preflight
     from prefloop.core.config import RecipeError
 
     def judge(**j):
@@ -76,7 +76,7 @@ def test_the_eval_judge_is_checked_before_any_round(tmp_path, monkeypatch):
 
 
 def test_a_function_eval_judge_is_called_on_the_driver_with_the_base_answer_second():
-    from prefloop.app.eval_judges import function_verdicts
+    from prefloop.app.judging.eval_judges import function_verdicts
     from prefloop.tinyworld.gold import gold_score
 
     good = "Bees make honey. A bee visits many flowers. The hive keeps the queen and her workers busy all day."

@@ -14,8 +14,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("module, name, file", [
-    ("prefloop.app.rollout", "run_rollout", "app/rollout.py"),
-    ("prefloop.app.pipeline", "run_stages", "app/pipeline.py"),
+    ("prefloop.app.rounds.rollout", "run_rollout", "app/rounds/rollout.py"),
+    ("prefloop.app.dataflow.pipeline", "run_stages", "app/dataflow/pipeline.py"),
     ("prefloop.actors.vllm_engine", "build_llm", "actors/vllm_engine.py"),
     ("prefloop.core.losses", "dpo_loss", "core/losses.py"),
 ])
@@ -33,7 +33,7 @@ def test_wheel_carries_code_recipes_and_data(tmp_path):
                     "-w", str(tmp_path), str(REPO)], check=True, timeout=300)
     wheel = next(tmp_path.glob("prefloop-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
-    for must in ("prefloop/app/cli.py", "prefloop/app/pipeline.py", "prefloop/actors/vllm_engine.py",
+    for must in ("prefloop/app/front/cli.py", "prefloop/app/dataflow/pipeline.py", "prefloop/actors/vllm_engine.py",
                  "prefloop/core/losses.py", "prefloop/recipes/demo.yaml", "prefloop/tinyworld/data/prompts.jsonl",
                  "prefloop/tinyworld/gold.py"):
         assert must in names, f"{must} missing from {wheel.name}"

@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from prefloop.app.llm_judge import JudgeRequestError, LLMJudge
+from prefloop.app.judging.llm_judge import JudgeRequestError, LLMJudge
 from prefloop.core.config import JudgeConfig
 
 

@@ -7,7 +7,7 @@ import shutil
 import pytest
 from transformers import AutoTokenizer
 
-from prefloop.app.model_files import rows_for_model, stamp_model
+from prefloop.app.storage.model_files import rows_for_model, stamp_model
 from prefloop.core.model_info import MODEL_INFO, control_token_of, read_model_info
 from prefloop.core.templates import chat_template_for, generation_text, render_prompt
 

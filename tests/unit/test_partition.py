@@ -90,7 +90,7 @@ def test_recipe_checks_that_rounds_read_their_own_prompts():
 def test_rollout_reads_only_its_rounds_partition(tmp_path, tiny_assets):
     from transformers import AutoTokenizer
 
-    from prefloop.app.rollout import prepare_prompts
+    from prefloop.app.rounds.rollout import prepare_prompts
     from prefloop.core.config import parse_recipe
 
     prompts = tmp_path / "prompts.jsonl"

@@ -14,7 +14,7 @@ CONFIGS = ROOT / "recipes" / "model_configs"
 
 
 def shape(name):
-    from prefloop.app.plan import load_shape
+    from prefloop.app.front.plan import load_shape
 
     return load_shape(f"/mnt/shared/models/{name}", "policy.model")
 
@@ -78,7 +78,7 @@ def test_unknown_instance_is_an_error_naming_it(tmp_path):
 
 
 def test_run_refuses_a_plan_that_cannot_fit(tmp_path):
-    from prefloop.app.plan import check_plan
+    from prefloop.app.front.plan import check_plan
     from prefloop.core.config import RecipeError, load_recipe
 
     recipe = load_recipe(ROOT / "recipes" / "remax-ultrarm.yaml")
@@ -89,7 +89,7 @@ def test_run_refuses_a_plan_that_cannot_fit(tmp_path):
 
 
 def test_cpu_recipes_are_not_checked():
-    from prefloop.app.plan import check_plan, uses_gpu
+    from prefloop.app.front.plan import check_plan, uses_gpu
     from prefloop.core.config import load_recipe
 
     recipe = load_recipe(ROOT / "recipes" / "snorkel-pairrm-dpo.yaml", placeholders={"assets": "a", "data": "d"},
@@ -99,7 +99,7 @@ def test_cpu_recipes_are_not_checked():
 
 
 def test_plan_cli_prints_every_actor(capsys):
-    from prefloop.app.cli import main
+    from prefloop.app.front.cli import main
 
     assert main(["plan", str(ROOT / "recipes" / "snorkel-pairrm-dpo.yaml"),
                  "--cluster", str(ROOT / "ray-cluster.yaml")]) == 0
@@ -110,8 +110,8 @@ def test_plan_cli_prints_every_actor(capsys):
 
 
 def test_prefloop_run_refuses_before_starting_anything(capsys, monkeypatch):
-    from prefloop.app import loop
-    from prefloop.app.cli import main
+    from prefloop.app.rounds import loop
+    from prefloop.app.front.cli import main
 
     monkeypatch.setattr(loop, "run_loop", lambda recipe: pytest.fail("the loop must not start"))
     rc = main(["run", str(ROOT / "recipes" / "remax-ultrarm.yaml"),

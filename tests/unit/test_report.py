@@ -1,8 +1,8 @@
 """The report from committed eval manifests: both judges side by side, the independence warning, the flag on a
 round where the training judge's win rate rises while the eval judge's does not."""
 
-from prefloop.app.report import diverging_rounds, format_table, write_report
-from prefloop.app.rundir import RunDir, write_manifest
+from prefloop.app.watch.report import diverging_rounds, format_table, write_report
+from prefloop.app.storage.rundir import RunDir, write_manifest
 from prefloop.core.config import parse_recipe
 
 RAW = {"name": "t", "run_dir": "x", "policy": {"model": "/p"}, "data": {"train": "/d"},

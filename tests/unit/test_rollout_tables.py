@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 
-from prefloop.app.rollout_stream import Totals, chunked, output_schemas, select
-from prefloop.app.tables import ParquetAppender
+from prefloop.app.rounds.rollout_stream import Totals, chunked, output_schemas, select
+from prefloop.app.storage.tables import ParquetAppender
 from prefloop.core.config import parse_recipe
 
 

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from prefloop.app.run_mirror import is_uri, local_cache
-from prefloop.app.rundir import RunDir, write_manifest
+from prefloop.app.storage.run_mirror import is_uri, local_cache
+from prefloop.app.storage.rundir import RunDir, write_manifest
 
 
 @pytest.fixture

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from prefloop.app import run_mirror
-from prefloop.app.rundir import RunDir, write_manifest
+from prefloop.app.storage import run_mirror
+from prefloop.app.storage.rundir import RunDir, write_manifest
 
 
 class FlakyFS:

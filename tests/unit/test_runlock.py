@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from prefloop.app import runlock
-from prefloop.app.rundir import RunDir, remove_dead_partials
-from prefloop.app.runlock import LOCK_NAME, RecipeChangedError, RunLockedError, hold_run, lock_for
+from prefloop.app.storage import runlock
+from prefloop.app.storage.rundir import RunDir, remove_dead_partials
+from prefloop.app.storage.runlock import LOCK_NAME, RecipeChangedError, RunLockedError, hold_run, lock_for
 
 
 def dead_pid() -> int:
@@ -42,7 +42,7 @@ def test_a_second_driver_is_refused_naming_the_holder(tmp_path):
 
 def test_a_lock_held_by_a_live_process_in_another_interpreter_refuses(tmp_path):
     run = RunDir(tmp_path / "run")
-    code = ("import sys, time; from prefloop.app.rundir import RunDir; from prefloop.app.runlock import lock_for;"
+    code = ("import sys, time; from prefloop.app.storage.rundir import RunDir; from prefloop.app.storage.runlock import lock_for;"
             f"l = lock_for(RunDir({str(run.root)!r})).acquire(); print('held', flush=True); time.sleep(60)")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
                             env={**os.environ})

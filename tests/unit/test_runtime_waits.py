@@ -1,4 +1,4 @@
-"""The driver's bounded waits (``app/runtime.py``): a stage that yields nothing, or a blocking call that does not
+"""The driver's bounded waits (``app/dataflow/runtime.py``): a stage that yields nothing, or a blocking call that does not
 return, fails with a TimeoutError naming it instead of hanging the run."""
 
 import threading
@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from prefloop.app.runtime import iterate_with_timeout, wait_for
+from prefloop.app.dataflow.runtime import iterate_with_timeout, wait_for
 
 
 def test_wait_for_returns_the_result_or_reraises_the_error():

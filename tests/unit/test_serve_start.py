@@ -1,11 +1,11 @@
-"""The round loop's Serve start in a thread (``app/loop.py``): off unless ``loop.serve``, and its error reaches the
+"""The round loop's Serve start in a thread (``app/rounds/loop.py``): off unless ``loop.serve``, and its error reaches the
 loop where it waits (a round's publish), not lost in the thread."""
 
 from concurrent.futures import Future
 
 import pytest
 
-from prefloop.app.loop import serve_latest_round, wait_serving
+from prefloop.app.rounds.loop import serve_latest_round, wait_serving
 
 
 class _Loop:
@@ -34,7 +34,7 @@ def test_not_serving_without_ray(monkeypatch):
     # session may share a Ray cluster started by an earlier test, so "this driver has no Ray" is patched in.
     import ray
 
-    from prefloop.app.serve import is_serving
+    from prefloop.app.serving.serve import is_serving
 
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     assert is_serving() is False

@@ -9,9 +9,9 @@ import time
 
 from report_fixtures import make_run, write_stage
 
-from prefloop.app.cli import main
-from prefloop.app.heartbeat import STALE_S, Heartbeat, liveness
-from prefloop.app.status import format_status, read_status
+from prefloop.app.front.cli import main
+from prefloop.app.storage.heartbeat import STALE_S, Heartbeat, liveness
+from prefloop.app.front.status import format_status, read_status
 
 
 def beat(root, **fields):

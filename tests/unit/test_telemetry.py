@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from prefloop.app.telemetry import Telemetry
+from prefloop.app.watch.telemetry import Telemetry
 from prefloop.core.config import RecipeError, parse_recipe
 
 BASE = {"name": "tel", "run_dir": "runs/tel", "policy": {"model": "m"}, "data": {"train": "p"},
@@ -101,8 +101,8 @@ def test_close_in_a_finally_marks_the_run_failed(tmp_path):
 def test_round_summary_from_a_committed_round(tmp_path):
     """The summary the loop builds once per round: pairs and throughput from the rollout, loss and training
     tokens/s from the model manifest, prompts accumulated over the rounds' eval manifests."""
-    from prefloop.app.round_summary import round_summary
-    from prefloop.app.rundir import RunDir
+    from prefloop.app.rounds.round_summary import round_summary
+    from prefloop.app.storage.rundir import RunDir
 
     root = tmp_path / "run"
 
@@ -122,7 +122,7 @@ def test_round_summary_from_a_committed_round(tmp_path):
 
 
 def test_model_manifest_means_training_tokens_per_s():
-    from prefloop.app.model_stage import mean_of
+    from prefloop.app.rounds.model_stage import mean_of
 
     assert mean_of([{"tokens_per_s": 50.0}, {"tokens_per_s": 100.0}, {"loss": 1.0}], "tokens_per_s") == 75.0
     assert mean_of([{"loss": 1.0}], "tokens_per_s") is None

@@ -6,7 +6,7 @@ import json
 
 import pyarrow.parquet as pq
 
-from prefloop.app.cli import DATA_DIR, resolve_recipe
+from prefloop.app.front.cli import DATA_DIR, resolve_recipe
 from prefloop.tinyworld.tiny_cards import SNORKEL_TINY, SNORKEL_TINY_PREPARED, prepare_snorkel_tiny
 from prefloop.core.train_data import read_train_rows
 

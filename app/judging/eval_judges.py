@@ -1,0 +1,157 @@
+"""The judges of the per-round evaluation: the eval judge, the training scorer beside it, and best-of-N reranking.
+
+- ``training_verdicts``: the recipe's training scorer (``scorer``) on [round answer, base answer] per prompt.
+- ``eval_verdicts``: the eval judge (``eval.judge``): ``pairrm`` / ``reward_model`` through the same Ray Data
+  scorer stages, ``function`` called on the driver (no actor to start for a few dozen answers),
+  ``llm_judge`` through ``app/judging/llm_judge.py``; with no ``eval.judge``, the training scorer's verdicts are
+  reused and the judge is marked not independent.
+- ``best_of_answers``: N samples per prompt from the model the pool holds, reranked by PairRM (the eval judge if
+  it is PairRM, else the training scorer; the recipe's validation guarantees one of them is), the top one kept.
+
+A verdict is a dict per prompt: ``preference`` in [0, 1] for the round's answer (1 win, 0.5 tie, 0 loss; an LLM
+judge's log-probs give values in between) and, for scalar judges, both ``score`` and ``base_score``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from prefloop.app.dataflow.pipeline import pooled_generator_stage, run_stages, scorer_stage
+from prefloop.core.config import Recipe, RecipeError, ScorerConfig
+from prefloop.core.eval_metrics import preference
+from prefloop.core.sampling import SampleSpec
+
+log = logging.getLogger(__name__)
+
+
+def judge_kind(recipe: Recipe) -> str:
+    """The eval judge's kind as the manifest reports it (the training scorer's when there is no eval judge)."""
+    return recipe.eval.judge.kind if recipe.eval.judge is not None else recipe.scorer.kind
+
+
+def judge_independent(recipe: Recipe) -> bool:
+    """False when the eval judge is the training scorer (absent, or configured identically)."""
+    judge = recipe.eval.judge
+    if judge is None:
+        return False
+    if judge.kind == "llm_judge":
+        return True
+    return judge.as_scorer().model_dump(include={"kind", "model", "function", "chat_template"}) != \
+        recipe.scorer.model_dump(include={"kind", "model", "function", "chat_template"})
+
+
+def preflight(recipe: Recipe) -> None:
+    """Check the eval judge on the driver before round 0, so a typo fails in a second, not after a round's
+    training: the function imports, the model directories exist, the LLM judge's API key is set."""
+    from pathlib import Path
+
+    from prefloop.actors.common import check_model_dir
+    from prefloop.actors.scorers import load_function
+
+    judge = recipe.eval.judge
+    if judge is None:
+        return
+    if judge.kind == "function":
+        try:
+            load_function(judge.function)
+        except RecipeError as err:  # its message names scorer.function: say which key it really is
+            raise RecipeError(f"eval.judge.function: {err}") from None
+    elif judge.kind == "pairrm" and not Path(judge.model, "config.json").is_file():
+        raise FileNotFoundError(f"eval.judge.model {judge.model!r}: not a PairRM ranker directory (no config.json)")
+    elif judge.kind == "reward_model":
+        check_model_dir(judge.model, "eval.judge.model")
+    elif judge.kind == "llm_judge":
+        from prefloop.app.judging.llm_judge import LLMJudge
+
+        LLMJudge(judge)  # raises when api_key_env names an unset variable
+
+
+def _with_scorer(recipe: Recipe, scorer: ScorerConfig) -> Recipe:
+    return recipe.model_copy(update={"scorer": scorer})
+
+
+def scalar_verdicts(recipe: Recipe, answers: list[dict], base: list[dict], what: str) -> list[dict[str, Any]]:
+    """``recipe.scorer`` on [answer, base answer] of every prompt: score, base_score, preference."""
+    base_by_id = {b["prompt_id"]: b["answer"] for b in base}
+    rows = [{"prompt_id": a["prompt_id"], "prompt": a["prompt"], "messages": a["messages"],
+             "candidates": [a["answer"], base_by_id[a["prompt_id"]]]} for a in answers]
+    out = run_stages(rows, [scorer_stage(recipe)], recipe.resources.stage_timeout_s, f"eval: {what}")
+    by_id = {r["prompt_id"]: r["scores"] for r in out}
+    missing = [a["prompt_id"] for a in answers if a["prompt_id"] not in by_id]
+    if missing:
+        raise RuntimeError(f"eval: {what}: {len(missing)} prompts never came back (first: {missing[:5]})")
+    verdicts = []
+    for a in answers:
+        score, base_score = (float(s) for s in by_id[a["prompt_id"]])
+        verdicts.append({"score": score, "base_score": base_score, "preference": preference(score, base_score)})
+    return verdicts
+
+
+def training_verdicts(recipe: Recipe, answers: list[dict], base: list[dict]) -> list[dict[str, Any]]:
+    return scalar_verdicts(recipe, answers, base, f"training scorer ({recipe.scorer.kind})")
+
+
+def eval_verdicts(recipe: Recipe, answers: list[dict], base: list[dict],
+                  training: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """The eval judge's verdicts (``training``'s when there is no eval judge, so they are not computed twice)."""
+    judge = recipe.eval.judge
+    if judge is None:
+        return training if training is not None else training_verdicts(recipe, answers, base)
+    if judge.kind == "llm_judge":
+        from prefloop.app.judging.llm_judge import LLMJudge
+
+        base_by_id = {b["prompt_id"]: b["answer"] for b in base}
+        return LLMJudge(judge).judge([a["prompt"] for a in answers], [a["answer"] for a in answers],
+                                     [base_by_id[a["prompt_id"]] for a in answers])
+    if judge.kind == "function":
+        return function_verdicts(judge.function, answers, base)
+    return scalar_verdicts(_with_scorer(recipe, judge.as_scorer()), answers, base, f"eval judge ({judge.kind})")
+
+
+def function_verdicts(function: str, answers: list[dict], base: list[dict]) -> list[dict[str, Any]]:
+    """A ``function`` eval judge, called here on the driver: it scores the held-out answers only (``eval_limit``
+    prompts), and a Ray Data actor just to call it cost 3-9 s of start-up per round on 2 cores (the demo's gold
+    judge runs in milliseconds). Same scorer class, same scores as the actor stage gives."""
+    from prefloop.actors.scorers import FunctionScorer
+
+    base_by_id = {b["prompt_id"]: b["answer"] for b in base}
+    batch = {"prompt_id": [a["prompt_id"] for a in answers], "prompt": [a["prompt"] for a in answers],
+             "candidates": [[a["answer"], base_by_id[a["prompt_id"]]] for a in answers]}
+    scored = FunctionScorer(function)(batch).column("scores").to_pylist()  # a pyarrow Table, as Ray Data gets it
+    verdicts = []
+    for score, base_score in (map(float, s) for s in scored):
+        verdicts.append({"score": score, "base_score": base_score, "preference": preference(score, base_score)})
+    return verdicts
+
+
+def reranker(recipe: Recipe) -> ScorerConfig:
+    """PairRM for best-of-N: the eval judge if it is PairRM, else the training scorer (checked at recipe load)."""
+    judge = recipe.eval.judge
+    if judge is not None and judge.kind == "pairrm":
+        return judge.as_scorer()
+    if recipe.scorer.kind == "pairrm":
+        return recipe.scorer
+    raise ValueError("eval.best_of needs a PairRM reranker: set eval.judge.kind or scorer.kind to pairrm")
+
+
+def best_of_answers(recipe: Recipe, rows: list[dict], pool: Any, n: int) -> list[dict]:
+    """Per prompt: ``n`` samples (the rollout's temperature / top_p), reranked by PairRM, the best one kept
+    (ties go to the earlier sample), with every sample's PairRM score."""
+    ro = recipe.rollout
+    spec = SampleSpec(n, ro.temperature, ro.top_p, ro.max_tokens, ro.seed)
+    stages = [pooled_generator_stage(recipe, pool, spec), scorer_stage(_with_scorer(recipe, reranker(recipe)))]
+    out = {r["prompt_id"]: r for r in run_stages(rows, stages, recipe.resources.stage_timeout_s,
+                                                 f"eval: best-of-{n}")}
+    answers = []
+    for row in rows:
+        r = out.get(row["prompt_id"])
+        if r is None or len(r["candidates"]) != n:
+            raise RuntimeError(f"eval: best-of-{n}: prompt_id {row['prompt_id']} did not come back with {n} samples")
+        scores = [float(s) for s in r["scores"]]
+        best = max(range(n), key=lambda i: (scores[i], -i))
+        answers.append({"prompt_id": row["prompt_id"], "prompt": row["prompt"], "messages": row["messages"],
+                        "answer": r["candidates"][best], "num_tokens": int(r["num_tokens"][best]),
+                        "finish_reason": str(r["finish_reasons"][best]), "best_index": best,
+                        "rerank_scores": scores})
+    return answers

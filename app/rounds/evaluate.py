@@ -1,0 +1,183 @@
+"""Per-round evaluation on held-out prompts: the round's answers against the base model's, by two judges.
+
+The base model's answers to the held-out prompts are generated once (``round_0/base_answers``); after each
+round, the round's model answers the same prompts (greedy by default) and both the EVAL judge (``eval.judge``:
+one that did not train the model) and the TRAINING scorer compare the two answers of every prompt
+(``app/judging/eval_judges.py``). A proxy's own verdict rising while an independent judge's does not is the signature of
+reward hacking, so the manifest carries both, plus signals of the usual hacks: length, truncation, repeated
+sentences, low bigram diversity (``core/eval_metrics.py``), for the round and the base alike. With ``eval.best_of``
+the round's model is also sampled N times per prompt, reranked by PairRM and the top answer judged the same way.
+
+Outputs in ``round_R/eval/``: ``answers.parquet`` (both answers, lengths, finish reasons, both judges' scores or
+preferences, who won), ``alpaca_eval.json`` (AlpacaEval's ``instruction/output/generator`` format, to judge
+elsewhere), ``best_of.parquet`` (with ``eval.best_of``) and ``manifest.json`` with the fixed keys
+``win_rate``, ``win_rate_stderr`` (eval judge), ``judge_win_rate`` (training scorer), ``lc_win_rate``,
+``lc_unstable``, ``mean_length``, ``truncation_rate``, ``repetition_rate``, ``distinct_2``, the ``base_*`` of the
+same four, ``judge`` (the eval judge's kind) and ``judge_independent``; with best-of-N also ``best_of_n``,
+``best_of_win_rate``, ``best_of_win_rate_stderr``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from prefloop.app.judging import eval_judges
+from prefloop.app.dataflow.pipeline import pooled_generator_stage, run_stages
+from prefloop.app.rounds.rollout import PreparedPrompts, prepare_prompts
+from prefloop.app.storage.rundir import BASE_ANSWERS, EVAL, RunDir, write_manifest
+from prefloop.app.storage.model_files import rows_for_model
+from prefloop.app.storage.tables import read_parquet_rows, write_parquet
+from prefloop.core.config import Recipe, response_tokens
+from prefloop.core.eval_metrics import answer_metrics, lc_win_rate, win_rate
+from prefloop.core.metrics import summarize_comparison
+from prefloop.core.sampling import SampleSpec
+
+log = logging.getLogger(__name__)
+NOT_INDEPENDENT = ("the eval judge is the training scorer: its win rate cannot show reward hacking "
+                   "(set eval.judge to a judge that did not train the model)")
+
+
+def eval_prompts(recipe: Recipe, tokenizer: Any) -> PreparedPrompts:
+    if not recipe.data.eval:
+        raise ValueError("data.eval: the round loop needs held-out prompts to evaluate on")
+    eval_judges.preflight(recipe)
+    prepared = prepare_prompts(recipe, recipe.data.eval, tokenizer)
+    prepared.rows = prepared.rows[: recipe.loop.eval_limit]
+    return prepared
+
+
+def generate_answers(recipe: Recipe, rows: list[dict], pool: Any) -> list[dict]:
+    """One answer per held-out prompt from the model the pool holds now, with its length and finish reason."""
+    rows = rows_for_model(rows, pool.model, recipe.policy.chat_template)  # a cSFT model's control token
+    spec = SampleSpec(1, recipe.loop.eval_temperature, 1.0, response_tokens(recipe), recipe.rollout.seed)
+    out = run_stages(rows, [pooled_generator_stage(recipe, pool, spec)], recipe.resources.stage_timeout_s,
+                     "eval: answers")
+    by_id = {r["prompt_id"]: r for r in out}
+    return [{"prompt_id": row["prompt_id"], "prompt": row["prompt"], "messages": row["messages"],
+             "answer": by_id[row["prompt_id"]]["candidates"][0],
+             "num_tokens": int(by_id[row["prompt_id"]]["num_tokens"][0]),
+             "finish_reason": str(by_id[row["prompt_id"]]["finish_reasons"][0])} for row in rows]
+
+
+def base_answers(recipe: Recipe, run: RunDir, rows: list[dict], pool: Any) -> list[dict]:
+    """The base model's held-out answers, generated once per run (the pool must hold the base model)."""
+    if not run.is_committed(0, BASE_ANSWERS):
+        answers = generate_answers(recipe, rows, pool)
+        with run.commit(0, BASE_ANSWERS) as out:
+            write_parquet(out / "answers.parquet", answers)
+            write_manifest(out, {"stage": BASE_ANSWERS, "model": pool.model, "prompts": len(answers)})
+    return read_parquet_rows(run.stage_dir(0, BASE_ANSWERS) / "answers.parquet")
+
+
+def side_metrics(answers: list[dict], prefix: str = "") -> dict[str, Any]:
+    """Length, truncation, repetition and distinct-2 of one side's answers. A base stage written before finish
+    reasons were recorded has no truncation rate (None), rather than a guessed one."""
+    reasons = [a.get("finish_reason") for a in answers]
+    known = all(r is not None for r in reasons)
+    out = answer_metrics([a["answer"] for a in answers], [a["num_tokens"] for a in answers],
+                         reasons if known else ["unknown"] * len(answers), prefix)
+    if not known:
+        out[f"{prefix}truncation_rate"] = None
+    return out
+
+
+def comparison(answers: list[dict], base: list[dict], verdicts: list[dict]) -> dict[str, Any]:
+    """Win rate (± stderr) and the length-controlled win rate of one set of answers by one judge's verdicts."""
+    base_len = {b["prompt_id"]: b["num_tokens"] for b in base}
+    prefs = [v["preference"] for v in verdicts]
+    rate, stderr = win_rate(prefs)
+    lc = lc_win_rate(prefs, [a["num_tokens"] for a in answers], [base_len[a["prompt_id"]] for a in answers])
+    return {"win_rate": rate, "win_rate_stderr": stderr, "lc_win_rate": lc.lc_win_rate, "lc_unstable": lc.unstable,
+            "lc_unstable_reason": lc.reason, "lc_fit": {"intercept": lc.intercept, "slope": lc.slope}}
+
+
+def judged_summary(recipe: Recipe, answers: list[dict], base: list[dict], training: list[dict],
+                   verdicts: list[dict]) -> dict[str, Any]:
+    """The manifest's evaluation keys (see the module docstring); the counts are the eval judge's."""
+    base_by_id = {b["prompt_id"]: b for b in base}
+    paired_base = [base_by_id[a["prompt_id"]] for a in answers]
+    scores = [(v["score"], v["base_score"]) for v in training]
+    train = summarize_comparison(scores, [a["num_tokens"] for a in answers], [b["num_tokens"] for b in paired_base])
+    prefs = [v["preference"] for v in verdicts]
+    out: dict[str, Any] = {
+        **train, **comparison(answers, paired_base, verdicts),
+        "wins": sum(p > 0.5 for p in prefs), "ties": sum(p == 0.5 for p in prefs), "losses": sum(p < 0.5 for p in prefs),
+        "judge_win_rate": train["win_rate"], "judge_win_rate_stderr": train["win_rate_stderr"],
+        "judge": eval_judges.judge_kind(recipe), "judge_independent": eval_judges.judge_independent(recipe),
+        "training_judge": recipe.scorer.kind,
+        **side_metrics(answers), **side_metrics(paired_base, "base_"),
+    }
+    if all("score" in v for v in verdicts):
+        out["eval_mean_score"] = sum(v["score"] for v in verdicts) / len(verdicts)
+        out["eval_mean_base_score"] = sum(v["base_score"] for v in verdicts) / len(verdicts)
+    if not out["judge_independent"]:
+        out["warning"] = NOT_INDEPENDENT
+    return out
+
+
+def answer_rows(answers: list[dict], base: list[dict], training: list[dict], verdicts: list[dict]) -> list[dict]:
+    """``answers.parquet``: per prompt both answers, lengths, finish reasons and both judges' verdicts."""
+    base_by_id = {b["prompt_id"]: b for b in base}
+    rows = []
+    for a, t, v in zip(answers, training, verdicts):
+        b = base_by_id[a["prompt_id"]]
+        row = {**a, "base_answer": b["answer"], "base_num_tokens": b["num_tokens"],
+               "base_finish_reason": b.get("finish_reason"),
+               "score": t["score"], "base_score": t["base_score"], "judge_preference": t["preference"],
+               "outcome": outcome(t["preference"]), "eval_preference": v["preference"],
+               "eval_outcome": outcome(v["preference"])}
+        row.update({f"eval_{k}": val for k, val in v.items() if k != "preference"})
+        rows.append(row)
+    return rows
+
+
+def outcome(pref: float) -> str:
+    return "win" if pref > 0.5 else "tie" if pref == 0.5 else "loss"
+
+
+def best_of_summary(recipe: Recipe, rows: list[dict], base: list[dict], pool: Any) -> tuple[dict, list[dict]]:
+    """``eval.best_of``: the reranked best of N per prompt, judged by the eval judge against the base."""
+    n = recipe.eval.best_of
+    best = eval_judges.best_of_answers(recipe, rows, pool, n)
+    verdicts = eval_judges.eval_verdicts(recipe, best, base)
+    rate, stderr = win_rate([v["preference"] for v in verdicts])
+    table = [{**b, "eval_preference": v["preference"]} for b, v in zip(best, verdicts)]
+    return {"best_of_n": n, "best_of_win_rate": rate, "best_of_win_rate_stderr": stderr,
+            "best_of_mean_length": sum(b["num_tokens"] for b in best) / len(best)}, table
+
+
+def evaluate_round(recipe: Recipe, run: RunDir, round_idx: int, rows: list[dict], base: list[dict], pool: Any,
+                   summary: dict[str, Any], round_started: float) -> dict[str, Any]:
+    """Answer, judge against the base, commit ``round_R/eval`` (with the round's ``summary``); return its manifest.
+
+    ``round_started`` (``time.perf_counter()`` at the round's start) dates the round's total time."""
+    started = time.perf_counter()
+    answers = generate_answers(recipe, rows, pool)
+    training = eval_judges.training_verdicts(recipe, answers, base)
+    verdicts = eval_judges.eval_verdicts(recipe, answers, base, training)
+    judged = judged_summary(recipe, answers, base, training, verdicts)
+    best_table = None
+    if recipe.eval.best_of is not None:
+        best, best_table = best_of_summary(recipe, rows, base, pool)
+        judged.update(best)
+    manifest = {"stage": EVAL, "round": round_idx, "model": pool.model, **judged, **summary}
+    manifest.setdefault("timings_s", {}).update(eval=time.perf_counter() - started,
+                                                round=time.perf_counter() - round_started)
+    with run.commit(round_idx, EVAL) as out:
+        write_parquet(out / "answers.parquet", answer_rows(answers, base, training, verdicts))
+        if best_table is not None:
+            write_parquet(out / "best_of.parquet", best_table)
+        write_alpaca_eval(out / "alpaca_eval.json", answers, f"{recipe.name}-round-{round_idx}")
+        write_manifest(out, manifest)
+    return manifest
+
+
+def write_alpaca_eval(path: Path, answers: list[dict], generator: str) -> None:
+    items = [{"instruction": a["prompt"], "output": a["answer"], "generator": generator, "dataset": "prefloop",
+              "prompt_id": a["prompt_id"]} for a in answers]
+    path.write_text(json.dumps(items, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+

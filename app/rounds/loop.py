@@ -1,0 +1,176 @@
+"""The round loop (``prefloop run RECIPE``): rollout -> train -> swap -> evaluate, round after round.
+
+For round r: the generators hold the round's starting policy (base, or round r-1's model); rollout samples
+and judges; training makes ``round_r/model`` against the previous round as reference; the new weights are
+swapped into the same vLLM engines (no restart; the swap time is reported) and, when ``loop.serve`` is on,
+into the Ray Serve app; the held-out prompts are answered and judged against the base model; the round's
+``eval`` stage commits last. Every stage commits atomically, so running the same command again after a crash
+continues from the last committed stage: no round is lost, none is trained twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+from prefloop.app.watch import console
+from prefloop.app.rounds import evaluate
+from prefloop.app.watch import report
+from prefloop.app.rounds.model_stage import round_models, round_recipe
+from prefloop.app.dataflow.pipeline import engine_kwargs, keep_scorers, sample_spec
+from prefloop.app.rounds.remax import run_remax
+from prefloop.app.rounds.rollout import run_rollout
+from prefloop.app.rounds.round_summary import round_summary
+from prefloop.app.storage.rundir import EVAL, RunDir
+from prefloop.app.dataflow.runtime import init_ray
+from prefloop.app.watch.telemetry import Telemetry
+from prefloop.app.rounds.train import run_train
+from prefloop.app.storage.runlock import hold_run
+from prefloop.core.config import Recipe, dump_recipe
+
+if TYPE_CHECKING:
+    from prefloop.actors.generator_pool import GeneratorPool
+
+log = logging.getLogger(__name__)
+
+
+def start_pool(recipe: Recipe, model: str) -> GeneratorPool:
+    from prefloop.actors.generator_pool import GeneratorPool
+    from prefloop.actors.model_cache import ship
+
+    res = recipe.resources
+    return GeneratorPool.start(ship(model), sample_spec(recipe), engine_kwargs(recipe),
+                               recipe.rollout.num_generators, res.generator_cpus, res.generator_gpus,
+                               res.stage_timeout_s, resources=res.custom("generator"))
+
+
+def ensure_model(pool: GeneratorPool, model: str) -> float:
+    """Make the pool hold ``model`` (a folder on this node is shipped through Ray to the actors' nodes);
+    returns the swap seconds (0 if it already does)."""
+    from prefloop.actors.model_cache import ship
+
+    return 0.0 if pool.model == model else pool.reload(ship(model))
+
+
+def serve_latest_round(recipe: Recipe, run: RunDir) -> Future | None:
+    """Start serving the run's latest committed round (or the base model) when ``loop.serve`` is on.
+
+    It starts in a thread, beside the generators' start: both are mostly process start-up and imports, so on a
+    small machine each takes a core (the demo's Serve start, ~35 s on 2 cores, now overlaps the generators', the
+    base answers and round 0). ``swap_into_serve`` waits on the returned future before it publishes a round."""
+    if not recipe.loop.serve:
+        return None
+    from prefloop.app.serving.serve import serve_run_dir
+
+    starter = ThreadPoolExecutor(1, thread_name_prefix="serve-start")
+    future = starter.submit(serve_run_dir, run.root, port=recipe.loop.serve_port)
+    starter.shutdown(wait=False)
+    return future
+
+
+def wait_serving(serving: Future | None) -> None:
+    """Wait for the Serve start of ``serve_latest_round``; its error, if any, is raised here."""
+    if serving is not None:
+        from prefloop.app.serving.serve import START_TIMEOUT_S
+
+        # serve_run_dir bounds each of its waits; this bound is the backstop for the thread as a whole
+        serving.result(timeout=START_TIMEOUT_S + 60)
+
+
+def swap_into_serve(recipe: Recipe, model_dir: str, round_idx: int, serving: Future | None) -> float | None:
+    """Hot-swap round ``round_idx``'s model into the Serve app (when serving is on, once its start, ``serving``,
+    is done); returns the seconds."""
+    if not recipe.loop.serve:
+        return None
+    from prefloop.app.serving.serve import publish
+
+    wait_serving(serving)
+    return publish(model_dir, round_idx)["publish_s"]
+
+
+def enter_stage(tel: Telemetry, name: str, round_idx: int | None) -> None:
+    """The gauges (telemetry) and the console / heartbeat follow the stage the driver is in."""
+    tel.stage(name)
+    console.get().stage(name, round_idx)
+
+
+def run_round(recipe: Recipe, run: RunDir, r: int, pool: GeneratorPool, eval_rows: list[dict], base: list[dict],
+              tel: Telemetry, serving: Future | None = None) -> dict:
+    """One round. Online (no ``train.data``): rollout with the current policy, then train on its pairs.
+    Offline (``train.data`` given, e.g. the Snorkel partitions): train on that file, no rollout."""
+    started = time.perf_counter()
+    recipe = round_recipe(recipe, r)
+    swap_in = ensure_model(pool, round_models(run, recipe, r).start)
+    remax = recipe.train.method == "remax"
+    if recipe.train.data is None and not remax:
+        enter_stage(tel, "rollout", r)
+        run_rollout(recipe, r, pool.model, pool)
+    t_rollout = time.perf_counter() - started
+    enter_stage(tel, "train", r)
+    if remax:  # on-policy: the ReMax workers sample through the pool themselves; Serve follows its checkpoints
+        follow = (lambda d: swap_into_serve(recipe, d, r, serving)) if recipe.loop.serve else None
+        model_dir = str(run_remax(recipe, r, pool, on_checkpoint=follow, on_step=tel.remax_step))
+    else:
+        model_dir = str(run_train(recipe, r))
+    t_train = time.perf_counter() - started - t_rollout
+    enter_stage(tel, "swap", r)
+    swap_s = ensure_model(pool, model_dir)
+    serve_swap_s = swap_into_serve(recipe, model_dir, r, serving)
+    summary = round_summary(run, recipe, r, swap_s=swap_s or swap_in, serve_swap_s=serve_swap_s,
+                            timings_s={"rollout": t_rollout, "train": t_train})
+    enter_stage(tel, "eval", r)
+    return evaluate.evaluate_round(recipe, run, r, eval_rows, base, pool, summary, started)
+
+
+def run_loop(recipe: Recipe, allow_recipe_change: bool = False) -> list[dict]:
+    """Run every round not yet committed; return the per-round eval manifests.
+
+    The run directory is locked for the whole loop, and a resume must bring the recipe it was started with
+    (``allow_recipe_change`` records a changed one instead; see ``app/storage/runlock.py``)."""
+    if recipe.train is None:
+        raise ValueError("train: the round loop needs a train section in the recipe")
+    recipe.check_round_prompts()  # each round reads its own prompts, unless data.reuse_prompts
+    run = RunDir(recipe.run_dir)
+    with hold_run(run, dump_recipe(recipe), allow_recipe_change):
+        run.rebuild_metrics()  # a kill between a model commit and its metrics rows loses nothing
+        return _run_rounds(recipe, run)
+
+
+def _run_rounds(recipe: Recipe, run: RunDir) -> list[dict]:
+    from transformers import AutoTokenizer
+
+    rounds = range(recipe.loop.rounds)
+    if all(run.is_committed(r, EVAL) for r in rounds):
+        log.info("all %d rounds already committed", len(rounds))
+        return report.write_report(recipe, run)
+    con = console.get().attach(run.root, recipe.name, run.mirror.push_file if run.mirror else None)
+    con.stage("setup", None)  # Ray, the generators' engines (and Serve) come up
+    init_ray(recipe.resources)
+    tel = Telemetry.start(recipe, run.root)  # Ray gauges + tracking
+    eval_rows = evaluate.eval_prompts(recipe, AutoTokenizer.from_pretrained(recipe.policy.model)).rows
+    serving = serve_latest_round(recipe, run)
+    pool = start_pool(recipe, recipe.policy.model)
+    try:
+        with keep_scorers():  # scorer actors load once and serve every stage of every round
+            enter_stage(tel, "base_answers", None)
+            base = evaluate.base_answers(recipe, run, eval_rows, pool)
+            for r in rounds:
+                if run.is_committed(r, EVAL):
+                    log.info("round %d already committed: skipping", r)
+                    con.round_done(run.manifest(r, EVAL))
+                    continue
+                m = run_round(recipe, run, r, pool, eval_rows, base, tel, serving)
+                log.info("round %d: %d pairs, win rate vs base %.3f (+-%.3f) by the eval judge (%s), %.3f by the "
+                         "training scorer, mean length %.1f, swap %.3f s", r, m["pairs"], m["win_rate"],
+                         m["win_rate_stderr"], m["judge"], m["judge_win_rate"], m["mean_length"], m["swap_s"])
+                tel.round_done(r, m)
+                report.write_report(recipe, run)
+                con.round_done(m)
+            wait_serving(serving)  # served once the loop returns, even when every round was already committed
+    finally:
+        tel.close()
+        pool.shutdown()
+        con.detach()
+    return report.write_report(recipe, run)

@@ -1,0 +1,88 @@
+"""A round's model stage: which model it starts from, which is its reference, and how the result is committed.
+
+Used by every method's driver (``app/rounds/train.py`` for DPO/KTO/SFT/cSFT, ``app/rounds/remax.py`` for ReMax), by the round
+loop and by the one-round commands (``prefloop rollout/train --round R``), so that round R means the same thing
+everywhere:
+
+- ``round_recipe``: ``loop.methods[R]`` replaces ``train.method`` when the recipe gives per-round methods;
+- ``round_models``: the start model is round R-1's committed model (the base for R = 0); the reference is that
+  same model (``train.reference: previous``, the cards' choice) or always the base (``base``);
+- ``commit_model``: the final Ray Train checkpoint's model, its per-step metrics, the rejected input rows and a
+  manifest, committed atomically as ``round_R/model``; the metrics also go to ``RUN_DIR/metrics.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from prefloop.app.storage.model_files import stamp_model
+from prefloop.app.storage.rundir import MODEL, RunDir, write_manifest
+from prefloop.app.storage.tables import write_jsonl
+from prefloop.core.config import Recipe
+
+
+def round_recipe(recipe: Recipe, round_idx: int) -> Recipe:
+    """The recipe as round ``round_idx`` sees it: ``loop.methods[r]`` replaces ``train.method`` when given."""
+    if recipe.loop.methods is None or recipe.train is None:
+        return recipe
+    method = recipe.loop.methods[round_idx]
+    return recipe.model_copy(update={"train": recipe.train.model_copy(update={"method": method})})
+
+
+@dataclass(frozen=True)
+class RoundModels:
+    start: str  # the policy the round starts from (and samples with)
+    reference: str  # the frozen model its KL / log-ratio terms are taken against
+
+
+def round_models(run: RunDir, recipe: Recipe, round_idx: int) -> RoundModels:
+    """Round ``round_idx``'s start model and reference (see the module docstring)."""
+    if round_idx == 0:
+        start = recipe.policy.model
+    elif run.is_committed(round_idx - 1, MODEL):
+        start = str(run.stage_dir(round_idx - 1, MODEL))
+    else:
+        raise FileNotFoundError(f"round {round_idx} starts from round {round_idx - 1}'s model, which is not "
+                                f"committed ({run.stage_dir(round_idx - 1, MODEL)}): train that round first")
+    previous = recipe.train is None or recipe.train.reference == "previous"
+    return RoundModels(start, start if previous else recipe.policy.model)
+
+
+def commit_model(run: RunDir, round_idx: int, checkpoint: Any, *, chat_template: str,
+                 rejected: list[dict[str, Any]], metrics_file: str, manifest: dict[str, Any],
+                 summarize: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Commit ``checkpoint``'s model (``model/``, ``state.json``, ``metrics.jsonl``, as the workers write them)
+    as the round's model stage, its tokenizer stamped with the ``chat_template`` it was trained in (and a cSFT
+    model's control token, ``app/storage/model_files.py``). ``manifest`` gets ``stage``, ``round``, ``steps`` and the first and final
+    metrics added, and ``summarize(history)``'s keys where given; returns that manifest."""
+    with checkpoint.as_directory() as ckpt:
+        ckpt = Path(ckpt)
+        state = json.loads((ckpt / "state.json").read_text())
+        history = [json.loads(line) for line in (ckpt / "metrics.jsonl").read_text().splitlines()]
+        manifest = {"stage": MODEL, "round": round_idx, **manifest,
+                    "steps": {**manifest.get("steps", {}), "done": state["step"],
+                              "restored_from": state["restored_from"]},
+                    "first_metrics": history[0] if history else {},
+                    "final_metrics": history[-1] if history else {},
+                    "tokens_per_s": mean_of(history, "tokens_per_s"),
+                    **(summarize(history) if summarize else {})}
+        with run.commit(round_idx, MODEL) as out:
+            shutil.copytree(ckpt / "model", out, dirs_exist_ok=True)
+            manifest["model_info"] = stamp_model(out, chat_template, manifest["method"])
+            write_jsonl(out / "rejected_inputs.jsonl", rejected)
+            write_jsonl(out / metrics_file, history)
+            if (ckpt / "trained_examples.jsonl").is_file():  # example ids of each step, all workers
+                shutil.copy(ckpt / "trained_examples.jsonl", out / "trained_examples.jsonl")
+            write_manifest(out, manifest)
+    run.rebuild_metrics()
+    return manifest
+
+
+def mean_of(history: list[dict[str, Any]], key: str) -> float | None:
+    """The mean of ``key`` over the steps that report it (None when none does)."""
+    values = [float(m[key]) for m in history if isinstance(m.get(key), (int, float))]
+    return sum(values) / len(values) if values else None
