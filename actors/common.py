@@ -4,16 +4,9 @@ from __future__ import annotations
 
 import functools
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-
-
-def check_model_dir(path: str, what: str) -> None:
-    """Fail early, naming the path, instead of deep inside vLLM or transformers."""
-    if not Path(path, "config.json").is_file():
-        raise FileNotFoundError(f"{what} {path!r}: not a Hugging Face model directory (no config.json)")
 
 
 def timed(column: str) -> Callable:

@@ -15,9 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from prefloop.actors.common import check_model_dir, object_column, timed
+from prefloop.actors.common import object_column, timed
+from prefloop.core.model_info import check_model_dir
 from prefloop.actors.model_cache import ModelRef, local_model, model_name
 from prefloop.actors.vllm_engine import build_llm, reload_in_place, reloadable_in_place, shutdown_llm
+from prefloop.core.round_settings import EngineSettings
 from prefloop.core.sampling import Sample, SampleSpec, flatten_samples
 
 log = logging.getLogger(__name__)
@@ -26,16 +28,17 @@ log = logging.getLogger(__name__)
 class VLLMGenerator:
     """Samples N candidates per prompt with one ``vllm.LLM`` engine."""
 
-    def __init__(self, model: str | ModelRef, spec: SampleSpec, dtype: str = "float32", max_model_len: int = 512,
-                 kv_cache_gb: float | None = 0.25, enforce_eager: bool = True, tensor_parallel_size: int = 1):
-        self.engine_kwargs = dict(dtype=dtype, max_model_len=max_model_len, kv_cache_gb=kv_cache_gb,
-                                  enforce_eager=enforce_eager, tensor_parallel_size=tensor_parallel_size,
-                                  in_process=True)  # one engine at a time: a rebuild shuts the old one down first
+    def __init__(self, model: str | ModelRef, spec: SampleSpec, engine: dict[str, Any]):
+        self.engine = EngineSettings.from_dict(engine)
         self.local = local_model(model, "generator")  # this node's copy (actors/model_cache.py)
-        self.llm = build_llm(self.local, seed=spec.seed or 0, seeded_requests=spec.seed is not None,
-                             **self.engine_kwargs)
+        self.llm = self._build(self.local, spec)
         self.spec = spec
         self.model = model_name(model)  # the model's name (its folder on the driver): what rows record
+
+    def _build(self, local: str, spec: SampleSpec) -> Any:
+        # one engine at a time in this actor (a rebuild shuts the old one down first): the engine core runs here
+        return build_llm(local, self.engine, seed=spec.seed or 0, seeded_requests=spec.seed is not None,
+                         in_process=True)
 
     def generate(self, prompt_ids: list[str], token_ids: list[list[int]]) -> list[list[Sample]]:
         """Sample ``spec.n`` candidates for each tokenised prompt."""
@@ -82,8 +85,7 @@ class VLLMGenerator:
             log.warning("%s cannot take new weights in place (tied embeddings or another shape): rebuilding "
                         "the engine", model_name(model))
             self.shutdown()
-            self.llm = build_llm(local, seed=self.spec.seed or 0, seeded_requests=self.spec.seed is not None,
-                                 **self.engine_kwargs)
+            self.llm = self._build(local, self.spec)
         self.model, self.local = model_name(model), local
         return time.perf_counter() - started
 

@@ -65,7 +65,7 @@ class GeneratorPool:
         self.model, self.ref = model_name(model), model
 
     @classmethod
-    def start(cls, model: str | ModelRef, spec: SampleSpec, engine_kwargs: dict[str, Any], size: int, num_cpus: float,
+    def start(cls, model: str | ModelRef, spec: SampleSpec, engine: dict[str, Any], size: int, num_cpus: float,
               num_gpus: float, timeout_s: float, prefix: str = "prefloop-generator",
               resources: dict[str, float] | None = None) -> "GeneratorPool":
         import ray
@@ -74,7 +74,7 @@ class GeneratorPool:
                             max_restarts=5)(GeneratorActor)
         stamp = f"{int(time.time() * 1000) % 10**9}"
         names = [f"{prefix}-{stamp}-{i}" for i in range(size)]
-        handles = [remote.options(name=n).remote(model=model, spec=spec, **engine_kwargs) for n in names]
+        handles = [remote.options(name=n).remote(model=model, spec=spec, engine=engine) for n in names]
         pool = cls(names, handles, model, timeout_s)
         started = time.perf_counter()
         pool._wait([h.current_model.remote() for h in handles], "start")

@@ -21,6 +21,7 @@ import logging
 import shutil
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -59,10 +60,11 @@ class RemaxWorker(Worker):
 
     # -- one step
     def specs(self, step: int) -> tuple[SampleSpec, SampleSpec]:
-        seed = self.config.sample_seed
-        sample = SampleSpec(1, self.rx.temperature, self.rx.top_p, self.cfg.max_response_len,
-                            None if seed is None else seed + step)
-        return sample, SampleSpec(1, 0.0, 1.0, self.cfg.max_response_len, None)
+        """Step ``step``'s sampled and greedy requests: the sampled one's seed moves with the step."""
+        sample = SampleSpec(**self.config.sample_spec)
+        if sample.seed is not None:
+            sample = replace(sample, seed=sample.seed + step)
+        return sample, SampleSpec(**self.config.greedy_spec)
 
     def run(self, shard: Any = None) -> None:
         if self.state["restored_from"]:  # the generators may hold newer (lost) weights: give them the checkpoint's

@@ -16,17 +16,17 @@ Each scorer reads the columns ``prompt``, ``messages`` and ``candidates`` and ad
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import math
 import os
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from prefloop.actors.common import check_model_dir, object_column, timed
-from prefloop.core.config import RecipeError
+from prefloop.actors.common import object_column, timed
+from prefloop.core.judges import load_function
+from prefloop.core.model_info import check_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -155,18 +155,6 @@ class RewardModelScorer:
     @timed("score_s")
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         return _with_scores(batch, self.score(_messages(batch), _as_lists(batch["candidates"])))
-
-
-def load_function(spec: str) -> Callable[[str, str], float]:
-    """Import ``module:function``; the error names the spec."""
-    module_name, _, attr = spec.partition(":")
-    try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as err:
-        raise RecipeError(f"scorer.function {spec!r} cannot be imported: {err}") from None
-    if not callable(fn):
-        raise RecipeError(f"scorer.function {spec!r} is not callable")
-    return fn
 
 
 class FunctionScorer:

@@ -31,7 +31,8 @@ from typing import Any
 import ray
 from ray import serve
 
-from prefloop.actors.common import check_model_dir
+from prefloop.core.model_info import check_model_dir
+from prefloop.core.round_settings import EngineSettings
 from prefloop.actors.model_cache import fetch_model
 from prefloop.actors.vllm_engine import build_llm, reload_in_place, reloadable_in_place, shutdown_llm
 from prefloop.core import openai_api as api
@@ -69,9 +70,8 @@ def load_tokenizer(model_dir: str) -> Any:
 
 def build_engine(model_dir: str, local: str, spec: dict[str, Any]) -> Engine:
     # any request may carry a seed, so the engine is built for seeded requests (chunked prefill off on CPU)
-    llm = build_llm(local, dtype=spec["dtype"], max_model_len=spec["max_model_len"],
-                    kv_cache_gb=spec.get("kv_cache_gb"), enforce_eager=spec["enforce_eager"], seed=0,
-                    seeded_requests=True, what="served policy")
+    llm = build_llm(local, EngineSettings.from_dict(spec["engine"]), seed=0, seeded_requests=True,
+                    what="served policy")
     return Engine(llm, load_tokenizer(local), model_dir, local)
 
 
@@ -87,7 +87,7 @@ class PolicyServer:
         self.spec = spec
         self.name = spec["name"]
         self.limits = api.Limits(max_samples=spec["max_samples"], default_max_tokens=spec["default_max_tokens"],
-                                 max_tokens=spec["max_model_len"], max_messages=spec.get("max_messages", 256),
+                                 max_tokens=spec["engine"]["max_model_len"], max_messages=spec.get("max_messages", 256),
                                  max_body_bytes=spec.get("max_body_bytes", 1_000_000))
         self.replica_id = uuid.uuid4().hex[:8]
         self._lock = threading.Lock()  # held by every generate and by the weight switch

@@ -39,6 +39,7 @@ from prefloop.actors.model_cache import local_model
 from prefloop.actors.train_model import (autocast, batch_tokens, encode, load_model, load_reference, seq_batch,
                                          seq_logps, shard_fsdp)
 from prefloop.core.losses import dpo_loss, kto_loss, sft_loss
+from prefloop.core.methods import method
 from prefloop.core.train_config import lr_factor, warmup_steps
 from prefloop.core.train_data import worker_order
 from prefloop.core.worker_config import TrainWorkerConfig
@@ -117,7 +118,7 @@ def sft_step(w: "Worker", batch: dict[str, np.ndarray], stats: Stats) -> tuple[t
     return out.token_mean(), int(attn.sum())
 
 
-STEPS = {"dpo": dpo_step, "kto": kto_step, "sft": sft_step, "csft": sft_step}
+STEPS = {"dpo": dpo_step, "kto": kto_step, "sft": sft_step}  # by a method's step name (core/methods.py)
 
 
 # ---------------------------------------------------------------- the worker: state, steps, checkpoints
@@ -225,7 +226,7 @@ class Worker:
 
     # -- training
     def run(self, shard: Any) -> None:
-        cfg, step_fn = self.cfg, STEPS[self.cfg.method]
+        cfg, step_fn = self.cfg, STEPS[method(self.cfg.method).step]
         while self.state["epoch"] < cfg.epochs:
             skip, micro, pending = self.state["micro_in_epoch"], 0, 0
             stats, tokens, started = Stats(), 0, time.perf_counter()

@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from prefloop.actors.common import check_model_dir
+from prefloop.core.model_info import check_model_dir
+from prefloop.core.round_settings import EngineSettings
 
 log = logging.getLogger(__name__)
 
@@ -24,19 +25,21 @@ log = logging.getLogger(__name__)
 _RELOADABLE_KEYS = {"transformers_version", "dtype", "torch_dtype", "_name_or_path", "use_cache"}
 
 
-def build_llm(model_dir: str, *, dtype: str = "float32", max_model_len: int = 512, kv_cache_gb: float | None = 0.25,
-              enforce_eager: bool = True, tensor_parallel_size: int = 1, seed: int = 0,
-              seeded_requests: bool = True, in_process: bool = False, what: str = "policy model") -> Any:
-    """A ready ``vllm.LLM`` on ``model_dir``. ``seeded_requests``: some requests carry their own seed.
-    ``in_process``: on CPU, run the engine in this process (the caller never holds two engines at once)."""
+def build_llm(model_dir: str, engine: EngineSettings, *, seed: int = 0, seeded_requests: bool = True,
+              in_process: bool = False, what: str = "policy model") -> Any:
+    """A ready ``vllm.LLM`` on ``model_dir`` with the ``engine`` settings. ``seeded_requests``: some requests
+    carry their own seed. ``in_process``: on CPU, run the engine in this process (the caller never holds two
+    engines at once)."""
     check_model_dir(model_dir, what)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from vllm import LLM
 
-    kwargs: dict[str, Any] = dict(model=model_dir, dtype=dtype, max_model_len=max_model_len,
-                                  enforce_eager=enforce_eager, tensor_parallel_size=tensor_parallel_size, seed=seed)
-    if kv_cache_gb is not None:
-        kwargs["kv_cache_memory_bytes"] = int(kv_cache_gb * 1024**3)
+    tensor_parallel_size = engine.tensor_parallel_size
+    kwargs: dict[str, Any] = dict(model=model_dir, dtype=engine.dtype, max_model_len=engine.max_model_len,
+                                  enforce_eager=engine.enforce_eager, tensor_parallel_size=tensor_parallel_size,
+                                  seed=seed)
+    if engine.kv_cache_gb is not None:
+        kwargs["kv_cache_memory_bytes"] = int(engine.kv_cache_gb * 1024**3)
     if seeded_requests:
         kwargs["enable_chunked_prefill"] = False
     if tensor_parallel_size == 1 and _on_cpu():

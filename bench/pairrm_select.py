@@ -54,11 +54,13 @@ def main() -> None:
     from prefloop.tinyworld.assets import build_assets, default_assets_dir
     from prefloop.app.dataflow.runtime import init_ray
     from prefloop.core.config import ResourcesConfig
+    from prefloop.core.round_settings import EngineSettings
     from prefloop.core.sampling import SampleSpec
 
     assets = build_assets(default_assets_dir())
     rows = load_rows(str(assets.policy), args.prompts, None)
-    gen = VLLMGenerator(str(assets.policy), SampleSpec(args.samples, 1.0, 1.0, args.max_tokens, 0), max_model_len=256)
+    gen = VLLMGenerator(str(assets.policy), SampleSpec(args.samples, 1.0, 1.0, args.max_tokens, 0),
+                        EngineSettings(max_model_len=256).as_dict())
     _, candidates = bare_generation(gen, rows, args.batch)
     gen.shutdown()
     torch.set_num_threads(1)  # what Ray gives a num_cpus=1 actor

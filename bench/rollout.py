@@ -122,12 +122,13 @@ def main() -> None:
     from prefloop.tinyworld.assets import build_assets, default_assets_dir
     from prefloop.app.dataflow.runtime import init_ray
     from prefloop.core.config import ResourcesConfig
+    from prefloop.core.round_settings import EngineSettings
     from prefloop.core.sampling import SampleSpec
 
     assets = build_assets(default_assets_dir())
     rows = load_rows(str(assets.policy), args.prompts, args.data)
     spec = SampleSpec(args.samples, 1.0, 1.0, args.max_tokens, 0)
-    gen_kwargs = dict(model=str(assets.policy), spec=spec, max_model_len=256)
+    gen_kwargs = dict(model=str(assets.policy), spec=spec, engine=EngineSettings(max_model_len=256).as_dict())
     n, b = args.samples, args.batch
 
     # Ray gives an actor with num_cpus=1 one OpenMP thread (OMP_NUM_THREADS=1), and vLLM's CPU engine process

@@ -61,6 +61,7 @@ def child(recipe_file: str) -> None:
     import prefloop.actors.generator  # noqa: F401  (vLLM: the driver imports it to build the generator stage)
     import prefloop.actors.scorers  # noqa: F401
     from prefloop.app.rounds.rollout import run_rollout
+    from prefloop.app.rounds.round import Round
     from prefloop.app.dataflow.runtime import init_ray
     from prefloop.core.config import parse_recipe
 
@@ -68,7 +69,7 @@ def child(recipe_file: str) -> None:
     init_ray(recipe.resources)
     floor = rss_mib()
     started = time.perf_counter()
-    folder = run_rollout(recipe)
+    folder = run_rollout(Round.of(recipe))
     seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     counts = json.loads((folder / "manifest.json").read_text())["counts"]

@@ -144,6 +144,7 @@ def run_trl(model_dir: Path, pairs: list[dict], args: argparse.Namespace, work: 
 def run_prefloop(model_dir: Path, pairs: list[dict], args: argparse.Namespace, work: Path) -> dict:
     from prefloop.app.storage.rundir import MANIFEST, RunDir, write_manifest
     from prefloop.app.storage.tables import write_parquet
+    from prefloop.app.rounds.round import Round
     from prefloop.app.rounds.train import run_train
     from prefloop.core.config import parse_recipe
 
@@ -160,7 +161,7 @@ def run_prefloop(model_dir: Path, pairs: list[dict], args: argparse.Namespace, w
                   "micro_batch_size": args.batch // args.workers, "max_prompt_len": MAX_LEN,
                   "max_response_len": MAX_LEN, "checkpoint_every_steps": 10_000, "log_every_steps": 10_000}},
         "bench")
-    folder = run_train(recipe, 0)
+    folder = run_train(Round.of(recipe))
     history = [json.loads(line) for line in (folder / "train_metrics.jsonl").read_text().splitlines()]
     manifest = json.loads((folder / MANIFEST).read_text())
     return {"ref_s": manifest["timings_s"]["reference_pass"], "step_times": [m["step_time_s"] for m in history]}

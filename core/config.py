@@ -15,21 +15,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
+
+from prefloop.core.judge_config import EvalConfig, ScorerConfig
+from prefloop.core.judges import judge_kind
+from prefloop.core.methods import OFFLINE_METHODS
+from prefloop.core.strict import ChatTemplate, RecipeError, StrictModel
+from prefloop.core.train_config import TrainConfig
 
 
-class RecipeError(ValueError):
-    """A recipe that cannot be loaded: the message names the file and the key."""
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-ChatTemplate = Literal["tokenizer", "tulu", "mistral", "ultrarm"]
-
-
-class PolicyConfig(_Strict):
+class PolicyConfig(StrictModel):
     """The model being aligned: a Hugging Face directory loadable by transformers and vLLM."""
 
     model: str = Field(description="Path to the policy's HF directory (save_pretrained).")
@@ -37,7 +32,7 @@ class PolicyConfig(_Strict):
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
 
 
-class DataConfig(_Strict):
+class DataConfig(StrictModel):
     """Where prompts come from and how records are read."""
 
     train: str = Field(description="JSONL, Parquet, or a local Hugging Face dataset directory.")
@@ -60,7 +55,7 @@ class DataConfig(_Strict):
                                 "each round its own prompts.")
 
 
-class RolloutConfig(_Strict):
+class RolloutConfig(StrictModel):
     """Sampling with vLLM generator actors."""
 
     num_samples: int = Field(4, ge=2, description="Candidates per prompt (>= 2 to form a pair).")
@@ -79,103 +74,7 @@ class RolloutConfig(_Strict):
     tensor_parallel_size: int = Field(1, ge=1)
 
 
-class RewardHeadConfig(_Strict):
-    """A reward model that is a base model plus a custom scalar head (UltraRM's ``regression_head``)."""
-
-    name: str = Field(description="Attribute name of the head in the checkpoint: its weight key is NAME.weight.")
-    bias: bool = Field(False, description="Whether the head has a bias (NAME.bias).")
-
-
-class ScorerConfig(_Strict):
-    """Who judges the candidates: PairRM, a scalar reward model, or a user function."""
-
-    kind: Literal["pairrm", "reward_model", "function"] = "pairrm"
-    model: str | None = Field(None, description="Ranker dir (pairrm) or HF dir (reward_model).")
-    function: str | None = Field(None, description="'module:function' taking (prompt, completion) -> float.")
-    chat_template: ChatTemplate = Field("tokenizer", description="Reward model's rendering of (prompt, answer).")
-    num_scorers: int = Field(1, ge=1)
-    batch_size: int = Field(16, ge=1, description="Prompts per scorer call.")
-    comparisons: Literal["full", "pivots"] = Field(
-        "full", description="PairRM only. full: every ordered pair, N(N-1) passes per prompt (Blender.rank); "
-        "pivots: each candidate against two pivots, 2(N-1) one-order passes per prompt with the position bias "
-        "cancelled (core/pivots.py); both give every candidate a score.")
-    reward_head: RewardHeadConfig | None = Field(
-        None, description="reward_model only: a base model + scalar head checkpoint (e.g. {name: regression_head, "
-        "bias: false}); null = recognised from config.json (architectures LlamaRewardModel: UltraRM's "
-        "regression_head) or AutoModelForSequenceClassification.")
-
-    @model_validator(mode="after")
-    def _needs_target(self) -> "ScorerConfig":
-        if self.kind in ("pairrm", "reward_model") and not self.model:
-            raise ValueError(f"scorer.model is required when scorer.kind is '{self.kind}'")
-        if self.kind == "function" and (not self.function or ":" not in self.function):
-            raise ValueError("scorer.function must be 'module:function' when scorer.kind is 'function'")
-        if self.comparisons == "pivots" and self.kind != "pairrm":
-            raise ValueError("scorer.comparisons: 'pivots' is for pairwise judges (scorer.kind: pairrm)")
-        return self
-
-
-class JudgeConfig(_Strict):
-    """The eval judge (``eval.judge``): who grades the held-out answers, independent of the training scorer.
-
-    ``pairrm`` / ``reward_model`` / ``function`` run as the scorer stages do (their fields mean the same as in
-    ``scorer``); ``llm_judge`` asks any OpenAI-compatible ``/v1/chat/completions`` endpoint, with AlpacaEval 2.0's
-    pairwise protocol in both answer orders (``core/llm_judge.py``)."""
-
-    kind: Literal["pairrm", "reward_model", "function", "llm_judge"] = Field(
-        description="pairrm (llm-blender ranker dir), reward_model (HF sequence classifier), function "
-        "('module:function(prompt, completion) -> float'), or llm_judge (an OpenAI-compatible endpoint).")
-    model: str | None = Field(None, description="Ranker dir (pairrm) or HF dir (reward_model); default null.")
-    function: str | None = Field(None, description="'module:function' (function); default null.")
-    chat_template: ChatTemplate = Field("tokenizer", description="Reward model's rendering of (prompt, answer).")
-    batch_size: int = Field(16, ge=1, description="Prompts per scorer call (pairrm, reward_model, function).")
-    base_url: str | None = Field(None, description="llm_judge: the endpoint's base URL, up to and including "
-                                 "'/v1' (e.g. http://host:8000/v1); default null.")
-    model_name: str | None = Field(None, description="llm_judge: the 'model' field of each request; default null.")
-    api_key_env: str | None = Field(None, description="llm_judge: name of the environment variable holding the "
-                                    "API key (sent as a Bearer token); null = no key. Default null.")
-    max_tokens: int = Field(4, ge=1, description="llm_judge: tokens the judge may answer with (the verdict is "
-                            "one identifier); default 4.")
-    top_logprobs: int = Field(5, ge=0, le=20, description="llm_judge: alternatives asked per answer token, to read "
-                              "the preference from log-probs; 0 = read the text only. Default 5.")
-    timeout_s: float = Field(60.0, gt=0, description="llm_judge: seconds per HTTP request; default 60.")
-    retries: int = Field(2, ge=0, description="llm_judge: retries of a failed request (connection error, "
-                         "HTTP 429 / 5xx), with backoff; default 2.")
-    concurrency: int = Field(4, ge=1, description="llm_judge: requests in flight at once; default 4.")
-
-    @model_validator(mode="after")
-    def _fields_fit_kind(self) -> "JudgeConfig":
-        if self.kind in ("pairrm", "reward_model") and not self.model:
-            raise ValueError(f"eval.judge.model is required when eval.judge.kind is '{self.kind}'")
-        if self.kind == "function" and (not self.function or ":" not in self.function):
-            raise ValueError("eval.judge.function must be 'module:function' when eval.judge.kind is 'function'")
-        if self.kind == "llm_judge":
-            missing = [k for k in ("base_url", "model_name") if not getattr(self, k)]
-            if missing:
-                raise ValueError(f"eval.judge.{missing[0]} is required when eval.judge.kind is 'llm_judge'")
-        elif self.base_url or self.model_name or self.api_key_env:
-            raise ValueError("eval.judge.base_url / model_name / api_key_env are only used by kind 'llm_judge'")
-        return self
-
-    def as_scorer(self) -> "ScorerConfig":
-        """The same judge as a ``scorer`` section, to run through the scorer stages (not for llm_judge)."""
-        if self.kind == "llm_judge":
-            raise ValueError("an llm_judge is not a scorer stage")
-        return ScorerConfig(kind=self.kind, model=self.model, function=self.function,
-                            chat_template=self.chat_template, batch_size=self.batch_size)
-
-
-class EvalConfig(_Strict):
-    """How each round's held-out answers are judged against the base model's (``round_R/eval``)."""
-
-    judge: JudgeConfig | None = Field(None, description="The eval judge; null = the training scorer, and the "
-                                      "report warns that the judge is not independent. Default null.")
-    best_of: int | None = Field(None, ge=2, description="Also evaluate best-of-N: N samples per held-out prompt, "
-                                "reranked by PairRM (the eval judge if pairrm, else the training scorer, which "
-                                "must then be pairrm), the top one judged like the greedy answer. Default null.")
-
-
-class SelectionConfig(_Strict):
+class SelectionConfig(StrictModel):
     """Turning scored candidates into DPO pairs and KTO examples."""
 
     tie_break: Literal["shortest", "first", "skip"] = Field(
@@ -185,20 +84,20 @@ class SelectionConfig(_Strict):
     length_penalty: float = Field(0.0, ge=0.0, description="Score minus this x response tokens, against length bias.")
 
 
-class LoopConfig(_Strict):
+class LoopConfig(StrictModel):
     """The round loop (``prefloop run``): how many rounds, how each round is evaluated, what is served."""
 
     rounds: int = Field(3, ge=1, description="Rounds of rollout -> train -> publish -> evaluate.")
     eval_limit: int | None = Field(64, ge=1, description="Held-out prompts judged per round (data.eval).")
     eval_temperature: float = Field(0.0, ge=0.0, description="Sampling temperature of the evaluated answers "
                                     "(0 = greedy, the model's single best answer).")
-    methods: list[Literal["dpo", "kto", "sft", "csft"]] | None = Field(
+    methods: list[Literal[OFFLINE_METHODS]] | None = Field(  # type: ignore[valid-type]
         None, description="Training method per round (e.g. Archangel's [sft, kto]); null = train.method always.")
     serve: bool = Field(False, description="Run the Ray Serve app and hot-swap each committed round into it.")
     serve_port: int = Field(8000, ge=1, le=65535)
 
 
-class ResourcesConfig(_Strict):
+class ResourcesConfig(StrictModel):
     """Ray resources, decided here once so nothing waits forever for a CPU on a small machine."""
 
     address: str | None = Field(None, description="Ray address; null = the job's cluster or a new local one.")
@@ -217,7 +116,7 @@ class ResourcesConfig(_Strict):
         return dict(self.placement.get(kind, {}))
 
 
-class TrackingConfig(_Strict):
+class TrackingConfig(StrictModel):
     """Experiment tracking beside Ray's metrics (see app/watch/telemetry.py); the library is imported only when chosen."""
 
     backend: Literal["none", "tensorboard", "mlflow", "wandb"] = Field(
@@ -234,7 +133,7 @@ class TrackingConfig(_Strict):
         return self
 
 
-class Recipe(_Strict):
+class Recipe(StrictModel):
     """A whole recipe: what one `prefloop` run does."""
 
     name: str
@@ -250,13 +149,14 @@ class Recipe(_Strict):
     resources: ResourcesConfig = ResourcesConfig()
     tracking: TrackingConfig = TrackingConfig()
     eval: EvalConfig = Field(EvalConfig(), description="The eval judge and best-of-N evaluation (see EvalConfig).")
-    train: "TrainConfig | None" = None  # noqa: F821 - resolved by core/train_config.py (imported at the end)
+    train: TrainConfig | None = None
 
     @model_validator(mode="after")
     def _lengths_fit(self) -> "Recipe":
         if self.loop.methods is not None and len(self.loop.methods) != self.loop.rounds:
             raise ValueError(f"loop.methods has {len(self.loop.methods)} entries for loop.rounds = {self.loop.rounds}")
-        if self.eval.best_of is not None and "pairrm" not in (self.scorer.kind, self.eval_judge_kind):
+        if self.eval.best_of is not None and not any(
+                judge_kind(k).pairwise for k in (self.scorer.kind, self.eval_judge_kind) if k is not None):
             raise ValueError("eval.best_of needs a PairRM reranker: set eval.judge.kind or scorer.kind to pairrm")
         self._rounds_have_own_prompts()
         need = self.data.max_prompt_tokens + self.rollout.max_tokens
@@ -381,6 +281,3 @@ def dump_recipe(recipe: Recipe) -> str:
     """The resolved recipe as YAML, saved into the run directory."""
     return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
 
-
-# TrainConfig subclasses _Strict from this module, so it is imported last; it completes Recipe.train.
-import prefloop.core.train_config  # noqa: E402,F401

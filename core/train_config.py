@@ -1,6 +1,6 @@
 """Configuration of the training stage (``prefloop train RECIPE --round R``): one pydantic model, strict.
 
-Unknown keys and bad values are errors naming the key, as everywhere in the recipe (``_Strict``). Defaults
+Unknown keys and bad values are errors naming the key, as everywhere in the recipe (``StrictModel``). Defaults
 follow the public recipes where they agree (beta 0.1, lr 5e-7, 384/384 prompt/response tokens as in the
 ReMax card); tests and the CPU demo override them with tiny-model values.
 """
@@ -12,12 +12,13 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from prefloop.core.config import _Strict
+from prefloop.core.methods import METHODS, method as method_of
+from prefloop.core.strict import StrictModel
 
-Method = Literal["dpo", "kto", "sft", "csft", "remax"]
+Method = Literal[tuple(METHODS)]  # type: ignore[valid-type]  # the registered methods (core/methods.py)
 
 
-class LoraSettings(_Strict):
+class LoraSettings(StrictModel):
     """LoRA adapters through peft; merged into the base weights when the round's model is saved."""
 
     r: int = Field(8, ge=1, description="Rank of the low-rank update.")
@@ -28,7 +29,7 @@ class LoraSettings(_Strict):
         description="Module names (suffixes) that get adapters; Llama/Mistral attention projections by default.")
 
 
-class RemaxSettings(_Strict):
+class RemaxSettings(StrictModel):
     """ReMax (Li et al. 2023): REINFORCE with the greedy response's reward as baseline. Defaults: the
     Mistral-7B-ReMax-v0.1 card (sampling 0.7 / 0.9, kl_ctl 0.1, full-step KL, reward clip 1.0)."""
 
@@ -46,7 +47,7 @@ class RemaxSettings(_Strict):
                                   "(1 = strictly on-policy, as ReMax is).")
 
 
-class TrainConfig(_Strict):
+class TrainConfig(StrictModel):
     """How one round's policy is trained. Every field has a default; ``train: {}`` is DPO with LoRA off."""
 
     method: Method = Field("dpo", description="dpo (incl. cDPO / IPO), kto, sft, csft (Archangel's "
@@ -102,13 +103,13 @@ class TrainConfig(_Strict):
     def _consistent(self) -> "TrainConfig":
         if self.ipo and self.label_smoothing:
             raise ValueError("ipo and label_smoothing (cDPO) are different losses: set only one")
-        if self.method not in ("dpo",) and (self.ipo or self.label_smoothing):
+        if self.method != "dpo" and (self.ipo or self.label_smoothing):
             raise ValueError(f"ipo / label_smoothing apply to method 'dpo', not '{self.method}'")
-        if self.reference_mode == "live" and self.method in ("sft", "csft"):
+        if self.reference_mode == "live" and not method_of(self.method).needs_reference:
             raise ValueError(f"method '{self.method}' has no reference model: reference_mode 'live' is meaningless")
         if self.method == "remax" and self.lora is not None:
             raise ValueError("method 'remax' trains the full model (as the ReMax card does): set lora to null")
-        if self.method == "remax" and self.data is not None:
+        if method_of(self.method).on_policy and self.data is not None:
             raise ValueError("method 'remax' is on-policy: it samples its own data, so train.data must be null")
         if self.strategy == "fsdp" and self.lora is not None:
             raise ValueError("strategy 'fsdp' with lora is not supported: LoRA models fit one device, use 'ddp'")
@@ -136,14 +137,3 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> 
 
 def warmup_steps(cfg: TrainConfig, total_steps: int) -> int:
     return int(math.ceil(cfg.warmup_ratio * total_steps))
-
-
-def _complete_recipe() -> None:
-    """Resolve ``Recipe.train``: config.py cannot import this module at its top (this one imports _Strict)."""
-    from prefloop.core import config
-
-    config.TrainConfig = TrainConfig
-    config.Recipe.model_rebuild(_types_namespace={"TrainConfig": TrainConfig})
-
-
-_complete_recipe()

@@ -29,13 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from prefloop.core.methods import method as method_of
 from prefloop.core.prompts import Fields, InputError, Rejected, _iter_source, derive_prompt_id
 from prefloop.core.templates import validate_messages
 
 GOOD, BAD = "<|good|>", "<|bad|>"
 CONTROL_TOKENS = (GOOD, BAD)
 KIND_COLUMNS = {"prefs": ("chosen", "rejected"), "kto": ("completion", "label"), "sft": ("completion",)}
-METHOD_KINDS = {"dpo": ("prefs",), "kto": ("kto", "prefs"), "sft": ("sft", "prefs", "kto"), "csft": ("kto", "prefs")}
 
 
 class TrainDataError(InputError):
@@ -157,8 +157,9 @@ def read_train_rows(path: str | Path, kind: str | None = None) -> TrainRows:
 
 def to_examples(rows: Sequence[dict[str, Any]], kind: str, method: str) -> list[dict[str, Any]]:
     """Clean rows of ``kind`` -> the examples ``method`` trains on (see the module docstring)."""
-    if kind not in METHOD_KINDS[method]:
-        raise TrainDataError(f"method '{method}' cannot train on {kind} data (it takes: {METHOD_KINDS[method]})")
+    takes = method_of(method).data_kinds
+    if kind not in takes:
+        raise TrainDataError(f"method '{method}' cannot train on {kind} data (it takes: {takes})")
     base = [{"prompt_id": r["prompt_id"], "messages": r["messages"]} for r in rows]
     if method == "dpo":
         return [{**b, "chosen": r["chosen"], "rejected": r["rejected"]} for b, r in zip(base, rows)]

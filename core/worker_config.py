@@ -46,7 +46,8 @@ class RemaxWorkerConfig(TrainWorkerConfig):
     scorer: str = ""  # name of the scorer actor
     weights_board: str = ""  # name of this round's LatestWeights actor (default: "<scorer>-weights")
     timeout_s: float = 600.0  # every remote wait of a step
-    sample_seed: int | None = None  # the sampling seed of step s is sample_seed + s (None: unseeded)
+    sample_spec: dict[str, Any] = field(default_factory=dict)  # the sampled response's SampleSpec; step s adds s
+    greedy_spec: dict[str, Any] = field(default_factory=dict)  # the greedy baseline's SampleSpec
     publish_dir: str | None = None  # checkpoints for Serve to follow (None: not serving)
     steps_file: str | None = None  # rank 0 appends each step's metrics here for the driver to follow
     kill_generator_at_step: int | None = None  # tests only: rank 0 kills its generator once at this step

@@ -9,7 +9,7 @@ between results. The builders below make the stages a recipe needs:
 - ``fresh_generator_stage``: a vLLM actor pool that lives for one dataset execution (``prefloop rollout``);
 - ``pooled_generator_stage``: a zero-CPU forwarder to the round loop's long-lived ``GeneratorPool``.
 
-``sample_spec`` and ``engine_kwargs`` turn the recipe's rollout section into sampling and engine settings.
+The sampling and engine settings come from ``core/round_settings.py``, their one owner.
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from prefloop.app.watch import console
 from prefloop.app.dataflow.runtime import iterate_with_timeout
-from prefloop.core.config import Recipe, response_tokens
+from prefloop.core.config import Recipe
+from prefloop.core.round_settings import EngineSettings
+from prefloop.core.judges import judge_kind, load_class
 from prefloop.core.sampling import SampleSpec
 
 if TYPE_CHECKING:
@@ -41,35 +43,13 @@ class Stage:
     resources: dict[str, float] | None = None  # custom Ray resources (resources.placement)
 
 
-def sample_spec(recipe: Recipe) -> SampleSpec:
-    """The rollout's sampling settings: N candidates per prompt."""
-    ro = recipe.rollout
-    return SampleSpec(ro.num_samples, ro.temperature, ro.top_p, response_tokens(recipe), ro.seed)
-
-
-def engine_kwargs(recipe: Recipe) -> dict[str, Any]:
-    """The vLLM engine settings every generator actor is built with."""
-    ro = recipe.rollout
-    return dict(dtype=recipe.policy.dtype, max_model_len=ro.max_model_len, kv_cache_gb=ro.kv_cache_gb,
-                enforce_eager=ro.enforce_eager, tensor_parallel_size=ro.tensor_parallel_size)
-
-
 def own_scorer_stage(recipe: Recipe) -> Stage:
-    """The recipe's scorer as a stage of its own actor pool (function scorers hold no GPU)."""
-    from prefloop.actors.scorers import FunctionScorer, PairRMScorer, RewardModelScorer
-
+    """The recipe's scorer as a stage of its own actor pool: its class and arguments from the judge registry."""
     sc, res = recipe.scorer, recipe.resources
-    if sc.kind == "pairrm":
-        cls, kwargs = PairRMScorer, {"ranker_dir": sc.model, "batch_size": sc.batch_size,
-                                     "comparisons": sc.comparisons}
-    elif sc.kind == "reward_model":
-        cls, kwargs = RewardModelScorer, {"model_dir": sc.model, "chat_template": sc.chat_template,
-                                          "batch_size": sc.batch_size,
-                                          "reward_head": sc.reward_head.model_dump() if sc.reward_head else None}
-    else:
-        cls, kwargs = FunctionScorer, {"function": sc.function}
-    gpus = res.scorer_gpus if sc.kind != "function" else 0.0
-    return Stage(cls, kwargs, sc.num_scorers, sc.batch_size, res.scorer_cpus, gpus, res.custom("scorer"))
+    kind = judge_kind(sc.kind)
+    gpus = res.scorer_gpus if kind.gpu else 0.0
+    return Stage(load_class(kind.scorer), kind.kwargs(sc), sc.num_scorers, sc.batch_size, res.scorer_cpus, gpus,
+                 res.custom("scorer"))
 
 
 def scorer_stage(recipe: Recipe) -> Stage:
@@ -124,29 +104,31 @@ def kept_scorer_names(recipe: Recipe) -> list[str] | None:
     return kept_scorer(own_scorer_stage(recipe), recipe.resources.stage_timeout_s).names
 
 
-def fresh_generator_stage(recipe: Recipe, policy_dir: str, spec: SampleSpec | None = None) -> Stage:
+def fresh_generator_stage(recipe: Recipe, policy_dir: str, spec: SampleSpec) -> Stage:
     """A vLLM actor pool built for this one stage on ``policy_dir`` (shipped to the actors' nodes through Ray)."""
     from prefloop.actors.generator import VLLMGenerator
     from prefloop.actors.model_cache import ship
 
     ro, res = recipe.rollout, recipe.resources
-    kwargs = dict(model=ship(policy_dir), spec=spec or sample_spec(recipe), **engine_kwargs(recipe))
+    kwargs = dict(model=ship(policy_dir), spec=spec, engine=EngineSettings.of(recipe).as_dict())
     return Stage(VLLMGenerator, kwargs, ro.num_generators, ro.batch_size, res.generator_cpus, res.generator_gpus,
                  res.custom("generator"))
 
 
-def pooled_generator_stage(recipe: Recipe, pool: GeneratorPool, spec: SampleSpec | None = None) -> Stage:
+def pooled_generator_stage(recipe: Recipe, pool: GeneratorPool, spec: SampleSpec) -> Stage:
     """A forwarder to the long-lived generator actors of ``pool`` (which already hold the weights to use)."""
     from prefloop.actors.generator_pool import PooledGenerator
 
     kwargs = {"names": pool.names, "timeout_s": recipe.resources.stage_timeout_s,
-              "spec": asdict(spec) if spec else None, "model": pool.ref}  # a restarted actor reloads it first
+              "spec": asdict(spec), "model": pool.ref}  # a restarted actor reloads it first
     return Stage(PooledGenerator, kwargs, len(pool.names), recipe.rollout.batch_size, 0.0)
 
 
-def generator_stage(recipe: Recipe, policy_dir: str, pool: GeneratorPool | None) -> Stage:
+def generator_stage(recipe: Recipe, policy_dir: str, pool: GeneratorPool | None, spec: SampleSpec) -> Stage:
     """The pool's forwarder when the round loop runs one, else a fresh actor pool on ``policy_dir``."""
-    return pooled_generator_stage(recipe, pool) if pool is not None else fresh_generator_stage(recipe, policy_dir)
+    if pool is not None:
+        return pooled_generator_stage(recipe, pool, spec)
+    return fresh_generator_stage(recipe, policy_dir, spec)
 
 
 def run_stages(rows: list[dict[str, Any]], stages: list[Stage], timeout_s: float, desc: str) -> list[dict]:

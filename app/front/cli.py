@@ -57,13 +57,13 @@ def cmd_one_round(args: argparse.Namespace) -> int:
     """``prefloop rollout|train RECIPE --round R``: that one stage exactly as round R of ``prefloop run`` runs it
     (same start model and method, see app/rounds/model_stage.py)."""
     if args.command == "rollout":
-        from prefloop.app.rounds.rollout import run_rollout as run_stage
+        from prefloop.app.rounds.one_round import rollout_one as run_stage
     else:
-        from prefloop.app.rounds.train import run_train as run_stage
+        from prefloop.app.rounds.one_round import train_one as run_stage
 
     recipe = resolve_recipe(args.recipe, args.set, args.tiny)
     with save_resolved(recipe, args.allow_recipe_change):
-        folder = run_stage(recipe, round_idx=args.round)
+        folder = run_stage(recipe, args.round)
     print(f"{args.command} committed: {folder}")
     return 0
 

@@ -20,6 +20,8 @@ from pathlib import Path
 from prefloop.core import plan as P
 from prefloop.core.cluster_gpus import GpuNode, gpu_nodes
 from prefloop.core.config import Recipe, RecipeError, response_tokens
+from prefloop.core.judges import judge_kind
+from prefloop.core.methods import method
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +66,11 @@ def uses_gpu(recipe: Recipe) -> bool:
 
 def _train_shape(recipe: Recipe) -> P.TrainShape:
     t = recipe.train
-    methods = set(recipe.loop.methods or [t.method])
-    if t.method == "remax":
+    methods = [method(m) for m in recipe.loop.methods or [t.method]]
+    if method(t.method).on_policy:
         rows = math.ceil(t.remax.prompts_per_step / t.num_workers)
-    else:
-        rows = t.micro_batch_size * (2 if methods & {"dpo", "kto"} else 1)  # DPO: chosen + rejected; KTO: + KL
+    else:  # DPO: chosen + rejected; KTO: + its KL completion
+        rows = t.micro_batch_size * max(m.pairs_per_example for m in methods)
     lora = t.lora
     return P.TrainShape(t.strategy, t.num_workers, rows, t.max_prompt_len + t.max_response_len,
                         lora.r if lora else None, tuple(lora.target_modules) if lora else (),
@@ -86,7 +88,7 @@ def plan_needs(recipe: Recipe, configs: Path = MODEL_CONFIGS) -> list[tuple[P.Ne
         out.append((gen, ro.num_generators))
     sc = recipe.scorer
     scorer = None
-    if sc.kind != "function":
+    if judge_kind(sc.kind).gpu:
         scorer = load_shape(sc.model, "scorer.model", configs)
     if scorer is not None and res.scorer_gpus > 0:
         if scorer.kind == "pairrm":
@@ -101,12 +103,13 @@ def plan_needs(recipe: Recipe, configs: Path = MODEL_CONFIGS) -> list[tuple[P.Ne
     if t is not None and t.use_gpu:
         shape = _train_shape(recipe)
         worker = P.train_need(policy, dbytes, shape)
-        live = t.method == "remax" or (t.reference_mode == "live" and t.method not in ("sft", "csft"))
+        m = method(t.method)
+        live = m.on_policy or (t.reference_mode == "live" and m.needs_reference)
         if live:  # the reference lives in every worker, sharded like the trainer under fsdp
             ref = P.reference_need(policy, dbytes, shape)
             worker.parts["reference"] = ref.total
         out.append((worker, t.num_workers))
-        if not live and set(recipe.loop.methods or [t.method]) & {"dpo", "kto"}:
+        if not live and any(method(name).needs_reference for name in recipe.loop.methods or [t.method]):
             one = P.TrainShape("ddp", 1, shape.micro_batch, shape.seq_len)
             out.append((P.reference_need(policy, dbytes, one, actor="reference pass"), 1))
     if recipe.loop.serve and res.generator_gpus > 0:

@@ -18,14 +18,16 @@ import logging
 from typing import Any
 
 from prefloop.app.dataflow.pipeline import pooled_generator_stage, run_stages, scorer_stage
-from prefloop.core.config import Recipe, RecipeError, ScorerConfig
+from prefloop.core.config import Recipe
+from prefloop.core.judge_config import ScorerConfig
 from prefloop.core.eval_metrics import preference
-from prefloop.core.sampling import SampleSpec
+from prefloop.core.judges import check_judge, judge_kind
+from prefloop.core.round_settings import sampling
 
 log = logging.getLogger(__name__)
 
 
-def judge_kind(recipe: Recipe) -> str:
+def eval_judge_name(recipe: Recipe) -> str:
     """The eval judge's kind as the manifest reports it (the training scorer's when there is no eval judge)."""
     return recipe.eval.judge.kind if recipe.eval.judge is not None else recipe.scorer.kind
 
@@ -35,36 +37,17 @@ def judge_independent(recipe: Recipe) -> bool:
     judge = recipe.eval.judge
     if judge is None:
         return False
-    if judge.kind == "llm_judge":
+    if judge_kind(judge.kind).scorer is None:  # an LLM judge never trains the model
         return True
     return judge.as_scorer().model_dump(include={"kind", "model", "function", "chat_template"}) != \
         recipe.scorer.model_dump(include={"kind", "model", "function", "chat_template"})
 
 
 def preflight(recipe: Recipe) -> None:
-    """Check the eval judge on the driver before round 0, so a typo fails in a second, not after a round's
-    training: the function imports, the model directories exist, the LLM judge's API key is set."""
-    from pathlib import Path
-
-    from prefloop.actors.common import check_model_dir
-    from prefloop.actors.scorers import load_function
-
-    judge = recipe.eval.judge
-    if judge is None:
-        return
-    if judge.kind == "function":
-        try:
-            load_function(judge.function)
-        except RecipeError as err:  # its message names scorer.function: say which key it really is
-            raise RecipeError(f"eval.judge.function: {err}") from None
-    elif judge.kind == "pairrm" and not Path(judge.model, "config.json").is_file():
-        raise FileNotFoundError(f"eval.judge.model {judge.model!r}: not a PairRM ranker directory (no config.json)")
-    elif judge.kind == "reward_model":
-        check_model_dir(judge.model, "eval.judge.model")
-    elif judge.kind == "llm_judge":
-        from prefloop.app.judging.llm_judge import LLMJudge
-
-        LLMJudge(judge)  # raises when api_key_env names an unset variable
+    """Check the eval judge on the driver before round 0 (its registry entry's check: the function imports, the
+    model directories exist, the LLM judge's API key is set), so a typo fails in a second."""
+    if recipe.eval.judge is not None:
+        check_judge(recipe.eval.judge, "eval.judge")
 
 
 def _with_scorer(recipe: Recipe, scorer: ScorerConfig) -> Recipe:
@@ -98,13 +81,13 @@ def eval_verdicts(recipe: Recipe, answers: list[dict], base: list[dict],
     judge = recipe.eval.judge
     if judge is None:
         return training if training is not None else training_verdicts(recipe, answers, base)
-    if judge.kind == "llm_judge":
+    if judge_kind(judge.kind).scorer is None:  # an LLM judge compares the two answers itself
         from prefloop.app.judging.llm_judge import LLMJudge
 
         base_by_id = {b["prompt_id"]: b["answer"] for b in base}
         return LLMJudge(judge).judge([a["prompt"] for a in answers], [a["answer"] for a in answers],
                                      [base_by_id[a["prompt_id"]] for a in answers])
-    if judge.kind == "function":
+    if judge_kind(judge.kind).on_driver:
         return function_verdicts(judge.function, answers, base)
     return scalar_verdicts(_with_scorer(recipe, judge.as_scorer()), answers, base, f"eval judge ({judge.kind})")
 
@@ -128,18 +111,18 @@ def function_verdicts(function: str, answers: list[dict], base: list[dict]) -> l
 def reranker(recipe: Recipe) -> ScorerConfig:
     """PairRM for best-of-N: the eval judge if it is PairRM, else the training scorer (checked at recipe load)."""
     judge = recipe.eval.judge
-    if judge is not None and judge.kind == "pairrm":
+    if judge is not None and judge_kind(judge.kind).pairwise:
         return judge.as_scorer()
-    if recipe.scorer.kind == "pairrm":
+    if judge_kind(recipe.scorer.kind).pairwise:
         return recipe.scorer
     raise ValueError("eval.best_of needs a PairRM reranker: set eval.judge.kind or scorer.kind to pairrm")
 
 
-def best_of_answers(recipe: Recipe, rows: list[dict], pool: Any, n: int) -> list[dict]:
-    """Per prompt: ``n`` samples (the rollout's temperature / top_p), reranked by PairRM, the best one kept
-    (ties go to the earlier sample), with every sample's PairRM score."""
-    ro = recipe.rollout
-    spec = SampleSpec(n, ro.temperature, ro.top_p, ro.max_tokens, ro.seed)
+def best_of_answers(recipe: Recipe, rows: list[dict], pool: Any) -> list[dict]:
+    """Per prompt: ``eval.best_of`` samples (the rollout's temperature / top_p), reranked by PairRM, the best one
+    kept (ties go to the earlier sample), with every sample's PairRM score."""
+    spec = sampling(recipe, "best_of")
+    n = spec.n
     stages = [pooled_generator_stage(recipe, pool, spec), scorer_stage(_with_scorer(recipe, reranker(recipe)))]
     out = {r["prompt_id"]: r for r in run_stages(rows, stages, recipe.resources.stage_timeout_s,
                                                  f"eval: best-of-{n}")}

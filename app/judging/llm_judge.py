@@ -11,22 +11,19 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from prefloop.core.config import JudgeConfig
+from prefloop.core.judge_config import JudgeConfig
+from prefloop.core.judges import JudgeRequestError, endpoint_key
 from prefloop.core.llm_judge import Verdict, build_messages, combine, read_verdict, request_body
 
 log = logging.getLogger(__name__)
 RETRY_STATUS = (408, 429, 500, 502, 503, 504)
 
-
-class JudgeRequestError(RuntimeError):
-    """The judge endpoint failed a request after its retries; the message names the URL and the reason."""
 
 
 class LLMJudge:
@@ -36,10 +33,8 @@ class LLMJudge:
         self.cfg = cfg
         self.url = cfg.base_url.rstrip("/") + "/chat/completions"
         self.headers = {"Content-Type": "application/json"}
-        if cfg.api_key_env:
-            key = os.environ.get(cfg.api_key_env)
-            if not key:
-                raise JudgeRequestError(f"eval.judge.api_key_env: environment variable {cfg.api_key_env} is not set")
+        key = endpoint_key(cfg)
+        if key:
             self.headers["Authorization"] = f"Bearer {key}"
         self.top_logprobs = cfg.top_logprobs
 

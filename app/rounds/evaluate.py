@@ -28,13 +28,14 @@ from typing import Any
 from prefloop.app.judging import eval_judges
 from prefloop.app.dataflow.pipeline import pooled_generator_stage, run_stages
 from prefloop.app.rounds.rollout import PreparedPrompts, prepare_prompts
+from prefloop.app.rounds.round import Round
 from prefloop.app.storage.rundir import BASE_ANSWERS, EVAL, RunDir, write_manifest
 from prefloop.app.storage.model_files import rows_for_model
 from prefloop.app.storage.tables import read_parquet_rows, write_parquet
-from prefloop.core.config import Recipe, response_tokens
+from prefloop.core.config import Recipe
 from prefloop.core.eval_metrics import answer_metrics, lc_win_rate, win_rate
 from prefloop.core.metrics import summarize_comparison
-from prefloop.core.sampling import SampleSpec
+from prefloop.core.round_settings import sampling
 
 log = logging.getLogger(__name__)
 NOT_INDEPENDENT = ("the eval judge is the training scorer: its win rate cannot show reward hacking "
@@ -53,8 +54,7 @@ def eval_prompts(recipe: Recipe, tokenizer: Any) -> PreparedPrompts:
 def generate_answers(recipe: Recipe, rows: list[dict], pool: Any) -> list[dict]:
     """One answer per held-out prompt from the model the pool holds now, with its length and finish reason."""
     rows = rows_for_model(rows, pool.model, recipe.policy.chat_template)  # a cSFT model's control token
-    spec = SampleSpec(1, recipe.loop.eval_temperature, 1.0, response_tokens(recipe), recipe.rollout.seed)
-    out = run_stages(rows, [pooled_generator_stage(recipe, pool, spec)], recipe.resources.stage_timeout_s,
+    out = run_stages(rows, [pooled_generator_stage(recipe, pool, sampling(recipe, "eval"))], recipe.resources.stage_timeout_s,
                      "eval: answers")
     by_id = {r["prompt_id"]: r for r in out}
     return [{"prompt_id": row["prompt_id"], "prompt": row["prompt"], "messages": row["messages"],
@@ -107,7 +107,7 @@ def judged_summary(recipe: Recipe, answers: list[dict], base: list[dict], traini
         **train, **comparison(answers, paired_base, verdicts),
         "wins": sum(p > 0.5 for p in prefs), "ties": sum(p == 0.5 for p in prefs), "losses": sum(p < 0.5 for p in prefs),
         "judge_win_rate": train["win_rate"], "judge_win_rate_stderr": train["win_rate_stderr"],
-        "judge": eval_judges.judge_kind(recipe), "judge_independent": eval_judges.judge_independent(recipe),
+        "judge": eval_judges.eval_judge_name(recipe), "judge_independent": eval_judges.judge_independent(recipe),
         "training_judge": recipe.scorer.kind,
         **side_metrics(answers), **side_metrics(paired_base, "base_"),
     }
@@ -142,7 +142,7 @@ def outcome(pref: float) -> str:
 def best_of_summary(recipe: Recipe, rows: list[dict], base: list[dict], pool: Any) -> tuple[dict, list[dict]]:
     """``eval.best_of``: the reranked best of N per prompt, judged by the eval judge against the base."""
     n = recipe.eval.best_of
-    best = eval_judges.best_of_answers(recipe, rows, pool, n)
+    best = eval_judges.best_of_answers(recipe, rows, pool)
     verdicts = eval_judges.eval_verdicts(recipe, best, base)
     rate, stderr = win_rate([v["preference"] for v in verdicts])
     table = [{**b, "eval_preference": v["preference"]} for b, v in zip(best, verdicts)]
@@ -150,11 +150,12 @@ def best_of_summary(recipe: Recipe, rows: list[dict], base: list[dict], pool: An
             "best_of_mean_length": sum(b["num_tokens"] for b in best) / len(best)}, table
 
 
-def evaluate_round(recipe: Recipe, run: RunDir, round_idx: int, rows: list[dict], base: list[dict], pool: Any,
-                   summary: dict[str, Any], round_started: float) -> dict[str, Any]:
-    """Answer, judge against the base, commit ``round_R/eval`` (with the round's ``summary``); return its manifest.
-
-    ``round_started`` (``time.perf_counter()`` at the round's start) dates the round's total time."""
+def evaluate_round(rnd: Round, rows: list[dict], base: list[dict], summary: dict[str, Any],
+                   round_started: float) -> dict[str, Any]:
+    """Answer with the model ``rnd.pool`` holds, judge against the base, commit ``round_R/eval`` (with the round's
+    ``summary``); return its manifest. ``round_started`` (``time.perf_counter()`` at the round's start) dates the
+    round's total time."""
+    recipe, run, round_idx, pool = rnd.recipe, rnd.run, rnd.index, rnd.pool
     started = time.perf_counter()
     answers = generate_answers(recipe, rows, pool)
     training = eval_judges.training_verdicts(recipe, answers, base)

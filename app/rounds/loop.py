@@ -13,22 +13,24 @@ from __future__ import annotations
 import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prefloop.app.watch import console
 from prefloop.app.rounds import evaluate
 from prefloop.app.watch import report
-from prefloop.app.rounds.model_stage import round_models, round_recipe
-from prefloop.app.dataflow.pipeline import engine_kwargs, keep_scorers, sample_spec
+from prefloop.app.dataflow.pipeline import keep_scorers
 from prefloop.app.rounds.remax import run_remax
 from prefloop.app.rounds.rollout import run_rollout
+from prefloop.app.rounds.round import Round
 from prefloop.app.rounds.round_summary import round_summary
 from prefloop.app.storage.rundir import EVAL, RunDir
 from prefloop.app.dataflow.runtime import init_ray
 from prefloop.app.watch.telemetry import Telemetry
 from prefloop.app.rounds.train import run_train
 from prefloop.app.storage.runlock import hold_run
-from prefloop.core.config import Recipe, dump_recipe
+from prefloop.core.config import Recipe, RecipeError, dump_recipe
+from prefloop.core.round_settings import EngineSettings, sampling
 
 if TYPE_CHECKING:
     from prefloop.actors.generator_pool import GeneratorPool
@@ -37,11 +39,12 @@ log = logging.getLogger(__name__)
 
 
 def start_pool(recipe: Recipe, model: str) -> GeneratorPool:
+    """The long-lived vLLM generator actors, holding ``model``; each round's weights are swapped into them."""
     from prefloop.actors.generator_pool import GeneratorPool
     from prefloop.actors.model_cache import ship
 
     res = recipe.resources
-    return GeneratorPool.start(ship(model), sample_spec(recipe), engine_kwargs(recipe),
+    return GeneratorPool.start(ship(model), sampling(recipe, "rollout"), EngineSettings.of(recipe).as_dict(),
                                recipe.rollout.num_generators, res.generator_cpus, res.generator_gpus,
                                res.stage_timeout_s, resources=res.custom("generator"))
 
@@ -98,30 +101,35 @@ def enter_stage(tel: Telemetry, name: str, round_idx: int | None) -> None:
 
 def run_round(recipe: Recipe, run: RunDir, r: int, pool: GeneratorPool, eval_rows: list[dict], base: list[dict],
               tel: Telemetry, serving: Future | None = None) -> dict:
-    """One round. Online (no ``train.data``): rollout with the current policy, then train on its pairs.
-    Offline (``train.data`` given, e.g. the Snorkel partitions): train on that file, no rollout."""
+    """One round, built once (``Round``) and handed to each stage. Online (no ``train.data``): rollout with the
+    current policy, then train on its pairs. Offline (``train.data``, e.g. the Snorkel partitions): train on that
+    file, no rollout. On-policy (ReMax): the training workers sample through the pool themselves."""
     started = time.perf_counter()
-    recipe = round_recipe(recipe, r)
-    swap_in = ensure_model(pool, round_models(run, recipe, r).start)
-    remax = recipe.train.method == "remax"
-    if recipe.train.data is None and not remax:
+    rnd = Round.build(recipe, run, r, pool)
+    swap_in = ensure_model(pool, rnd.models.start)
+    if rnd.recipe.train.data is None and not rnd.method.on_policy:
         enter_stage(tel, "rollout", r)
-        run_rollout(recipe, r, pool.model, pool)
+        run_rollout(rnd)
     t_rollout = time.perf_counter() - started
     enter_stage(tel, "train", r)
-    if remax:  # on-policy: the ReMax workers sample through the pool themselves; Serve follows its checkpoints
-        follow = (lambda d: swap_into_serve(recipe, d, r, serving)) if recipe.loop.serve else None
-        model_dir = str(run_remax(recipe, r, pool, on_checkpoint=follow, on_step=tel.remax_step))
-    else:
-        model_dir = str(run_train(recipe, r))
+    model_dir = str(train_round(rnd, serving, tel))
     t_train = time.perf_counter() - started - t_rollout
     enter_stage(tel, "swap", r)
     swap_s = ensure_model(pool, model_dir)
-    serve_swap_s = swap_into_serve(recipe, model_dir, r, serving)
-    summary = round_summary(run, recipe, r, swap_s=swap_s or swap_in, serve_swap_s=serve_swap_s,
+    serve_swap_s = swap_into_serve(rnd.recipe, model_dir, r, serving)
+    summary = round_summary(rnd, swap_s=swap_s or swap_in, serve_swap_s=serve_swap_s,
                             timings_s={"rollout": t_rollout, "train": t_train})
     enter_stage(tel, "eval", r)
-    return evaluate.evaluate_round(recipe, run, r, eval_rows, base, pool, summary, started)
+    return evaluate.evaluate_round(rnd, eval_rows, base, summary, started)
+
+
+def train_round(rnd: Round, serving: Future | None = None, tel: Telemetry | None = None) -> Path:
+    """The round's training, by its method's driver: Ray Train on a fixed dataset, or ReMax's on-policy run
+    (whose checkpoints Serve follows when it runs)."""
+    if not rnd.method.on_policy:
+        return run_train(rnd)
+    follow = (lambda d: swap_into_serve(rnd.recipe, d, rnd.index, serving)) if rnd.recipe.loop.serve else None
+    return run_remax(rnd, on_checkpoint=follow, on_step=tel.remax_step if tel is not None else None)
 
 
 def run_loop(recipe: Recipe, allow_recipe_change: bool = False) -> list[dict]:
@@ -130,7 +138,7 @@ def run_loop(recipe: Recipe, allow_recipe_change: bool = False) -> list[dict]:
     The run directory is locked for the whole loop, and a resume must bring the recipe it was started with
     (``allow_recipe_change`` records a changed one instead; see ``app/storage/runlock.py``)."""
     if recipe.train is None:
-        raise ValueError("train: the round loop needs a train section in the recipe")
+        raise RecipeError("train: the round loop needs a train section in the recipe")
     recipe.check_round_prompts()  # each round reads its own prompts, unless data.reuse_prompts
     run = RunDir(recipe.run_dir)
     with hold_run(run, dump_recipe(recipe), allow_recipe_change):

@@ -1,55 +1,20 @@
-"""A round's model stage: which model it starts from, which is its reference, and how the result is committed.
+"""A round's model stage: how the trained model is committed, for every method's driver.
 
-Used by every method's driver (``app/rounds/train.py`` for DPO/KTO/SFT/cSFT, ``app/rounds/remax.py`` for ReMax), by the round
-loop and by the one-round commands (``prefloop rollout/train --round R``), so that round R means the same thing
-everywhere:
-
-- ``round_recipe``: ``loop.methods[R]`` replaces ``train.method`` when the recipe gives per-round methods;
-- ``round_models``: the start model is round R-1's committed model (the base for R = 0); the reference is that
-  same model (``train.reference: previous``, the cards' choice) or always the base (``base``);
-- ``commit_model``: the final Ray Train checkpoint's model, its per-step metrics, the rejected input rows and a
-  manifest, committed atomically as ``round_R/model``; the metrics also go to ``RUN_DIR/metrics.jsonl``.
+``commit_model``: the final Ray Train checkpoint's model, its per-step metrics, the rejected input rows and a
+manifest, committed atomically as ``round_R/model``; the metrics also go to ``RUN_DIR/metrics.jsonl``. Used by
+``app/rounds/train.py`` (DPO/KTO/SFT/cSFT) and ``app/rounds/remax.py`` (ReMax).
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from prefloop.app.storage.model_files import stamp_model
 from prefloop.app.storage.rundir import MODEL, RunDir, write_manifest
 from prefloop.app.storage.tables import write_jsonl
-from prefloop.core.config import Recipe
-
-
-def round_recipe(recipe: Recipe, round_idx: int) -> Recipe:
-    """The recipe as round ``round_idx`` sees it: ``loop.methods[r]`` replaces ``train.method`` when given."""
-    if recipe.loop.methods is None or recipe.train is None:
-        return recipe
-    method = recipe.loop.methods[round_idx]
-    return recipe.model_copy(update={"train": recipe.train.model_copy(update={"method": method})})
-
-
-@dataclass(frozen=True)
-class RoundModels:
-    start: str  # the policy the round starts from (and samples with)
-    reference: str  # the frozen model its KL / log-ratio terms are taken against
-
-
-def round_models(run: RunDir, recipe: Recipe, round_idx: int) -> RoundModels:
-    """Round ``round_idx``'s start model and reference (see the module docstring)."""
-    if round_idx == 0:
-        start = recipe.policy.model
-    elif run.is_committed(round_idx - 1, MODEL):
-        start = str(run.stage_dir(round_idx - 1, MODEL))
-    else:
-        raise FileNotFoundError(f"round {round_idx} starts from round {round_idx - 1}'s model, which is not "
-                                f"committed ({run.stage_dir(round_idx - 1, MODEL)}): train that round first")
-    previous = recipe.train is None or recipe.train.reference == "previous"
-    return RoundModels(start, start if previous else recipe.policy.model)
 
 
 def commit_model(run: RunDir, round_idx: int, checkpoint: Any, *, chat_template: str,

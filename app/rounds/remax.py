@@ -20,21 +20,20 @@ import json
 import logging
 import threading
 import time
+from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from prefloop.actors.model_cache import ship
 from prefloop.app.dataflow.pipeline import kept_scorer_names, own_scorer_stage
 from prefloop.app.rounds.rollout import prepare_prompts, preflight
-from prefloop.app.rounds.model_stage import commit_model, round_models
-from prefloop.app.storage.rundir import MODEL, REMAX_WORK, RunDir
+from prefloop.app.rounds.model_stage import commit_model
+from prefloop.app.rounds.round import Round
+from prefloop.app.storage.rundir import MODEL, REMAX_WORK
 from prefloop.app.rounds.train import fit
 from prefloop.core.config import Recipe, RecipeError
 from prefloop.core.remax import remax_total_steps
 from prefloop.core.worker_config import RemaxWorkerConfig
-
-if TYPE_CHECKING:
-    from prefloop.actors.generator_pool import GeneratorPool
 
 log = logging.getLogger(__name__)
 PARTS = ("generate", "score", "train", "sync")
@@ -86,11 +85,11 @@ def follow_steps(steps_file: Path, on_step: Callable[[int, dict], Any], stop: th
                 on_step(int(metrics["step"]), metrics)
 
 
-def run_remax(recipe: Recipe, round_idx: int, pool: GeneratorPool,
-              on_checkpoint: Callable[[str], Any] | None = None,
+def run_remax(rnd: Round, on_checkpoint: Callable[[str], Any] | None = None,
               on_step: Callable[[int, dict], Any] | None = None,
               *, kill_at_step: int | None = None, kill_generator_at_step: int | None = None) -> Path:
-    """Run (or skip, if committed) round ``round_idx`` as ReMax; return the committed model folder.
+    """Run (or skip, if committed) round ``rnd`` as ReMax, sampling through ``rnd.pool``; return the committed
+    model folder.
 
     ``kill_at_step`` / ``kill_generator_at_step`` are for tests only: a training worker exits, or rank 0's
     generator actor is killed, once at that step, to exercise the resume and retry paths."""
@@ -100,17 +99,18 @@ def run_remax(recipe: Recipe, round_idx: int, pool: GeneratorPool,
     from prefloop.actors.scorer_pool import start_scorer
     from prefloop.actors.remax_worker import remax_loop
 
-    run, cfg = RunDir(recipe.run_dir), recipe.train
-    if run.is_committed(round_idx, MODEL):
+    recipe, run, round_idx, pool = rnd.recipe, rnd.run, rnd.index, rnd.pool
+    cfg = recipe.train
+    if rnd.is_committed(MODEL):
         log.info("round %d %s already committed: skipping", round_idx, MODEL)
-        return run.stage_dir(round_idx, MODEL)
+        return rnd.stage_dir(MODEL)
+    if pool is None:
+        raise ValueError("run_remax: ReMax samples through a generator pool (Round.pool)")
     started = time.perf_counter()
-    models = round_models(run, recipe, round_idx)
-    model_dir, ref_dir = models.start, models.reference
+    model_dir, ref_dir = rnd.models.start, rnd.models.reference
     preflight(recipe, model_dir)
     prepared = prepare_prompts(recipe, recipe.data.train, AutoTokenizer.from_pretrained(model_dir), round_idx)
     check_recipe(recipe, len(prepared.rows))
-    seed = recipe.seed if cfg.seed is None else cfg.seed
     total = remax_total_steps(len(prepared.rows), cfg.epochs, cfg.remax.prompts_per_step, cfg.remax.max_steps)
     work = run.round_dir(round_idx) / REMAX_WORK
     work.mkdir(parents=True, exist_ok=True)
@@ -127,10 +127,11 @@ def run_remax(recipe: Recipe, round_idx: int, pool: GeneratorPool,
         scorer = start_scorer(stage.cls, stage.kwargs, stage.num_cpus, stage.num_gpus, scorer_name, timeout,
                               stage.resources)
     worker = RemaxWorkerConfig(
-        train=cfg, model_dir=ship(model_dir), dtype=recipe.policy.dtype, ref_dir=ship(ref_dir), seed=seed, total_steps=total, prompts=prepared.rows,
+        train=cfg, model_dir=ship(model_dir), dtype=recipe.policy.dtype, ref_dir=ship(ref_dir), seed=rnd.seed, total_steps=total, prompts=prepared.rows,
         generators=pool.names, scorer=scorer_name, timeout_s=timeout,
         weights_board=f"prefloop-remax-weights-{round_idx}-{int(time.time() * 1000) % 10**9}",  # this round's pushes
-        sample_seed=recipe.rollout.seed, publish_dir=str(work / "published") if on_checkpoint else None,
+        sample_spec=asdict(rnd.sampling("remax_sample")), greedy_spec=asdict(rnd.sampling("remax_greedy")),
+        publish_dir=str(work / "published") if on_checkpoint else None,
         steps_file=str(work / "steps.jsonl"), kill_at_step=kill_at_step,
         kill_generator_at_step=kill_generator_at_step, fault_marker=str(work / "fault-injected"))
     log.info("round %d: ReMax on %d prompts, %d steps of %d prompts, %d workers", round_idx, len(prepared.rows),

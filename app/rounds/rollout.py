@@ -24,25 +24,23 @@ import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from prefloop.actors.common import check_model_dir
+from prefloop.core.model_info import check_model_dir
 from prefloop.actors.generator_pool import check_sampled_from
-from prefloop.app.rounds.model_stage import round_models, round_recipe
-from prefloop.app.storage.rundir import ROLLOUT, RunDir, write_manifest
+from prefloop.app.storage.rundir import ROLLOUT, write_manifest
 from prefloop.app.dataflow.pipeline import generator_stage, scorer_stage
+from prefloop.app.rounds.round import Round
 from prefloop.app.rounds.rollout_stream import Totals, index_prompts, stream_rollout
 from prefloop.app.dataflow.runtime import init_ray
 from prefloop.core.config import Recipe
+from prefloop.core.judges import check_judge
 from prefloop.core.model_info import control_token_of
 from prefloop.core.partition import RoundPart
 from prefloop.core.prompt_blocks import TokenBudget
 from prefloop.core.prompt_files import Piece, Source, plan_pieces, plan_sources
 from prefloop.core.prompt_index import Decision
 from prefloop.core.prompts import Fields, ReadResult, read_prompts
-
-if TYPE_CHECKING:
-    from prefloop.actors.generator_pool import GeneratorPool
 
 log = logging.getLogger(__name__)
 
@@ -75,53 +73,41 @@ def data_fields(recipe: Recipe) -> Fields:
 
 def preflight(recipe: Recipe, policy_dir: str) -> None:
     """Check every path and import on the driver, so a typo fails in a second, not inside an actor."""
-    from prefloop.actors.scorers import load_function
-
     check_model_dir(policy_dir, "policy.model")
-    sc = recipe.scorer
-    if sc.kind == "pairrm" and not Path(sc.model, "config.json").is_file():
-        raise FileNotFoundError(f"scorer.model {sc.model!r}: not a PairRM ranker directory (no config.json)")
-    if sc.kind == "reward_model":
-        check_model_dir(sc.model, "scorer.model")
-    if sc.kind == "function":
-        load_function(sc.function)
+    check_judge(recipe.scorer, "scorer")
 
 
-def run_rollout(recipe: Recipe, round_idx: int = 0, policy_dir: str | None = None,
-                pool: GeneratorPool | None = None) -> Path:
-    """Run (or skip, if committed) the rollout stage of one round; return its folder.
-
-    ``policy_dir``: the model to sample with, by default the one round ``round_idx`` starts from (as in the round
-    loop); ``pool``: a running ``GeneratorPool`` already holding its weights (the round loop's)."""
-    run = RunDir(recipe.run_dir)
-    recipe = round_recipe(recipe, round_idx)
-    if run.is_committed(round_idx, ROLLOUT):
-        log.info("round %d %s already committed: skipping", round_idx, ROLLOUT)
-        return run.stage_dir(round_idx, ROLLOUT)
-    policy_dir = policy_dir or round_models(run, recipe, round_idx).start
+def run_rollout(rnd: Round) -> Path:
+    """Run (or skip, if committed) the rollout stage of round ``rnd``; return its folder. It samples with the
+    round's start model: through ``rnd.pool`` (the round loop's, already holding its weights) or, without one, a
+    fresh vLLM actor pool."""
+    recipe, policy_dir = rnd.recipe, rnd.models.start
+    if rnd.is_committed(ROLLOUT):
+        log.info("round %d %s already committed: skipping", rnd.index, ROLLOUT)
+        return rnd.stage_dir(ROLLOUT)
     preflight(recipe, policy_dir)
     from transformers import AutoTokenizer
 
     started = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(policy_dir)
-    part = RoundPart(recipe.data, recipe.data.train, round_idx)
+    part = RoundPart(recipe.data, recipe.data.train, rnd.index)
     sources = plan_sources(part.path, data_fields(recipe))  # a missing file or column fails before Ray starts
     pieces = plan_pieces(sources, recipe.rollout.block_prompts)
     reader = reader_kwargs(recipe, tokenizer)
     init_ray(recipe.resources)
-    with run.commit(round_idx, ROLLOUT) as out:
+    with rnd.run.commit(rnd.index, ROLLOUT) as out:
         decision = choose_prompts(recipe, part, sources, pieces, reader, out)
         t_read = time.perf_counter() - started
-        stages = [generator_stage(recipe, policy_dir, pool), scorer_stage(recipe)]
-        what = f"round {round_idx} {ROLLOUT}"
-        totals = stream_rollout(recipe, sources, pieces, decision, reader, stages, out,
+        steps = [generator_stage(recipe, policy_dir, rnd.pool, rnd.sampling("rollout")), scorer_stage(recipe)]
+        what = f"round {rnd.index} {ROLLOUT}"
+        totals = stream_rollout(recipe, sources, pieces, decision, reader, steps, out,
                                 lambda rows: check_sampled_from(rows, policy_dir, what))
         t_stream = time.perf_counter() - started - t_read
         timings = {"read_s": t_read, "generate_and_score_s": t_stream, "total_s": time.perf_counter() - started}
-        write_manifest(out, rollout_manifest(recipe, round_idx, policy_dir, decision,
+        write_manifest(out, rollout_manifest(recipe, rnd.index, policy_dir, decision,
                                              part.describe(decision.in_partition), totals, timings))
-    log.info("round %d rollout: %d pairs from %d prompts", round_idx, totals.pairs, totals.prompts)
-    return run.stage_dir(round_idx, ROLLOUT)
+    log.info("round %d rollout: %d pairs from %d prompts", rnd.index, totals.pairs, totals.prompts)
+    return rnd.stage_dir(ROLLOUT)
 
 
 def reader_kwargs(recipe: Recipe, tokenizer: Any) -> dict[str, Any]:

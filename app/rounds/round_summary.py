@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefloop.app.storage.rundir import EVAL, MODEL, ROLLOUT, RunDir
-from prefloop.core.config import Recipe
+from prefloop.app.rounds.round import Round
 
 
 def round_prompts(run: RunDir, round_idx: int) -> int:
@@ -21,16 +21,16 @@ def round_prompts(run: RunDir, round_idx: int) -> int:
     return int(counts.get("prompts", counts.get("examples", 0)))
 
 
-def round_summary(run: RunDir, recipe: Recipe, round_idx: int, *, swap_s: float, serve_swap_s: float | None,
+def round_summary(rnd: Round, *, swap_s: float, serve_swap_s: float | None,
                   timings_s: dict[str, float]) -> dict[str, Any]:
-    """What the round did, for its eval manifest. ``recipe`` is the round's own (``model_stage.round_recipe``)."""
+    """What round ``rnd`` did, for its eval manifest."""
+    run, round_idx = rnd.run, rnd.index
     model = run.manifest(round_idx, MODEL)
     counts, final = model.get("counts", {}), model.get("final_metrics", {})
-    method = recipe.train.method
     rollout = run.manifest(round_idx, ROLLOUT) if run.is_committed(round_idx, ROLLOUT) else None
-    if method == "remax":  # the workers swapped weights every step: report their last step's sync time
+    if rnd.method.on_policy:  # the workers swapped weights every step: report their last step's sync time
         pairs, swap_s = counts.get("prompts", 0), final.get("sync_s", swap_s)
-    elif rollout is not None and recipe.train.data is None:
+    elif rollout is not None and rnd.recipe.train.data is None:
         pairs = rollout["counts"]["pairs"]
     else:
         pairs = counts.get("accepted", 0)
@@ -41,6 +41,6 @@ def round_summary(run: RunDir, recipe: Recipe, round_idx: int, *, swap_s: float,
         tokens_per_s["train"] = model["tokens_per_s"]
     before = run.manifest(round_idx - 1, EVAL).get("prompts_done", 0) if (
         round_idx > 0 and run.is_committed(round_idx - 1, EVAL)) else 0
-    return {"pairs": pairs, "method": method, "swap_s": swap_s, "serve_swap_s": serve_swap_s,
+    return {"pairs": pairs, "method": rnd.method.name, "swap_s": swap_s, "serve_swap_s": serve_swap_s,
             "timings_s": dict(timings_s), "prompts_done": before + round_prompts(run, round_idx),
             "tokens_per_s": tokens_per_s, "train_loss": final.get("loss")}

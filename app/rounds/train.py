@@ -25,12 +25,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from prefloop.actors.common import check_model_dir
+from prefloop.core.model_info import check_model_dir
 from prefloop.actors.model_cache import ship
-from prefloop.app.rounds.model_stage import commit_model, round_models, round_recipe
-from prefloop.app.storage.rundir import MODEL, ROLLOUT, TRAIN_WORK, RunDir
+from prefloop.app.rounds.model_stage import commit_model
+from prefloop.app.rounds.round import Round
+from prefloop.app.storage.rundir import MODEL, ROLLOUT, TRAIN_WORK
 from prefloop.app.dataflow.runtime import init_ray, iterate_with_timeout, wait_for
-from prefloop.core.config import Recipe
+from prefloop.core.methods import method
 from prefloop.core.partition import round_path
 from prefloop.core.templates import render_prompt
 from prefloop.core.train_config import TrainConfig
@@ -39,19 +40,19 @@ from prefloop.core.train_data import (CONTROL_TOKENS, TrainDataError, TrainRows,
 from prefloop.core.worker_config import TrainWorkerConfig
 
 log = logging.getLogger(__name__)
-NEEDS_REFERENCE = ("dpo", "kto")
 
 
-def load_rows(run: RunDir, cfg: TrainConfig, round_idx: int, offset: int = 0) -> tuple[TrainRows, str]:
-    """This round's training rows (validated) and where they came from."""
+def load_rows(rnd: Round) -> tuple[TrainRows, str]:
+    """The round's training rows (validated) and where they came from: ``train.data`` (its partition for this
+    round), else the file of this round's rollout that the method reads."""
+    cfg = rnd.recipe.train
     if cfg.data:
-        source = round_path(cfg.data, round_idx, offset)  # per-iteration partitions, e.g. Snorkel's
+        source = round_path(cfg.data, rnd.index, rnd.recipe.data.round_offset)  # per-iteration partitions, e.g. Snorkel's
         return read_train_rows(source), source
-    if not run.is_committed(round_idx, ROLLOUT):
-        raise TrainDataError(f"round {round_idx} has no committed rollout ({run.stage_dir(round_idx, ROLLOUT)}): "
+    if not rnd.is_committed(ROLLOUT):
+        raise TrainDataError(f"round {rnd.index} has no committed rollout ({rnd.stage_dir(ROLLOUT)}): "
                              "run `prefloop rollout` first, or set train.data")
-    name = "pairs.parquet" if cfg.method in ("dpo", "sft") else "kto.parquet"
-    source = str(run.stage_dir(round_idx, ROLLOUT) / name)
+    source = str(rnd.stage_dir(ROLLOUT) / rnd.method.reads)
     return read_train_rows(source), source
 
 
@@ -59,7 +60,7 @@ def prepare_examples(rows: TrainRows, cfg: TrainConfig, tokenizer: Any, style: s
     """Method examples with rendered ``prompt_text``; flat string/bool columns only (what Ray Data carries)."""
     examples = to_examples(rows.accepted, rows.kind, cfg.method)
     add_prompt_text(examples, cfg.method, lambda messages: render_prompt(messages, style, tokenizer))
-    if cfg.method == "kto":
+    if method(cfg.method).kl_completions:
         add_kl_completions(examples, seed)
     for ex in examples:
         del ex["messages"]
@@ -145,66 +146,60 @@ def fit(rows: list[dict] | None, worker: TrainWorkerConfig, cfg: TrainConfig, st
     return result
 
 
-def run_train(recipe: Recipe, round_idx: int = 0, *, kill_at_step: int | None = None) -> Path:
-    """Run (or skip, if committed) the training stage of one round; return the model folder.
+def run_train(rnd: Round, *, kill_at_step: int | None = None) -> Path:
+    """Run (or skip, if committed) the training stage of round ``rnd``; return the model folder.
 
     ``kill_at_step`` is for tests only: one worker exits at that step, once, to exercise the retries.
     """
-    run = RunDir(recipe.run_dir)
-    if run.is_committed(round_idx, MODEL):
-        log.info("round %d %s already committed: skipping", round_idx, MODEL)
-        return run.stage_dir(round_idx, MODEL)
-    recipe = round_recipe(recipe, round_idx)
-    cfg = recipe.train or TrainConfig()
-    seed = recipe.seed if cfg.seed is None else cfg.seed
+    if rnd.is_committed(MODEL):
+        log.info("round %d %s already committed: skipping", rnd.index, MODEL)
+        return rnd.stage_dir(MODEL)
+    recipe, cfg, meth = rnd.recipe, rnd.recipe.train, rnd.method
     started = time.perf_counter()
-    models = round_models(run, recipe, round_idx)
-    model_dir, ref_dir = models.start, models.reference
+    model_dir, ref_dir = rnd.models.start, rnd.reference
     check_model_dir(model_dir, "training start model")
-    if cfg.method in NEEDS_REFERENCE:
+    if ref_dir is not None:
         check_model_dir(ref_dir, "reference model")
-    rows, source = load_rows(run, cfg, round_idx, recipe.data.round_offset)
+    rows, source = load_rows(rnd)
     log.info("train data %s: %d rows accepted, %d rejected", source, len(rows.accepted), len(rows.rejected))
     if not rows.accepted:
         first = rows.rejected[0] if rows.rejected else None
         raise TrainDataError(f"{source}: no usable training rows ({len(rows.rejected)} rejected; first: "
                              f"{first.location} {first.field}: {first.reason})" if first else f"{source}: no rows")
 
-    work = run.round_dir(round_idx) / TRAIN_WORK
+    work = rnd.run.round_dir(rnd.index) / TRAIN_WORK
     work.mkdir(parents=True, exist_ok=True)
-    if cfg.method == "csft":
+    if meth.control_tokens:
         model_dir = add_control_tokens(model_dir, work / "start_model")
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    examples = prepare_examples(rows, cfg, tokenizer, recipe.policy.chat_template, seed)
+    examples = prepare_examples(rows, cfg, tokenizer, recipe.policy.chat_template, rnd.seed)
     total_steps = train_total_steps(len(examples), cfg)
     init_ray(recipe.resources)
     t_prepare = time.perf_counter() - started
-    precompute = cfg.method in NEEDS_REFERENCE and cfg.reference_mode == "precomputed"
-    if precompute:
+    if ref_dir is not None and cfg.reference_mode == "precomputed":
         examples = reference_pass(examples, ship(ref_dir), ship(model_dir), cfg, recipe.resources.stage_timeout_s,
                                   recipe.policy.dtype, recipe.resources.custom("train"))
     t_reference = time.perf_counter() - started - t_prepare
-    worker = TrainWorkerConfig(train=cfg, model_dir=ship(model_dir), dtype=recipe.policy.dtype, seed=seed,
-                               total_steps=total_steps, ref_dir=ship(ref_dir) if cfg.method in NEEDS_REFERENCE else None,
+    worker = TrainWorkerConfig(train=cfg, model_dir=ship(model_dir), dtype=recipe.policy.dtype, seed=rnd.seed,
+                               total_steps=total_steps, ref_dir=ship(ref_dir) if ref_dir is not None else None,
                                kill_at_step=kill_at_step, fault_marker=str(work / "fault-injected"))
-    storage = run.train_storage(round_idx, TRAIN_WORK)
+    storage = rnd.run.train_storage(rnd.index, TRAIN_WORK)
     result = fit(examples, worker, cfg, storage, placement=recipe.resources.custom("train"))
     t_fit = time.perf_counter() - started - t_prepare - t_reference
     manifest = {
-        "method": cfg.method, "start_model": model_dir,
-        "reference": ref_dir if cfg.method in NEEDS_REFERENCE else None, "source": source,
+        "method": cfg.method, "start_model": model_dir, "reference": ref_dir, "source": source,
         "counts": {"read": len(rows.accepted) + len(rows.rejected), "accepted": len(rows.accepted),
                    "rejected": len(rows.rejected), "examples": len(examples)},
         "steps": {"planned": total_steps},
         "timings_s": {"prepare": t_prepare, "reference_pass": t_reference, "fit": t_fit,
                       "total": time.perf_counter() - started},
         "train": cfg.model_dump(mode="json"), "checkpoint_storage": storage}
-    committed = commit_model(run, round_idx, result.checkpoint, chat_template=recipe.policy.chat_template,
+    committed = commit_model(rnd.run, rnd.index, result.checkpoint, chat_template=recipe.policy.chat_template,
                              rejected=[r.to_dict() for r in rows.rejected],
                              metrics_file="train_metrics.jsonl", manifest=manifest)
-    run.drop_train_storage(round_idx, TRAIN_WORK)  # checkpoints of a committed round are not needed any more
-    log.info("round %d model committed after %d steps (restored from %s)", round_idx,
+    rnd.run.drop_train_storage(rnd.index, TRAIN_WORK)  # checkpoints of a committed round are not needed any more
+    log.info("round %d model committed after %d steps (restored from %s)", rnd.index,
              committed["steps"]["done"], committed["steps"]["restored_from"] or "none")
-    return run.stage_dir(round_idx, MODEL)
+    return rnd.stage_dir(MODEL)

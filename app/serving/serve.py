@@ -27,7 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from prefloop.actors.common import check_model_dir
+from prefloop.core.judges import judge_kind
+from prefloop.core.model_info import check_model_dir
+from prefloop.core.round_settings import EngineSettings
 from prefloop.actors.model_cache import shipping_store
 from prefloop.app.dataflow.runtime import wait_for
 
@@ -82,8 +84,7 @@ def _application(spec: dict[str, Any], model_dir: str, round_idx: int | None) ->
 
 def start_serving(policy_dir: str, round_idx: int | None = None, *, pairrm_dir: str | None = None,
                   chat_template: str = "tokenizer", port: int = 8000, replicas: int = 1, name: str = "prefloop",
-                  host: str = "127.0.0.1", dtype: str = "float32", max_model_len: int = 512,
-                  kv_cache_gb: float | None = 0.25, enforce_eager: bool = True, max_samples: int = 16,
+                  host: str = "127.0.0.1", engine: EngineSettings = EngineSettings(), max_samples: int = 16,
                   default_max_tokens: int = 64, replica_cpus: float = SERVE_REPLICA_CPUS,
                   replica_gpus: float = 0.0, replica_resources: dict[str, float] | None = None,
                   request_timeout_s: float = 300.0, api_key: str | None = None,
@@ -102,8 +103,7 @@ def start_serving(policy_dir: str, round_idx: int | None = None, *, pairrm_dir: 
 
     init_ray(ResourcesConfig())  # a no-op when Ray is already up
     spec = serving_spec(policy_dir, round_idx, pairrm_dir=pairrm_dir, name=name, chat_template=chat_template,
-                        dtype=dtype, max_model_len=max_model_len, kv_cache_gb=kv_cache_gb,
-                        enforce_eager=enforce_eager, max_samples=max_samples, default_max_tokens=default_max_tokens,
+                        engine=engine.as_dict(), max_samples=max_samples, default_max_tokens=default_max_tokens,
                         replicas=replicas, replica_cpus=replica_cpus, replica_gpus=replica_gpus,
                         replica_resources=replica_resources or {},
                         request_timeout_s=request_timeout_s, max_body_bytes=max_body_bytes,
@@ -163,7 +163,8 @@ def build_app(args: dict[str, Any]) -> Any:
         raise ValueError(f"build_app args need run_dir and take {sorted(known - {'run_dir'})}; got {sorted(args)}")
     model_dir, round_idx = resolve_served_model(args["run_dir"], args.get("round"))
     recipe = load_recipe(RunDir(args["run_dir"]).root / RECIPE_FILE)
-    settings = {**recipe_defaults(recipe), "name": "prefloop", "replicas": int(args.get("replicas", 1)),
+    defaults = recipe_defaults(recipe)
+    settings = {**defaults, "engine": defaults["engine"].as_dict(), "name": "prefloop", "replicas": int(args.get("replicas", 1)),
                 "replica_cpus": float(args.get("replica_cpus", SERVE_REPLICA_CPUS)),
                 "max_samples": 16, "default_max_tokens": 64, "request_timeout_s": 300.0,
                 "max_body_bytes": int(args.get("max_body_bytes", MAX_BODY_BYTES)),
@@ -174,11 +175,9 @@ def build_app(args: dict[str, Any]) -> Any:
 
 
 def recipe_defaults(recipe: Any) -> dict[str, Any]:
-    """Serving settings a run's recipe implies: its chat template, dtype, engine sizes, ranker and GPUs."""
-    ro = recipe.rollout
-    return dict(chat_template=recipe.policy.chat_template, dtype=recipe.policy.dtype, max_model_len=ro.max_model_len,
-                kv_cache_gb=ro.kv_cache_gb, enforce_eager=ro.enforce_eager,
-                pairrm_dir=recipe.scorer.model if recipe.scorer.kind == "pairrm" else None,
+    """Serving settings a run's recipe implies: its chat template, engine settings, ranker and GPUs."""
+    return dict(chat_template=recipe.policy.chat_template, engine=EngineSettings.of(recipe),
+                pairrm_dir=recipe.scorer.model if judge_kind(recipe.scorer.kind).pairwise else None,
                 replica_gpus=recipe.resources.generator_gpus, replica_resources=recipe.resources.custom("serve"))
 
 

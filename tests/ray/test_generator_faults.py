@@ -10,8 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from prefloop.actors.generator_pool import GeneratorPool, check_sampled_from
-from prefloop.app.dataflow.pipeline import engine_kwargs, sample_spec
+from prefloop.core.round_settings import EngineSettings, sampling
 from prefloop.app.rounds.rollout import run_rollout
+from prefloop.app.rounds.round import Round
 from test_rollout import make_recipe
 from test_serve import model_copy
 
@@ -34,7 +35,7 @@ def test_a_generator_killed_mid_rollout_comes_back_on_the_rounds_policy(ray_clus
 
     recipe = make_recipe(tmp_path, tiny_assets, prompts, batch_size=2, num_generators=1)
     round1 = str(model_copy(tiny_assets.policy, tmp_path / "round1", noise=0.05, tied=False))
-    pool = GeneratorPool.start(recipe.policy.model, sample_spec(recipe), engine_kwargs(recipe), 1, 0.5, 0.0, 600)
+    pool = GeneratorPool.start(recipe.policy.model, sampling(recipe, "rollout"), EngineSettings.of(recipe).as_dict(), 1, 0.5, 0.0, 600)
     kills = []
     try:
         pool.reload(round1)  # what the loop does before round 1's rollout
@@ -51,7 +52,7 @@ def test_a_generator_killed_mid_rollout_comes_back_on_the_rounds_policy(ray_clus
 
         thread = threading.Thread(target=killer, daemon=True)
         thread.start()
-        folder = run_rollout(recipe, 1, round1, pool)
+        folder = run_rollout(Round.of(recipe, 1, pool))
         thread.join(timeout=60)
         after_restart = ray.get(handle.current_model.remote(), timeout=120)
     finally:

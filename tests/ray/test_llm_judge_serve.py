@@ -15,7 +15,8 @@ import socket
 import pytest
 
 from prefloop.app.storage.rundir import RunDir, write_manifest
-from prefloop.core.config import JudgeConfig, dump_recipe, parse_recipe
+from prefloop.core.config import dump_recipe, parse_recipe
+from prefloop.core.judge_config import JudgeConfig
 from prefloop.core.llm_judge import build_messages
 
 pytestmark = pytest.mark.ray

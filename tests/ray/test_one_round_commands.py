@@ -1,6 +1,6 @@
 """``prefloop rollout/train --round R`` run round R exactly as ``prefloop run`` does: the same start model (round
 R-1's committed model, not the base) and the same method (``loop.methods[R]``). Both paths ask
-``app.model_stage`` (``round_recipe``, ``round_models``). Here the commands' function (``cmd_one_round``, what
+``Round.build`` (``app/rounds/round.py``). Here the commands' function (``cmd_one_round``, what
 ``prefloop rollout|train`` runs after parsing) runs in this process on the session's Ray, and their manifests
 are read."""
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from prefloop.app.rounds.model_stage import round_models, round_recipe
+from prefloop.app.rounds.round import Round
 from prefloop.app.storage.rundir import RunDir
 from prefloop.app.front.cli import cmd_one_round, resolve_recipe
 
@@ -39,8 +39,9 @@ def test_train_round_1_uses_the_round_method_and_start_model(tmp_path, tiny_asse
     run_dir = tmp_path / "run"
     model0 = fake_round_0(run_dir, tiny_assets.policy)
     recipe = resolve_recipe(str(RECIPES / "archangel-sft-kto.yaml"), [f"run_dir={run_dir}"], tiny=True)
-    loop_view = round_models(RunDir(run_dir), round_recipe(recipe, 1), 1)  # what `prefloop run` would use
-    assert recipe.train.method == "sft" and round_recipe(recipe, 1).train.method == "kto"
+    loop_round = Round.build(recipe, RunDir(run_dir), 1)  # what `prefloop run` would use
+    loop_view = loop_round.models
+    assert recipe.train.method == "sft" and loop_round.recipe.train.method == "kto"
     one_round("train", "archangel-sft-kto.yaml", run_dir)
     manifest = json.loads((run_dir / "round_1" / "model" / "manifest.json").read_text())
     assert manifest["method"] == "kto", "train --round 1 ignored loop.methods"

@@ -34,6 +34,7 @@ def pairs():
 def test_mistral_bf16_dpo_fsdp_then_vllm_reload(ray_cluster, tmp_path):
     from safetensors import safe_open
 
+    from prefloop.app.rounds.round import Round
     from prefloop.app.rounds.train import run_train
 
     policy = mistral_policy(tmp_path / "Mistral-7B-Instruct-v0.2")
@@ -48,7 +49,7 @@ def test_mistral_bf16_dpo_fsdp_then_vllm_reload(ray_cluster, tmp_path):
         "train": {"method": "dpo", "lr": 2e-2, "epochs": 2, "micro_batch_size": 4, "max_prompt_len": 32,
                   "max_response_len": 16, "strategy": "fsdp", "reference_mode": "live", "reference": "base",
                   "num_workers": 2, "checkpoint_every_steps": 100, "log_every_steps": 100}}, "test")
-    trained = run_train(recipe, 0)
+    trained = run_train(Round.of(recipe))
     rows = [json.loads(x) for x in (trained / "train_metrics.jsonl").read_text().splitlines()]
     assert rows and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
     with safe_open(str(trained / "model.safetensors"), framework="pt") as f:  # saved in the policy's dtype
@@ -59,7 +60,9 @@ def test_mistral_bf16_dpo_fsdp_then_vllm_reload(ray_cluster, tmp_path):
         if __name__ == "__main__":
             from vllm import SamplingParams
             from prefloop.actors.vllm_engine import build_llm, reload_in_place
-            llm = build_llm(sys.argv[1], dtype="bfloat16", max_model_len=128, kv_cache_gb=1 / 16, seeded_requests=False,
+            from prefloop.core.round_settings import EngineSettings
+            llm = build_llm(sys.argv[1], EngineSettings(dtype="bfloat16", max_model_len=128, kv_cache_gb=1 / 16),
+                            seeded_requests=False,
                             in_process=True)
             prompts = ["[INST] tell me about cats [/INST]", "[INST] tell me about boats [/INST]"]
             params = SamplingParams(max_tokens=8, temperature=0.0)

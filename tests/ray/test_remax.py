@@ -19,6 +19,7 @@ import pytest
 from prefloop.app.front.cli import resolve_recipe
 from prefloop.app.rounds.loop import run_loop, start_pool
 from prefloop.app.rounds.remax import follow_checkpoints, follow_steps, run_remax
+from prefloop.app.rounds.round import Round
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 RECIPE = str(Path(__file__).resolve().parents[2] / "recipes" / "remax-ultrarm.yaml")
@@ -36,7 +37,7 @@ def test_remax_learns_a_reward_and_survives_worker_and_generator_deaths(tmp_path
         "scorer.kind=function", "scorer.function=prefloop.core.rewards:brevity"], tiny=True)
     pool = start_pool(recipe, recipe.policy.model)
     try:
-        model = run_remax(recipe, 0, pool, kill_at_step=6, kill_generator_at_step=9)
+        model = run_remax(Round.of(recipe, 0, pool), kill_at_step=6, kill_generator_at_step=9)
     finally:
         pool.shutdown()
     manifest = json.loads((model / "manifest.json").read_text())

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from prefloop.app.rounds.rollout import run_rollout
+from prefloop.app.rounds.round import Round
 from prefloop.core.config import parse_recipe
 
 pytestmark = pytest.mark.ray
@@ -46,7 +47,7 @@ def prompt_file(tmp_path_factory):
 def rollout(tmp_path_factory, tiny_assets, prompt_file):
     tmp = tmp_path_factory.mktemp("rollout")
     recipe = make_recipe(tmp, tiny_assets, prompt_file, block_prompts=8)
-    folder = run_rollout(recipe)
+    folder = run_rollout(Round.of(recipe))
     return recipe, folder
 
 
@@ -168,7 +169,7 @@ def test_blocks_keep_input_order_and_catch_a_duplicate_across_them(rollout, prom
 def test_committed_stage_is_skipped_on_resume(rollout):
     recipe, folder = rollout
     before = (folder / "manifest.json").stat().st_mtime_ns
-    assert run_rollout(recipe) == folder
+    assert run_rollout(Round.of(recipe)) == folder
     assert (folder / "manifest.json").stat().st_mtime_ns == before
     assert not list(folder.parent.glob("rollout.partial-*"))
 
@@ -177,7 +178,7 @@ def test_missing_policy_path_is_a_clear_error(tmp_path, tiny_assets, prompt_file
     recipe = make_recipe(tmp_path, tiny_assets, prompt_file)
     recipe.policy.model = str(tmp_path / "no-such-model")
     with pytest.raises(FileNotFoundError, match="no-such-model"):
-        run_rollout(recipe)
+        run_rollout(Round.of(recipe))
 
 
 class _Same:

@@ -14,6 +14,7 @@ import torch
 
 from prefloop.app.storage.rundir import RunDir, write_manifest
 from prefloop.app.storage.tables import write_parquet
+from prefloop.app.rounds.round import Round
 from prefloop.app.rounds.train import run_train
 from prefloop.core.config import parse_recipe
 from prefloop.core.train_data import BAD, GOOD, TrainDataError
@@ -64,7 +65,7 @@ def trained(ray_cluster, tiny_llama, tmp_path_factory):
             plan = dict(plans[name])
             kill = plan.pop("kill", None)
             recipe = make_run(tmp_path_factory.mktemp(name), tiny_llama, name.split("-")[0], **plan)
-            cache[name] = recipe, run_train(recipe, 0, kill_at_step=kill)
+            cache[name] = recipe, run_train(Round.of(recipe), kill_at_step=kill)
         return cache[name]
     return get
 
@@ -160,7 +161,7 @@ def test_csft_control_tokens_condition_the_answer(trained):
 
 def test_committed_round_is_skipped(trained):
     recipe, folder = trained("dpo")
-    assert run_train(recipe, 0) == folder
+    assert run_train(Round.of(recipe)) == folder
 
 
 def test_models_load_in_vllm_lora_merged_and_full(trained, tmp_path):
@@ -171,8 +172,9 @@ def test_models_load_in_vllm_lora_merged_and_full(trained, tmp_path):
         if __name__ == "__main__":
             from vllm import SamplingParams
             from prefloop.actors.vllm_engine import build_llm, reload_in_place
-            llm = build_llm(sys.argv[1], dtype="float32", max_model_len=128, kv_cache_gb=1 / 16, seeded_requests=False,
-                            in_process=True)
+            from prefloop.core.round_settings import EngineSettings
+            llm = build_llm(sys.argv[1], EngineSettings(dtype="float32", max_model_len=128, kv_cache_gb=1 / 16),
+                            seeded_requests=False, in_process=True)
             prompt = llm.get_tokenizer().apply_chat_template([{"role": "user", "content": "Tell me about cats 1."}],
                                                              tokenize=False, add_generation_prompt=True)
             params = SamplingParams(max_tokens=8, temperature=0.0)
@@ -208,21 +210,21 @@ def hf_greedy_ids(model_dir, max_tokens=8):
 def test_bad_inputs_fail_early_with_clear_errors(tiny_llama, tmp_path):
     recipe = make_run(tmp_path / "a", tmp_path / "no-such-model", "dpo")
     with pytest.raises(FileNotFoundError, match="no-such-model"):
-        run_train(recipe, 0)
+        run_train(Round.of(recipe))
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     recipe = make_run(tmp_path / "b", tiny_llama, "dpo", data=str(empty))
     with pytest.raises(TrainDataError, match="no rows"):
-        run_train(recipe, 0)
+        run_train(Round.of(recipe))
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": "q", "chosen": "same", "rejected": "same"}) + "\n")
     recipe = make_run(tmp_path / "c", tiny_llama, "dpo", data=str(bad))
     with pytest.raises(TrainDataError, match="line 1 rejected: identical"):
-        run_train(recipe, 0)
+        run_train(Round.of(recipe))
     kto_file = tmp_path / "kto.jsonl"
     kto_file.write_text(json.dumps({"prompt": "q", "completion": "a", "label": True}) + "\n")
     recipe = make_run(tmp_path / "d", tiny_llama, "dpo", data=str(kto_file))
     with pytest.raises(TrainDataError, match="cannot train on kto"):
-        run_train(recipe, 0)
+        run_train(Round.of(recipe))
     with pytest.raises(FileNotFoundError, match="round 0's model"):
-        run_train(make_run(tmp_path / "e", tiny_llama, "dpo"), 1)
+        run_train(Round.of(make_run(tmp_path / "e", tiny_llama, "dpo"), 1))

@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from prefloop.app.judging.llm_judge import JudgeRequestError, LLMJudge
-from prefloop.core.config import JudgeConfig
+from prefloop.core.judge_config import JudgeConfig
 
 
 class Endpoint:

@@ -25,7 +25,7 @@ def test_remax_follows_its_train_length_even_with_a_rollout_length():
 
 
 def test_eval_and_rollout_specs_use_it():
-    from prefloop.app.dataflow.pipeline import sample_spec
+    from prefloop.core.round_settings import sampling
 
     recipe = load_recipe(RECIPES / "remax-ultrarm.yaml", placeholders=PH)
-    assert sample_spec(recipe).max_tokens == 384
+    assert sampling(recipe, "rollout").max_tokens == 384

@@ -101,8 +101,11 @@ def test_close_in_a_finally_marks_the_run_failed(tmp_path):
 def test_round_summary_from_a_committed_round(tmp_path):
     """The summary the loop builds once per round: pairs and throughput from the rollout, loss and training
     tokens/s from the model manifest, prompts accumulated over the rounds' eval manifests."""
+    from prefloop.app.rounds.round import Round, RoundModels
     from prefloop.app.rounds.round_summary import round_summary
     from prefloop.app.storage.rundir import RunDir
+    from prefloop.core.methods import method
+    from prefloop.core.round_settings import EngineSettings
 
     root = tmp_path / "run"
 
@@ -115,7 +118,8 @@ def test_round_summary_from_a_committed_round(tmp_path):
                          "throughput": {"tokens_per_generator_s": 200.0}})
     write(1, "model", {"counts": {"examples": 28}, "final_metrics": {"loss": 0.5}, "tokens_per_s": 75.0})
     rec = parse_recipe({**BASE, "train": {"method": "dpo"}}, "t.yaml")
-    m = round_summary(RunDir(root), rec, 1, swap_s=0.02, serve_swap_s=None, timings_s={"rollout": 5.0})
+    rnd = Round(1, rec, RunDir(root), RoundModels("base", "base"), method("dpo"), EngineSettings.of(rec))
+    m = round_summary(rnd, swap_s=0.02, serve_swap_s=None, timings_s={"rollout": 5.0})
     assert (m["pairs"], m["method"], m["swap_s"], m["serve_swap_s"]) == (28, "dpo", 0.02, None)
     assert m["prompts_done"] == 62 and m["train_loss"] == pytest.approx(0.5)
     assert m["tokens_per_s"] == {"rollout": 200.0, "train": 75.0} and m["timings_s"] == {"rollout": 5.0}

@@ -1,0 +1,107 @@
+"""The judges' recipe sections: the training scorer (``scorer``) and the eval judge (``eval.judge``, ``eval``).
+
+Which fields each kind requires, and which kinds exist, come from the judge registry (``core/judges.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from prefloop.core.judges import JUDGE_KINDS, SCORER_KINDS, judge_kind, missing_fields
+from prefloop.core.strict import ChatTemplate, StrictModel
+
+
+class RewardHeadConfig(StrictModel):
+    """A reward model that is a base model plus a custom scalar head (UltraRM's ``regression_head``)."""
+
+    name: str = Field(description="Attribute name of the head in the checkpoint: its weight key is NAME.weight.")
+    bias: bool = Field(False, description="Whether the head has a bias (NAME.bias).")
+
+
+class ScorerConfig(StrictModel):
+    """Who judges the candidates: PairRM, a scalar reward model, or a user function."""
+
+    kind: Literal[SCORER_KINDS] = "pairrm"  # type: ignore[valid-type]
+    model: str | None = Field(None, description="Ranker dir (pairrm) or HF dir (reward_model).")
+    function: str | None = Field(None, description="'module:function' taking (prompt, completion) -> float.")
+    chat_template: ChatTemplate = Field("tokenizer", description="Reward model's rendering of (prompt, answer).")
+    num_scorers: int = Field(1, ge=1)
+    batch_size: int = Field(16, ge=1, description="Prompts per scorer call.")
+    comparisons: Literal["full", "pivots"] = Field(
+        "full", description="PairRM only. full: every ordered pair, N(N-1) passes per prompt (Blender.rank); "
+        "pivots: each candidate against two pivots, 2(N-1) one-order passes per prompt with the position bias "
+        "cancelled (core/pivots.py); both give every candidate a score.")
+    reward_head: RewardHeadConfig | None = Field(
+        None, description="reward_model only: a base model + scalar head checkpoint (e.g. {name: regression_head, "
+        "bias: false}); null = recognised from config.json (architectures LlamaRewardModel: UltraRM's "
+        "regression_head) or AutoModelForSequenceClassification.")
+
+    @model_validator(mode="after")
+    def _needs_target(self) -> "ScorerConfig":
+        _require_fields(self, "scorer")
+        if self.comparisons == "pivots" and not judge_kind(self.kind).pairwise:
+            raise ValueError("scorer.comparisons: 'pivots' is for pairwise judges (scorer.kind: pairrm)")
+        return self
+
+
+class JudgeConfig(StrictModel):
+    """The eval judge (``eval.judge``): who grades the held-out answers, independent of the training scorer.
+
+    ``pairrm`` / ``reward_model`` / ``function`` run as the scorer stages do (their fields mean the same as in
+    ``scorer``); ``llm_judge`` asks any OpenAI-compatible ``/v1/chat/completions`` endpoint, with AlpacaEval 2.0's
+    pairwise protocol in both answer orders (``core/llm_judge.py``)."""
+
+    kind: Literal[tuple(JUDGE_KINDS)] = Field(  # type: ignore[valid-type]
+        description="pairrm (llm-blender ranker dir), reward_model (HF sequence classifier), function "
+        "('module:function(prompt, completion) -> float'), or llm_judge (an OpenAI-compatible endpoint).")
+    model: str | None = Field(None, description="Ranker dir (pairrm) or HF dir (reward_model); default null.")
+    function: str | None = Field(None, description="'module:function' (function); default null.")
+    chat_template: ChatTemplate = Field("tokenizer", description="Reward model's rendering of (prompt, answer).")
+    batch_size: int = Field(16, ge=1, description="Prompts per scorer call (pairrm, reward_model, function).")
+    base_url: str | None = Field(None, description="llm_judge: the endpoint's base URL, up to and including "
+                                 "'/v1' (e.g. http://host:8000/v1); default null.")
+    model_name: str | None = Field(None, description="llm_judge: the 'model' field of each request; default null.")
+    api_key_env: str | None = Field(None, description="llm_judge: name of the environment variable holding the "
+                                    "API key (sent as a Bearer token); null = no key. Default null.")
+    max_tokens: int = Field(4, ge=1, description="llm_judge: tokens the judge may answer with (the verdict is "
+                            "one identifier); default 4.")
+    top_logprobs: int = Field(5, ge=0, le=20, description="llm_judge: alternatives asked per answer token, to read "
+                              "the preference from log-probs; 0 = read the text only. Default 5.")
+    timeout_s: float = Field(60.0, gt=0, description="llm_judge: seconds per HTTP request; default 60.")
+    retries: int = Field(2, ge=0, description="llm_judge: retries of a failed request (connection error, "
+                         "HTTP 429 / 5xx), with backoff; default 2.")
+    concurrency: int = Field(4, ge=1, description="llm_judge: requests in flight at once; default 4.")
+
+    @model_validator(mode="after")
+    def _fields_fit_kind(self) -> "JudgeConfig":
+        _require_fields(self, "eval.judge")
+        if self.kind != "llm_judge" and (self.base_url or self.model_name or self.api_key_env):
+            raise ValueError("eval.judge.base_url / model_name / api_key_env are only used by kind 'llm_judge'")
+        return self
+
+    def as_scorer(self) -> "ScorerConfig":
+        """The same judge as a ``scorer`` section, to run through the scorer stages (not for llm_judge)."""
+        if judge_kind(self.kind).scorer is None:
+            raise ValueError(f"a {self.kind} judge is not a scorer stage")
+        return ScorerConfig(kind=self.kind, model=self.model, function=self.function,
+                            chat_template=self.chat_template, batch_size=self.batch_size)
+
+
+class EvalConfig(StrictModel):
+    """How each round's held-out answers are judged against the base model's (``round_R/eval``)."""
+
+    judge: JudgeConfig | None = Field(None, description="The eval judge; null = the training scorer, and the "
+                                      "report warns that the judge is not independent. Default null.")
+    best_of: int | None = Field(None, ge=2, description="Also evaluate best-of-N: N samples per held-out prompt, "
+                                "reranked by PairRM (the eval judge if pairrm, else the training scorer, which "
+                                "must then be pairrm), the top one judged like the greedy answer. Default null.")
+
+
+def _require_fields(cfg: "ScorerConfig | JudgeConfig", key: str) -> None:
+    missing = missing_fields(cfg)
+    if missing:
+        raise ValueError(f"{key}.{missing[0]} is required when {key}.kind is '{cfg.kind}'")
+    if cfg.function is not None and ":" not in cfg.function:
+        raise ValueError(f"{key}.function must be 'module:function'")
