@@ -8,7 +8,7 @@ stand between it and the transformers 5 / vLLM stack prefloop pins; each is fixe
 2. Its collator calls ``tokenizer.batch_encode_plus`` (also removed). Rather than patching every tokenizer
    class, we replace the collator module's ``encode_texts`` with the same call through ``tokenizer(...)``.
 3. On import it probes ``import vllm`` (only for its optional best-of-n generation helper, unused here),
-   which costs ~6 s of CPU per scorer process. When vLLM is not loaded yet, we hide it for that import.
+   which costs seconds of CPU per scorer process. When vLLM is not loaded yet, we hide it for that import.
 
 One robustness fix, in ``ranker_safe``: the ranker finds the prompt and each candidate by marker tokens
 (``<|source|>``, ``<|candidate|>``, ...) it adds to its tokenizer. A text that contains a marker verbatim

@@ -61,3 +61,26 @@ def ray_get(refs: Any, timeout_s: float, what: str) -> Any:
 
 class ActorDied(RuntimeError):
     """The actor behind a remote call died; the Ray error is the ``__cause__``."""
+
+
+def wait_restarted(name: str, ping: Callable[[Any], Any], timeout_s: float, what: str) -> Any:
+    """The named actor once Ray has restarted it and ``ping(handle)`` (an object ref) answers: a model load,
+    seconds to minutes; a TimeoutError naming it after ``timeout_s``."""
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            handle = ray.get_actor(name)
+            ray.get(ping(handle), timeout=max(1.0, deadline - time.monotonic()))
+            return handle
+        except (ValueError, ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what} {name} did not come back in {timeout_s:.0f} s") from None
+            time.sleep(1.0)
+
+
+def actor_name(prefix: str, *parts: object) -> str:
+    """A Ray actor name unique to this start: ``prefix-parts...-<ms clock>`` (a rerun never meets the name of a
+    previous run's actor that Ray has not yet cleaned up)."""
+    return "-".join([prefix, *map(str, parts), str(int(time.time() * 1000) % 10**9)])

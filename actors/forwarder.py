@@ -12,8 +12,10 @@ from __future__ import annotations
 import itertools
 import logging
 import random
-import time
 from typing import Any
+
+from prefloop.actors.common import wait_restarted
+from prefloop.core.retry import retry
 
 log = logging.getLogger(__name__)
 
@@ -39,31 +41,26 @@ class Forwarder:
         raise NotImplementedError
 
     def __call__(self, batch: dict[str, Any]) -> Any:
-        for attempt in range(self.retries + 1):
-            i = next(self.turn)
+        chosen: list[int] = []
+
+        def send_once() -> Any:
+            chosen.append(next(self.turn))
+            i = chosen[-1]
             try:
                 return self.ray.get(self.send(self.handles[i], batch), timeout=self.timeout_s)
             except self.ray.exceptions.GetTimeoutError:
                 raise TimeoutError(f"{self.what} {self.names[i]}: no answer in {self.timeout_s:.0f} s") from None
-            except self.ray.exceptions.RayActorError as err:
-                if attempt == self.retries:
-                    raise RuntimeError(f"{self.what} {self.names[i]} failed {attempt + 1} times; giving up") \
-                        from err
-                log.warning("%s %s died during a batch (%s): waiting for its restart, then sending the batch "
-                            "again", self.what, self.names[i], type(err).__name__)
-                self.wait_alive(i)
-        raise AssertionError("unreachable")
+
+        def before_retry(attempt: int, err: BaseException) -> None:
+            log.warning("%s %s died during a batch (%s): waiting for its restart, then sending the batch "
+                        "again", self.what, self.names[chosen[-1]], type(err).__name__)
+            self.wait_alive(chosen[-1])
+
+        return retry(send_once, attempts=self.retries + 1, transient=(self.ray.exceptions.RayActorError,),
+                     before_retry=before_retry,
+                     give_up=lambda n, err: RuntimeError(f"{self.what} {self.names[chosen[-1]]} failed {n} times; "
+                                                         "giving up"))
 
     def wait_alive(self, i: int) -> None:
         """Until Ray has restarted actor ``i`` (a model load: seconds to minutes), at most ``timeout_s``."""
-        deadline = time.monotonic() + self.timeout_s
-        while True:
-            try:
-                self.handles[i] = self.ray.get_actor(self.names[i])
-                self.ray.get(self.ping(self.handles[i]), timeout=max(1.0, deadline - time.monotonic()))
-                return
-            except (ValueError, self.ray.exceptions.RayActorError, self.ray.exceptions.GetTimeoutError):
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{self.what} {self.names[i]} did not come back in {self.timeout_s:.0f} s") \
-                        from None
-                time.sleep(1.0)
+        self.handles[i] = wait_restarted(self.names[i], self.ping, self.timeout_s, self.what)

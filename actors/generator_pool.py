@@ -1,7 +1,7 @@
 """Long-lived vLLM generator actors that survive across rounds and take new weights in place.
 
 A Ray Data actor pool lives only as long as one dataset execution, so a round loop built on it alone would
-rebuild every vLLM engine every round (~15-30 s each here, minutes for a 7B model on a GPU). Instead the loop
+rebuild every vLLM engine every round (seconds for the tiny model, minutes for a 7B model on a GPU). Instead the loop
 starts ``GeneratorPool`` once: named Ray actors around ``VLLMGenerator``. Each round's Ray Data pipeline
 reaches them through ``PooledGenerator``, a zero-CPU forwarding stage, and between rounds
 ``GeneratorPool.reload`` swaps the new round's weights into every engine (``reload_weights``, no restart).
@@ -21,7 +21,7 @@ import logging
 import time
 from typing import Any
 
-from prefloop.actors.common import ray_get
+from prefloop.actors.common import actor_name, ray_get
 from prefloop.actors.forwarder import Forwarder
 from prefloop.actors.generator import VLLMGenerator
 from prefloop.actors.model_cache import ModelRef, model_name
@@ -72,8 +72,8 @@ class GeneratorPool:
 
         remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources or {},
                             max_restarts=5)(GeneratorActor)
-        stamp = f"{int(time.time() * 1000) % 10**9}"
-        names = [f"{prefix}-{stamp}-{i}" for i in range(size)]
+        base = actor_name(prefix)
+        names = [f"{base}-{i}" for i in range(size)]
         handles = [remote.options(name=n).remote(model=model, spec=spec, engine=engine) for n in names]
         pool = cls(names, handles, model, timeout_s)
         started = time.perf_counter()

@@ -10,12 +10,12 @@ the latest pushed weights again: the retried step still samples from the current
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 import numpy as np
 
-from prefloop.actors.common import ActorDied, object_column, ray_get
+from prefloop.actors.common import ActorDied, object_column, ray_get, wait_restarted
+from prefloop.core.retry import retry
 from prefloop.core.sampling import SampleSpec
 
 log = logging.getLogger(__name__)
@@ -72,30 +72,20 @@ class StepRollout:
 
     def _with_generator(self, call: Any, what: str) -> Any:
         """``call(generator)``; after a generator death: wait for its restart, re-push weights, retry."""
-        for attempt in range(self.retries + 1):
-            try:
-                return self._get(call(self.generator), f"generator {self.generator_name}: {what}")
-            except ActorDied as err:
-                if attempt == self.retries:
-                    raise RuntimeError(f"generator {self.generator_name} died {attempt + 1} times during {what}") \
-                        from err
-                log.warning("generator %s died during %s (%s): retrying", self.generator_name, what,
-                            type(err.__cause__).__name__)
-                self.retried += 1
-                self._recover()
-        raise AssertionError("unreachable")
+        def before_retry(attempt: int, err: BaseException) -> None:
+            log.warning("generator %s died during %s (%s): retrying", self.generator_name, what,
+                        type(err.__cause__).__name__)
+            self.retried += 1
+            self._recover()
+
+        return retry(lambda: self._get(call(self.generator), f"generator {self.generator_name}: {what}"),
+                     attempts=self.retries + 1, transient=(ActorDied,), before_retry=before_retry,
+                     give_up=lambda n, err: RuntimeError(f"generator {self.generator_name} died {n} times during "
+                                                         f"{what}"))
 
     def _recover(self) -> None:
-        deadline = time.monotonic() + self.timeout_s
-        while True:
-            try:
-                self.generator = self.ray.get_actor(self.generator_name)
-                self._get(self.generator.current_model.remote(), "restart")
-                break
-            except (ValueError, ActorDied):
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"generator {self.generator_name} did not come back") from None
-                time.sleep(1.0)
+        self.generator = wait_restarted(self.generator_name, lambda h: h.current_model.remote(), self.timeout_s,
+                                        "generator")
         weights = self._get(self.board.get.remote(), "latest pushed weights")
         if weights is not None:
             self._get(self.generator.reload_weights.remote(weights), "re-push weights")

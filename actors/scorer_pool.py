@@ -1,8 +1,8 @@
 """Long-lived scorer actors, so the round loop loads PairRM (or a reward model) once, not once per stage.
 
-Every scoring stage of a round (the rollout's, the eval's training-judge and eval-judge verdicts, best-of-N
-reranking) used to start a Ray Data actor pool that loaded the scorer again: on 2 CPU cores that was 15-20 s per
-stage for the tiny PairRM, minutes for a 13B reward model on a GPU. ``ScorerPool`` starts ``num_scorers`` named
+Every scoring step of a round (the rollout's, the eval's training-judge and eval-judge verdicts, best-of-N
+reranking) would otherwise start a Ray Data actor pool that loads the scorer again: seconds per step for the
+tiny PairRM, minutes for a 13B reward model on a GPU. ``ScorerPool`` starts ``num_scorers`` named
 ``ScorerActor``s around any prefloop scorer class once; each stage reaches them through ``PooledScorer``, a
 zero-CPU forwarder (``actors/forwarder.py``). ReMax workers call the same actors by name.
 
@@ -15,7 +15,7 @@ import logging
 import time
 from typing import Any
 
-from prefloop.actors.common import ray_get
+from prefloop.actors.common import actor_name, ray_get
 from prefloop.actors.forwarder import Forwarder
 
 log = logging.getLogger(__name__)
@@ -62,8 +62,8 @@ class ScorerPool:
               prefix: str = "prefloop-scorer") -> "ScorerPool":
         import ray
 
-        stamp = f"{int(time.time() * 1000) % 10**9}"
-        names = [f"{prefix}-{scorer_cls.__name__.lower()}-{stamp}-{i}" for i in range(size)]
+        base = actor_name(f"{prefix}-{scorer_cls.__name__.lower()}")
+        names = [f"{base}-{i}" for i in range(size)]
         remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources or {},
                             max_restarts=3)(ScorerActor)
         handles = [remote.options(name=n).remote(scorer_cls, kwargs) for n in names]

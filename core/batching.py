@@ -95,6 +95,15 @@ def encode_responses(
     return out
 
 
+def _encode_both(tokenizer: Any, prompts: Sequence[str], responses: Sequence[str], max_prompt_len: int,
+                 max_response_len: int, add_bos: bool, add_eos: bool) -> tuple[list[list[int]], list[list[int]]]:
+    """Token ids of each prompt (its end kept) and each response (its start kept, EOS added)."""
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    return (encode_prompts(tokenizer, prompts, max_prompt_len, add_bos),
+            encode_responses(tokenizer, responses, max_response_len, add_eos))
+
+
 def encode_pairs(
     tokenizer: Any,
     prompts: Sequence[str],
@@ -113,10 +122,8 @@ def encode_pairs(
     with T = the longest prompt + response of the batch, padded on ``padding_side`` (default: the tokenizer's).
     ``loss_mask`` is what ``logprobs.sequence_logps`` and the losses take.
     """
-    if len(prompts) != len(responses):
-        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-    prompt_ids = encode_prompts(tokenizer, prompts, max_prompt_len, add_bos)
-    response_ids = encode_responses(tokenizer, responses, max_response_len, add_eos)
+    prompt_ids, response_ids = _encode_both(tokenizer, prompts, responses, max_prompt_len, max_response_len,
+                                            add_bos, add_eos)
     side = _side(tokenizer, padding_side)
     input_ids, attention_mask = pad_batch([p + r for p, r in zip(prompt_ids, response_ids)], _pad_id(tokenizer), side)
     # A response-only sequence padded the same way gives the response positions directly.
@@ -141,10 +148,8 @@ def encode_pairs_packed(
     add_eos: bool = True,
 ) -> Packed:
     """The same tokens as ``encode_pairs`` (same truncation rules), packed without padding (``core.packing``)."""
-    if len(prompts) != len(responses):
-        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-    prompt_ids = encode_prompts(tokenizer, prompts, max_prompt_len, add_bos)
-    response_ids = encode_responses(tokenizer, responses, max_response_len, add_eos)
+    prompt_ids, response_ids = _encode_both(tokenizer, prompts, responses, max_prompt_len, max_response_len,
+                                            add_bos, add_eos)
     return pack_sequences([p + r for p, r in zip(prompt_ids, response_ids)], [len(p) for p in prompt_ids],
                           _pad_id(tokenizer))
 

@@ -38,7 +38,7 @@ def resolve_precision(policy_dtype: str, bf16: bool, device_type: str, bf16_supp
     asked = policy_dtype
     if asked == "auto":
         asked = config_dtype if config_dtype in ("float32", "bfloat16", "float16") else "float32"
-    if asked == "float32":  # fp32 weights everywhere; train.bf16 adds bf16 autocast, as before policy.dtype
+    if asked == "float32":  # fp32 weights everywhere; train.bf16 adds bf16 autocast
         bf16 = bf16 and (device_type != "cuda" or bf16_supported)
         return Precision("bfloat16" if bf16 else "float32", "float32")
     if asked == "bfloat16":

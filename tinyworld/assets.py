@@ -42,9 +42,8 @@ FORMAT_VERSION = 4  # bump when what a build produces changes; older caches are 
 MARKER = "prefloop-assets.json"
 PARTS = ("policy", "pairrm", "reward")
 # Torch threads per builder, fixed so the numbers do not depend on the machine. The policy's pre-training gives
-# the same bits at 1 and 2 threads (checked), and 1 thread is as fast on 2 idle cores and several times faster
-# on a busy machine (2 threads waiting on each other at every op: 0.1 s vs 0.1-0.9 s a step, measured under
-# load). The judges' DeBERTa / Llama steps differ in the last bits between 1 and 2 threads, so they keep 2.
+# the same bits at 1 and 2 threads, and on a busy machine 2 threads wait on each other at every op while 1 does
+# not. The judges' DeBERTa / Llama steps differ in the last bits between 1 and 2 threads, so they keep 2.
 THREADS = {"tokenizer": 1, "policy": 1, "pairrm": 2, "reward": 2}
 
 

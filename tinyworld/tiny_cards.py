@@ -7,13 +7,12 @@ answers (``all_generated_responses``), their scores under the tiny world's docum
 (``all_rm_scores``, standing in for PairRM's) and the best / worst as the chosen / rejected conversations, as
 on the card. ``test_iteration_<n>`` holds 4 more prompts each (not used by the recipes).
 
-    python -m prefloop.tinyworld.tiny_cards    # rewrites tinyworld/data/snorkel_tiny/ and tinyworld/data/snorkel_tiny_prepared/
+    python -m prefloop.app.data.tiny_snorkel    # rewrites tinyworld/data/snorkel_tiny/ and snorkel_tiny_prepared/
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 from pathlib import Path
@@ -62,22 +61,3 @@ def write_snorkel_tiny(directory: Path = SNORKEL_TINY, seed: int = 0) -> Path:
         with open(directory / "data" / f"{split}-00000-of-00001.jsonl", "w", encoding="utf-8") as fh:
             fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     return directory
-
-
-def prepare_snorkel_tiny(source: Path = SNORKEL_TINY, out: Path = SNORKEL_TINY_PREPARED) -> dict:
-    """``prefloop data prepare snorkel-pairs`` on the tiny copy, run from the data folder so the files name
-    their rows by relative paths (``snorkel_tiny/data/...``) wherever they are built."""
-    from prefloop.app.data.data_prepare import prepare
-
-    here = Path.cwd()
-    os.chdir(source.parent)
-    try:
-        shutil.rmtree(out, ignore_errors=True)
-        return prepare("snorkel-pairs", {"snorkel": source.name}, out)
-    finally:
-        os.chdir(here)
-
-
-if __name__ == "__main__":
-    print(write_snorkel_tiny())
-    print(json.dumps(prepare_snorkel_tiny()["counts"], indent=1))

@@ -24,9 +24,9 @@ log = logging.getLogger(__name__)
 MIN_LOCAL_CPUS = 8
 JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray's job manager for a job's entrypoint
 WORKER_ENV = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "RAY_DATA_DISABLE_PROGRESS_BARS": "0"}
-# A local cluster (one machine, no spot nodes) only: Ray Train's controller polls its workers every 2 s by default
-# and noticed a round's finished worker ~4 s after the worker's last line (measured, each demo round); at 0.25 s
-# that is under 1 s. The preemption watcher, an extra actor per round, watches for cloud nodes being reclaimed.
+# A local cluster (one machine, no spot nodes) only: Ray Train's controller polls its workers every 2 s by default,
+# so a short round would wait seconds for the controller to notice its finished workers; and the preemption
+# watcher, an extra actor per round, watches for cloud nodes being reclaimed, which a laptop has none of.
 # A value already in the environment wins.
 LOCAL_TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
@@ -58,8 +58,7 @@ def init_ray(resources: ResourcesConfig) -> None:
     num_cpus = resources.local_num_cpus or max(MIN_LOCAL_CPUS, os.cpu_count() or 1)
     log.info("starting a local Ray cluster with %d logical CPUs", num_cpus)
     runtime_env["env_vars"] = {**WORKER_ENV, **{k: os.environ.get(k, v) for k, v in LOCAL_TRAIN_ENV.items()}}
-    # With the dashboard (port 8265, or the next free one), whose URL the console's header prints: the demo's run
-    # took 152 s with it and 152-155 s without on 2 cores.
+    # With the dashboard (port 8265, or the next free one), whose URL the console's header prints.
     ray.init(num_cpus=num_cpus, runtime_env=runtime_env, log_to_driver=con.log_to_driver)
     con.ray_started()
 

@@ -94,8 +94,8 @@ def eval_verdicts(recipe: Recipe, answers: list[dict], base: list[dict],
 
 def function_verdicts(function: str, answers: list[dict], base: list[dict]) -> list[dict[str, Any]]:
     """A ``function`` eval judge, called here on the driver: it scores the held-out answers only (``eval_limit``
-    prompts), and a Ray Data actor just to call it cost 3-9 s of start-up per round on 2 cores (the demo's gold
-    judge runs in milliseconds). Same scorer class, same scores as the actor stage gives."""
+    prompts), so starting a Ray Data actor just to call it would cost more than the call (the demo's gold judge
+    runs in milliseconds). Same scorer class, same scores as the actor pool gives."""
     from prefloop.actors.scorers import FunctionScorer
 
     base_by_id = {b["prompt_id"]: b["answer"] for b in base}

@@ -20,9 +20,14 @@ from typing import Any
 from prefloop.core.judge_config import JudgeConfig
 from prefloop.core.judges import JudgeRequestError, endpoint_key
 from prefloop.core.llm_judge import Verdict, build_messages, combine, read_verdict, request_body
+from prefloop.core.retry import backoff_s, retry
 
 log = logging.getLogger(__name__)
 RETRY_STATUS = (408, 429, 500, 502, 503, 504)
+
+
+class TransientFailure(Exception):
+    """A request that may succeed if sent again (connection error, HTTP 429 / 5xx)."""
 
 
 
@@ -40,10 +45,8 @@ class LLMJudge:
 
     def _post(self, body: dict[str, Any]) -> dict[str, Any]:
         data = json.dumps(body).encode()
-        last = ""
-        for attempt in range(self.cfg.retries + 1):
-            if attempt:
-                time.sleep(min(2.0 ** attempt, 30.0))
+
+        def post_once() -> dict[str, Any]:
             req = urllib.request.Request(self.url, data=data, headers=self.headers, method="POST")
             try:
                 with urllib.request.urlopen(req, timeout=self.cfg.timeout_s) as resp:
@@ -52,12 +55,18 @@ class LLMJudge:
                 detail = err.read().decode(errors="replace")[:500]
                 if err.code not in RETRY_STATUS:
                     raise JudgeRequestError(f"{self.url}: HTTP {err.code}: {detail}") from None
-                last = f"HTTP {err.code}: {detail}"
+                raise TransientFailure(f"HTTP {err.code}: {detail}") from None
             except (urllib.error.URLError, TimeoutError, OSError) as err:
-                last = f"{type(err).__name__}: {err}"
-            log.warning("judge request to %s failed (attempt %d of %d): %s", self.url, attempt + 1,
-                        self.cfg.retries + 1, last)
-        raise JudgeRequestError(f"{self.url}: no answer after {self.cfg.retries + 1} attempts: {last}")
+                raise TransientFailure(f"{type(err).__name__}: {err}") from None
+
+        def before_retry(attempt: int, err: BaseException) -> None:
+            log.warning("judge request to %s failed (attempt %d of %d): %s", self.url, attempt,
+                        self.cfg.retries + 1, err)
+            time.sleep(backoff_s(attempt + 1, 1.0, 30.0))
+
+        return retry(post_once, attempts=self.cfg.retries + 1, transient=(TransientFailure,),
+                     before_retry=before_retry,
+                     give_up=lambda n, err: JudgeRequestError(f"{self.url}: no answer after {n} attempts: {err}"))
 
     def ask(self, instruction: str, first: str, second: str) -> Verdict:
         """One verdict: P(``second`` is better than ``first``)."""

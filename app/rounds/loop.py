@@ -61,8 +61,8 @@ def serve_latest_round(recipe: Recipe, run: RunDir) -> Future | None:
     """Start serving the run's latest committed round (or the base model) when ``loop.serve`` is on.
 
     It starts in a thread, beside the generators' start: both are mostly process start-up and imports, so on a
-    small machine each takes a core (the demo's Serve start, ~35 s on 2 cores, now overlaps the generators', the
-    base answers and round 0). ``swap_into_serve`` waits on the returned future before it publishes a round."""
+    small machine each takes a core, and Serve's start overlaps the generators', the base answers and round 0.
+    ``swap_into_serve`` waits on the returned future before it publishes a round."""
     if not recipe.loop.serve:
         return None
     from prefloop.app.serving.serve import serve_run_dir

@@ -24,6 +24,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
+from prefloop.actors.common import actor_name
 from prefloop.actors.model_cache import ship
 from prefloop.app.dataflow.pipeline import kept_scorer_names, own_scorer_stage
 from prefloop.app.rounds.rollout import prepare_prompts, preflight
@@ -123,13 +124,13 @@ def run_remax(rnd: Round, on_checkpoint: Callable[[str], Any] | None = None,
         scorer_name = kept[0]
     else:
         stage = own_scorer_stage(recipe)
-        scorer_name = f"prefloop-remax-scorer-{int(time.time() * 1000) % 10**9}"
+        scorer_name = actor_name("prefloop-remax-scorer")
         scorer = start_scorer(stage.cls, stage.kwargs, stage.num_cpus, stage.num_gpus, scorer_name, timeout,
                               stage.resources)
     worker = RemaxWorkerConfig(
         train=cfg, model_dir=ship(model_dir), dtype=recipe.policy.dtype, ref_dir=ship(ref_dir), seed=rnd.seed, total_steps=total, prompts=prepared.rows,
         generators=pool.names, scorer=scorer_name, timeout_s=timeout,
-        weights_board=f"prefloop-remax-weights-{round_idx}-{int(time.time() * 1000) % 10**9}",  # this round's pushes
+        weights_board=actor_name("prefloop-remax-weights", round_idx),  # this round's pushes
         sample_spec=asdict(rnd.sampling("remax_sample")), greedy_spec=asdict(rnd.sampling("remax_greedy")),
         publish_dir=str(work / "published") if on_checkpoint else None,
         steps_file=str(work / "steps.jsonl"), kill_at_step=kill_at_step,

@@ -135,8 +135,8 @@ def stream_rollout(recipe: Recipe, sources: list[Source], pieces: list[Piece], d
     written chunk by chunk into ``out``. ``check_rows(chunk)`` raises on rows from the wrong model."""
     items = [_item(i, sources, pieces, numbers) for i, numbers in sorted(decision.keep.items())]
     ds = reader_dataset(items, {**reader_kwargs, "mode": "rows"})
-    # One block per generator call, as before streaming: a pool of generators shares the work, and results
-    # come back batch by batch (the stage timeout is between results).
+    # One block per generator call: a pool of generators shares the work, and results come back batch by batch
+    # (the timeout is between results).
     ds = add_stages(ds.repartition(target_num_rows_per_block=recipe.rollout.batch_size), stages)
     once, totals = ExactlyOnce(decision.used_ids, recipe.rollout.num_samples), Totals()
     desc = "rollout: prompts"

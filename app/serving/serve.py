@@ -8,7 +8,7 @@
 How the in-place switch works: the app is deployed with a fixed code version (a hash of its serving spec),
 so a later deploy that changes only ``user_config`` ({"model_dir", "round"}) is a light update: Serve calls
 ``reconfigure`` on the running replicas instead of replacing them (a plain ``serve.run`` picks a random
-version and would restart every replica, ~20 s of vLLM start-up each). ``publish`` reads the spec back from a
+version and would restart every replica, each paying vLLM's start-up). ``publish`` reads the spec back from a
 replica, so it works from any driver, and then waits until every replica reports the new round.
 
 Resources: each replica asks for ``SERVE_REPLICA_CPUS`` logical CPUs (a fraction: on a 2-core laptop the local
@@ -39,7 +39,7 @@ SERVE_REPLICA_CPUS = 0.5
 MAX_BODY_BYTES = 1_000_000  # a request body over this is refused (413)
 MAX_MESSAGES = 256
 API_KEY_ENV = "PREFLOOP_API_KEY"
-START_TIMEOUT_S = 600.0   # vLLM start-up is ~20 s a replica here; minutes for a 7B model on a GPU
+START_TIMEOUT_S = 600.0   # a replica's vLLM start-up: seconds for a tiny model, minutes for a 7B model on a GPU
 CALL_TIMEOUT_S = 60.0
 
 

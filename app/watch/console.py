@@ -30,76 +30,12 @@ from typing import Any, Callable, Iterable, Iterator
 
 from tqdm import tqdm
 
+from prefloop.app.watch.console_logging import (FORMAT, PLAIN_EVERY_S, ConsoleStream, QuietFilter, QuietFormatter,
+                                               route_library_logs)
 from prefloop.app.watch.console_streams import NativeStderr, route_raylet_notices
 from prefloop.app.storage.heartbeat import HEARTBEAT, Heartbeat
 
 log = logging.getLogger(__name__)
-LIBRARIES = ("ray", "vllm", "transformers", "torch", "llm_blender", "urllib3", "filelock", "py.warnings",
-             "asyncio", "uvicorn", "fastapi", "httpx", "peft", "datasets", "tensorboardX", "mlflow", "wandb")
-PLAIN_EVERY_S = 60.0
-FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
-
-ROUND_LOGGER = "prefloop.app.rounds.loop"  # its INFO lines are the per-round events (kept under ray job submit)
-STEP_LOGGERS = ("prefloop.tinyworld.assets",)  # INFO lines that are progress a person waits on (the tiny-model build)
-
-
-class _QuietFilter(logging.Filter):
-    """Quiet console: prefloop's warnings and anyone's errors, the tiny-model build's steps; without a TTY also
-    the round loop's INFO lines (``round 0: 40 pairs, win rate vs base ...``), the events job logs are read for."""
-
-    def __init__(self, console: "Console"):
-        super().__init__()
-        self.console = console
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.ERROR or (record.levelno >= logging.WARNING and record.name.startswith("prefloop")):
-            return True
-        if record.levelno >= logging.INFO and record.name in STEP_LOGGERS:
-            return True
-        return record.levelno >= logging.INFO and record.name == ROUND_LOGGER and not self.console.tty
-
-
-class _QuietFormatter(logging.Formatter):
-    """Time and message for an INFO event; level and logger too for a warning or an error."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        self._style._fmt = "%(asctime)s %(message)s" if record.levelno < logging.WARNING else FORMAT
-        return super().format(record)
-
-
-def route_library_logs() -> None:
-    """Send the libraries' loggers to the root handlers (the driver log; the console only per its filter):
-    Ray, Ray Data, Ray Serve and transformers install their own stderr handlers and stop propagation."""
-    for name in list(logging.root.manager.loggerDict):
-        if name.split(".")[0] not in LIBRARIES and name not in LIBRARIES:
-            continue
-        logger = logging.getLogger(name)
-        for handler in list(logger.handlers):
-            if type(handler) is not logging.FileHandler and isinstance(handler, logging.StreamHandler):
-                logger.removeHandler(handler)
-        logger.propagate = True
-
-
-class _ConsoleStream:
-    """A stream for the console log handler that does not tear an open progress bar. ``out`` None: whatever
-    ``sys.stderr`` is when written to (``NativeStderr`` replaces it during a quiet run)."""
-
-    def __init__(self, out: Any = None):
-        self._out = out
-
-    @property
-    def out(self) -> Any:
-        return self._out or sys.stderr
-
-    def write(self, text: str) -> None:
-        with tqdm.external_write_mode(file=self.out):
-            self.out.write(text)
-
-    def flush(self) -> None:
-        self.out.flush()
-
-
 class Console:
     """The events of a run, shown as bars (TTY) or plain lines; see the module docstring."""
 
@@ -138,11 +74,11 @@ class Console:
         """The CLI's logging: the console handler (everything with -v; else prefloop warnings and errors)."""
         root = logging.getLogger()
         root.setLevel(logging.DEBUG if self.verbose else logging.INFO)
-        handler = logging.StreamHandler(_ConsoleStream())
+        handler = logging.StreamHandler(ConsoleStream())
         handler.setFormatter(logging.Formatter(FORMAT, datefmt="%H:%M:%S"))
         if not self.verbose:
-            handler.setFormatter(_QuietFormatter(FORMAT, datefmt="%H:%M:%S"))
-            handler.addFilter(_QuietFilter(self))
+            handler.setFormatter(QuietFormatter(FORMAT, datefmt="%H:%M:%S"))
+            handler.addFilter(QuietFilter(self))
             logging.captureWarnings(True)  # Python warnings (deprecations of the libraries) to the log file
         root.addHandler(handler)
         self._start_ticker()
