@@ -87,7 +87,8 @@ class PolicyServer:
         self.spec = spec
         self.name = spec["name"]
         self.limits = api.Limits(max_samples=spec["max_samples"], default_max_tokens=spec["default_max_tokens"],
-                                 max_tokens=spec["engine"]["max_model_len"], max_messages=spec.get("max_messages", 256),
+                                 max_tokens=spec["engine"]["max_model_len"],
+                                 max_messages=spec.get("max_messages", 256),
                                  max_body_bytes=spec.get("max_body_bytes", 1_000_000))
         self.replica_id = uuid.uuid4().hex[:8]
         self._lock = threading.Lock()  # held by every generate and by the weight switch
@@ -161,7 +162,7 @@ class PolicyServer:
             raise
         except Exception as err:  # jinja's TemplateError (HF templates' raise_exception) is not a ValueError
             raise api.RequestError("messages", f"the chat template refused these messages: {err}") from None
-        api.check_length(len(ids), req.max_tokens, self.spec["max_model_len"])
+        api.check_length(len(ids), req.max_tokens, self.spec["engine"]["max_model_len"])
         try:
             params = SamplingParams(**req.sampling_kwargs())
         except (ValueError, TypeError) as err:

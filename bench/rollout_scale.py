@@ -41,6 +41,7 @@ def scale_recipe(tmp: Path, policy: str, prompts: Path, samples: int, max_tokens
         "rollout": {"num_samples": samples, "max_tokens": max_tokens, "max_model_len": 128, "batch_size": batch},
         "scorer": {"kind": "function", "function": "prefloop.tinyworld.gold:gold_score", "batch_size": batch},
         "resources": {"stage_timeout_s": 1800},
+        "train": {"method": "dpo"},
     }
 
 

@@ -27,6 +27,7 @@ def make_recipe(tmp_path, assets, prompts, **rollout):
         "data": {"train": str(prompts), "max_prompt_tokens": 48},
         "rollout": {"num_samples": N, "max_tokens": 24, "max_model_len": 128, "batch_size": 16, **rollout},
         "scorer": {"kind": "pairrm", "model": str(assets.pairrm), "batch_size": 16},
+        "train": {"method": "dpo"},  # a round's data is for its method (Round.build asks for one)
     }
     return parse_recipe(raw, "test")
 
