@@ -34,8 +34,12 @@ def test_a_generator_killed_mid_rollout_comes_back_on_the_rounds_policy(ray_clus
     import ray
 
     recipe = make_recipe(tmp_path, tiny_assets, prompts, batch_size=2, num_generators=1)
-    round1 = str(model_copy(tiny_assets.policy, tmp_path / "round1", noise=0.05, tied=False))
-    pool = GeneratorPool.start(recipe.policy.model, sampling(recipe, "rollout"), EngineSettings.of(recipe).as_dict(), 1, 0.5, 0.0, 600)
+    # round 0's committed model, which round 1 starts from (Round.build reads it from the run directory)
+    round0_model = tmp_path / "run" / "round_0" / "model"
+    round1 = str(model_copy(tiny_assets.policy, round0_model, noise=0.05, tied=False))
+    (round0_model / "manifest.json").write_text('{"stage": "model", "round": 0}')
+    pool = GeneratorPool.start(recipe.policy.model, sampling(recipe, "rollout"), EngineSettings.of(recipe).as_dict(), 1,
+                               0.5, 0.0, 600)
     kills = []
     try:
         pool.reload(round1)  # what the loop does before round 1's rollout
