@@ -117,3 +117,26 @@ def test_set_values_as_users_write_them():
                    "--set", "name=2026-01-01")
     assert got.returncode == 0, got.stderr
     assert "/heldout.jsonl" in got.stdout and "max_tokens: 24" in got.stdout and "name: '2026-01-01'" in got.stdout
+
+
+def test_readme_command_table_matches_the_parser():
+    """Every command of the parser is in the README's table, and every option the table names exists."""
+    from prefloop.app.front.cli import build_parser
+
+    block = (ROOT / "README.md").read_text().split("## Commands\n\n", 1)[1].split("\n\n", 1)[0]
+    commands = build_parser()._subparsers._group_actions[0].choices
+    leaves = {(f"{name} {sub}" if p._subparsers else name)
+              for name, p in commands.items()
+              for sub in (p._subparsers._group_actions[0].choices if p._subparsers else [None])}
+    listed = set()
+    for line in block.splitlines():
+        usage = re.split(r"\s{2,}", line.strip())[0].split()
+        assert usage[0] == "prefloop", line
+        p, name = commands[usage[1]], usage[1]
+        if p._subparsers:
+            p, name = p._subparsers._group_actions[0].choices[usage[2]], f"{name} {usage[2]}"
+        listed.add(name)
+        options = {o for a in p._actions for o in a.option_strings}
+        named = set(re.findall(r"--[a-z][a-z-]*", " ".join(usage)))
+        assert named <= options, (name, named - options)
+    assert listed == leaves, leaves ^ listed
