@@ -84,8 +84,8 @@ def cmd_one_round(args: argparse.Namespace) -> int:
     from prefloop.tinyworld.assets import default_assets_dir
 
     recipe = resolve_recipe(args.recipe, args.set, args.tiny)
+    require(recipe, args.command, [args.round], None, default_assets_dir())  # before the run dir is written
     with save_resolved(recipe, args.allow_recipe_change):
-        require(recipe, args.command, [args.round], None, default_assets_dir())
         if args.command == "rollout":
             from prefloop.app.rounds.rollout import run_rollout as run_stage
         else:

@@ -116,3 +116,11 @@ def test_recipe_check_and_run_stop_before_ray(command, sets, words):
     got = prefloop(*args)
     assert got.returncode == 1 and words in got.stderr, got.stderr
     assert "Traceback" not in got.stderr and "RAY WAS IMPORTED" not in got.stderr, got.stderr
+
+
+@needs_assets
+def test_a_one_round_command_writes_nothing_when_the_preflight_fails(tmp_path):
+    """The run directory (its recipe.yaml, its lock) is not created, so the fixed command is no 'recipe change'."""
+    got = prefloop("rollout", DEMO, "--set", f"run_dir={tmp_path}/run", "--set", "data.train=/nope/p.jsonl")
+    assert got.returncode == 1 and "/nope/p.jsonl" in got.stderr and "RAY WAS IMPORTED" not in got.stderr
+    assert not (tmp_path / "run").exists()
