@@ -1,7 +1,7 @@
 """``--set key=value`` as users write it: parsed, checked against the recipe schema, and applied.
 
 A value stays the string it was typed as unless it clearly means something else: a number, a bool, ``null``,
-a list (``[a, b]``) or a mapping (``{a: 1}``). A path with a placeholder (``{data}/heldout.jsonl``) is a
+a list (``[a, b]``) or a mapping (``{a: 1}``); quotes keep a value text (``'8'`` is the string 8). A path with a placeholder (``{data}/heldout.jsonl``) is a
 string, not a broken YAML mapping. The key is checked against the schema before anything is applied, so an
 unknown key is reported as ``--set``'s (not the recipe file's), with the nearest known key. ``tiny.KEY=VALUE``
 edits the recipe's ``tiny:`` section (dotted keys as written there), which ``--tiny`` applies.
@@ -39,20 +39,23 @@ class Override:
 def parse_value(text: str) -> Any:
     """The value of ``key=text``: a number / bool / null / list / mapping when it is clearly one, else ``text``."""
     stripped = text.strip()
-    if not stripped or PLACEHOLDER.search(stripped):
+    if not stripped:
         return text
     try:
         value = yaml.safe_load(stripped)
     except yaml.YAMLError as err:
-        if stripped[0] in "[{":
+        if stripped[0] in "[{" and not PLACEHOLDER.search(stripped):
             first = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise OverrideError(f"{text!r} looks like a YAML list or mapping but does not parse ({first}); "
                                 "quote it as a string or fix the brackets") from None
-        return text
+        return text  # e.g. a path with a placeholder: {data}/heldout.jsonl
     if isinstance(value, (list, dict)):
-        return value if stripped[0] in "[{" else text
+        clearly = stripped[0] in "[{" and not PLACEHOLDER.fullmatch(stripped)  # "{data}" is a path, not {data: null}
+        return value if clearly else text
     if value is None or isinstance(value, (bool, int, float)):
         return value
+    if isinstance(value, str) and stripped[0] in "'\"":
+        return value  # quoted to keep it text: '8' -> "8"
     return text  # strings, and what YAML would turn into dates or timestamps
 
 

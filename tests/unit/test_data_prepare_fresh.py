@@ -60,7 +60,7 @@ def test_rejected_raw_is_the_line_and_counts_agree(tmp_path):
     assert sum(s["kept"] for s in m["per_source"].values()) == m["counts"]["kept"]
     ufb = fx.ultrafeedback_binarized(tmp_path / "ufb")  # duplicates: counted once, in both places
     m = data_prepare.prepare("ultrafeedback-prompts", {"u": str(ufb)}, tmp_path / "out2", limit=4)
-    assert m["per_source"]["ufb" if "ufb" in m["per_source"] else "u"]["kept"] == m["counts"]["kept"] == 4
+    assert m["per_source"]["u"]["kept"] == m["counts"]["kept"] == 4
 
 
 def test_reasons_are_whole():
