@@ -66,15 +66,18 @@ def with_recipe(p: argparse.ArgumentParser, resumes: bool = True) -> None:
                             "is recorded in RUN_DIR/recipe_changes.jsonl); refused otherwise")
 
 
-def _cluster(p: argparse.ArgumentParser, what: str) -> None:
+def _cluster(p: argparse.ArgumentParser, what: str, without: str) -> None:
     p.add_argument("--cluster", default=None, help=f"cluster launcher or KubeRay file (ray-cluster.yaml, "
-                   f"cluster/*.yaml): {what}; None means $PREFLOOP_CLUSTER")
+                   f"cluster/*.yaml): {what}. When not given: $PREFLOOP_CLUSTER; without it, {without}")
 
 
 def build_parser(commands: dict[str, Callable]) -> argparse.ArgumentParser:
     """The parser; ``commands`` maps each subcommand (``"recipe check"`` for nested ones) to its function."""
     parser = argparse.ArgumentParser(prog="prefloop", description="Align chat models in rounds on Ray.",
-                                     epilog=EXIT_CODES)
+                                     formatter_class=Formatter, epilog="examples:\n  " + "\n  ".join(
+                                         EXAMPLES["demo"][:1] + EXAMPLES["recipe check"][:1] + EXAMPLES["run"][:1]
+                                         + EXAMPLES["status"][:1]) + "\n\nprefloop COMMAND --help: its options, "
+                                     "their defaults and examples\n" + EXIT_CODES)
     _verbose(parser, False)
     parser.add_argument("--version", action="version", version=f"prefloop {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -86,7 +89,7 @@ def build_parser(commands: dict[str, Callable]) -> argparse.ArgumentParser:
 
     p = _add(sub, "run", "the round loop: rollout -> train -> swap -> evaluate, every round")
     with_recipe(p)
-    _cluster(p, "refuse to start when an actor cannot fit its GPUs (none: no check)")
+    _cluster(p, "refuse to start when an actor cannot fit its GPUs", "no plan check")
 
     for name, what in (("rollout", "sample, score and select one round's preference data"),
                        ("train", "train one round's model on Ray Train (DPO / KTO / SFT / cSFT)")):
@@ -127,14 +130,13 @@ def build_parser(commands: dict[str, Callable]) -> argparse.ArgumentParser:
 
     p = _add(sub, "plan", "GPU memory of every actor from the models' config.json, against a cluster")
     with_recipe(p, resumes=False)
-    _cluster(p, "the GPU node types to plan against; None means $PREFLOOP_CLUSTER, else the checkout's "
-             "ray-cluster.yaml")
+    _cluster(p, "the GPU node types to plan against", "the ray-cluster.yaml of prefloop's checkout")
 
     recipe = sub.add_parser("recipe", help="recipes").add_subparsers(dest="action", required=True)
     p = _add(recipe, "check", "validate a recipe, print it resolved, and run every check `prefloop run` makes "
              "before it starts (files, models, judges, prompts per round, the plan)", "recipe check")
     with_recipe(p, resumes=False)
-    _cluster(p, "also check that the plan fits it (as `run --cluster`)")
+    _cluster(p, "also check that the plan fits it (as `run --cluster`)", "no plan check")
     p.add_argument("--schema-only", action="store_true",
                    help="check the recipe's keys and values only, not its files and models (a recipe meant "
                         "for another machine)")
