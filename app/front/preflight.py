@@ -159,7 +159,7 @@ def model_checks(recipe: Recipe, stages: set[str], assets_dir: Path | None) -> l
     problems = []
     if not _built_later(recipe.policy.model, recipe, assets_dir):
         problems += check_model_dir(recipe.policy.model, "policy.model")
-    judges = [(recipe.scorer, "scorer")] if "rollout" in stages else []
+    judges = [(recipe.scorer, "scorer")] if stages & {"rollout", "eval"} else []  # eval: the training judge too
     if "eval" in stages and recipe.eval.judge is not None:
         judges.append((recipe.eval.judge, "eval.judge"))
     for cfg, key in judges:
