@@ -69,6 +69,9 @@ MISTAKES = [  # (what, args, exit code, words the one line must hold)
     ("grade an empty folder", ["--module", "prefloop.tinyworld.grade", "{t}/full"], 2, "no round_0"),
     ("preflight: missing data file", ["run", DEMO, "--set", "data.train=/nonexistent/p.jsonl"], 1,
      "/nonexistent/p.jsonl"),
+    ("demo: missing data file", ["demo", "--set", "data.train=/nonexistent/p.jsonl"], 1, "/nonexistent/p.jsonl"),
+    ("train: missing train.data", ["train", DEMO, "--round", "1", "--set", "train.data=/nope/prefs-{round}.parquet"],
+     1, "train.data (round 1): /nope/prefs-1.parquet"),
 ]
 
 
