@@ -143,3 +143,14 @@ def test_readme_command_table_matches_the_parser():
         named = set(re.findall(r"--[a-z][a-z-]*", " ".join(usage)))
         assert named <= options, (name, named - options)
     assert listed == leaves, leaves ^ listed
+
+
+def test_plan_finds_its_cluster_as_run_does(tmp_path):
+    """$PREFLOOP_CLUSTER (which `run` honours) and, without it, the checkout's ray-cluster.yaml from any folder."""
+    service = ROOT / "cluster" / "kuberay" / "rayservice.yaml"
+    got = prefloop("plan", SNORKEL, env={"PREFLOOP_CLUSTER": str(service)}, cwd=tmp_path)
+    assert f"on {service}" in got.stdout.splitlines()[0], got.stdout + got.stderr
+    env = {k: v for k, v in os.environ.items() if k != "PREFLOOP_CLUSTER"}
+    got = subprocess.run([sys.executable, "-m", "prefloop", "plan", SNORKEL], capture_output=True, text=True,
+                         env={**env, "PYTHONPATH": str(ROOT)}, cwd=tmp_path, timeout=120)
+    assert got.returncode == 0 and f"on {ROOT / 'ray-cluster.yaml'}" in got.stdout, got.stdout + got.stderr
