@@ -46,6 +46,8 @@ def _is_run(path: Path) -> bool:
 
 def not_a_run(run_dir: str) -> InputError:
     """'Not a run directory' naming the run that holds it, or the runs below it (two levels)."""
+    if is_uri(run_dir):
+        return InputError(f"not a run directory: {run_dir} (no recipe.yaml, round_R/ or heartbeat.json in it)")
     path = Path(run_dir).expanduser().resolve()
     above = next((p for p in path.parents if _is_run(p)), None)
     below = [] if above else sorted(p for p in (*path.glob("*"), *path.glob("*/*")) if p.is_dir() and _is_run(p))
@@ -71,8 +73,6 @@ def read_status(run_dir: str, now: float | None = None) -> dict[str, Any]:
     filesystem, base = _open(run_dir)
     if filesystem.get_file_info(base).type != fs.FileType.Directory:
         raise FileNotFoundError(f"{run_dir}: no such run directory")
-    if not is_uri(run_dir) and not _is_run(Path(base)):
-        raise not_a_run(run_dir)
     committed: dict[int, list[str]] = {}
     for info in filesystem.get_file_info(fs.FileSelector(base)):
         match = ROUND_DIR.match(info.base_name)
@@ -89,6 +89,8 @@ def read_status(run_dir: str, now: float | None = None) -> dict[str, Any]:
     hb = read_heartbeat(hb_text)
     state, age = liveness(hb, now) if hb else ("corrupt" if hb_text else "unknown", None)
     recipe = _read(filesystem, f"{base}/recipe.yaml") or ""
+    if not (committed or hb_text or recipe):
+        raise not_a_run(run_dir)
     planned = re.search(r"^\s+rounds:\s*(\d+)\s*$", recipe, re.M)
     reports = [f"{run_dir.rstrip('/')}/{name}" for name in ("report.md", "report.html")
                if filesystem.get_file_info(f"{base}/{name}").type == fs.FileType.File]

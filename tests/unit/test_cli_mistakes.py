@@ -66,6 +66,7 @@ MISTAKES = [  # (what, args, exit code, words the one line must hold)
     ("a folder of runs", ["status", "{t}/runs"], 2, "did you mean"),
     ("a folder inside a run", ["status", "{t}/runs/demo/round_0"], 2, "did you mean"),
     ("a folder with no run", ["status", "{t}/full"], 2, "not a run directory"),
+    ("a URI with no run", ["status", "file://{t}/full"], 2, "not a run directory"),
     ("grade an empty folder", ["--module", "prefloop.tinyworld.grade", "{t}/full"], 2, "no round_0"),
     ("preflight: missing data file", ["run", DEMO, "--set", "data.train=/nonexistent/p.jsonl"], 1,
      "/nonexistent/p.jsonl"),
