@@ -23,6 +23,8 @@ from prefloop.core.methods import OFFLINE_METHODS
 from prefloop.core.strict import ChatTemplate, RecipeError, StrictModel
 from prefloop.core.train_config import TrainConfig
 
+from prefloop.core.overrides import OverrideError, apply_overrides, apply_tiny_overrides, parse_overrides
+
 
 class PolicyConfig(StrictModel):
     """The model being aligned: a Hugging Face directory loadable by transformers and vLLM."""
@@ -197,14 +199,6 @@ def response_tokens(recipe: Recipe) -> int:
     return recipe.rollout.max_tokens
 
 
-def apply_override(raw: dict[str, Any], assignment: str) -> None:
-    """Apply one ``dotted.key=value`` override in place; the value is parsed as YAML (``8``, ``true``, ``null``)."""
-    if "=" not in assignment:
-        raise RecipeError(f"--set {assignment!r}: expected dotted.key=value")
-    key, text = assignment.split("=", 1)
-    set_dotted(raw, key.strip(), yaml.safe_load(text))
-
-
 def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
     """``raw["a"]["b"] = value`` for ``key`` ``"a.b"``, creating sections as needed."""
     parts = key.split(".")
@@ -269,11 +263,15 @@ def load_recipe(path: str | Path, overrides: list[str] = (), placeholders: dict[
         raise RecipeError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(raw, dict):
         raise RecipeError(f"{path}: a recipe must be a YAML mapping, got {type(raw).__name__}")
-    if tiny:
-        apply_tiny(raw, str(path))
-    raw.pop("tiny", None)
-    for assignment in overrides:
-        apply_override(raw, assignment)
+    try:
+        sets = parse_overrides(overrides, Recipe)  # checked before anything is applied (core/overrides.py)
+        apply_tiny_overrides(raw, sets)
+        if tiny:
+            apply_tiny(raw, str(path))
+        raw.pop("tiny", None)
+        apply_overrides(raw, sets)
+    except OverrideError as err:
+        raise RecipeError(str(err)) from None
     return parse_recipe(raw, str(path), placeholders)
 
 

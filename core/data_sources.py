@@ -148,6 +148,8 @@ def convert(rows: Iterable[SourceRow], fn: Callable[[Any], list[Row]]) -> Conver
 
 
 def _raw(row: Any) -> str:
+    if isinstance(row, Exception) and isinstance(getattr(row, "raw", None), str):
+        return row.raw[:500]  # a line that did not parse: the line as read, not the error
     try:
         return json.dumps(row, ensure_ascii=False, default=str)[:500]
     except (TypeError, ValueError):

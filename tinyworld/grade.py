@@ -5,12 +5,14 @@ repeat an earlier one, averaged over answers), next to the base's.
     python -m prefloop.tinyworld.grade RUN_DIR [--show 3]
 
 Reads ``round_0/base_answers/answers.parquet`` and every ``round_R/eval/answers.parquet``; needs no judge.
+Exit status 2, with one line, for a folder without base answers (not a run, or one that has not started).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from prefloop.tinyworld.gold import coverage, gold_score, repetition, win_rate
@@ -53,22 +55,30 @@ def examples(run_dir: Path | str, n: int = 3) -> list[dict]:
     """The first ``n`` held-out prompts with the base's and the last round's answers."""
     run_dir = Path(run_dir)
     base = _answers(run_dir / "round_0" / "base_answers" / "answers.parquet")
-    last = sorted(run_dir.glob("round_*/eval/answers.parquet"), key=lambda p: int(p.parts[-3][6:]))[-1]
-    mine = _answers(last)
+    rounds = sorted(run_dir.glob("round_*/eval/answers.parquet"), key=lambda p: int(p.parts[-3][6:]))
+    if not rounds:
+        return []
+    mine = _answers(rounds[-1])
     return [{"prompt": base[i]["prompt"], "base": base[i]["answer"], "last": mine[i]["answer"]}
             for i in sorted(base)[:n] if i in mine]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir")
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m prefloop.tinyworld.grade", description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", help="a run directory of a tiny-world recipe (e.g. runs/demo)")
     parser.add_argument("--show", type=int, default=3, help="held-out answers to print (base and last round)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    base = Path(args.run_dir) / "round_0" / "base_answers" / "answers.parquet"
+    if not base.is_file():
+        print(f"{parser.prog}: error: {args.run_dir}: no {base.relative_to(args.run_dir)} (not a run directory, "
+              "or its base answers are not committed yet)", file=sys.stderr)
+        return 2
     for row in grade_run(args.run_dir):
         print(json.dumps(row))
     for ex in examples(args.run_dir, args.show):
         print(f"\n{ex['prompt']}\n  base: {ex['base']}\n  last: {ex['last']}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -14,8 +14,13 @@ prompt_id: disjoint, covering, stable for a seed whatever the source's order; a 
 Snorkel's per-iteration splits are its partitions as the card made them (``--partitions`` re-splits one
 split instead). Duplicated prompts are rejected naming the row they repeat (pair kinds: exact repeats of a
 pair; a prompt with several different pairs keeps them, in one partition). ``--limit N`` keeps the N rows of
-lowest seeded hash. Beside the partitions: ``rejected.jsonl`` (file, row, field, reason) and ``manifest.json``
-(counts: read = kept + rejected + not_selected, per partition and per source; the source's fingerprint).
+lowest seeded hash. Beside the partitions: ``rejected.jsonl`` (file, row, field, reason, the raw line) and
+``manifest.json`` (counts: read = kept + rejected + not_selected, per partition and per source; the source's
+fingerprint; ``contents``: every file of the folder).
+
+Outputs cannot go stale: everything is written into a fresh folder beside ``--out`` and renamed into place, and a
+non-empty ``--out`` is refused unless ``--force``, which replaces it whole. Keeping 0 rows exits 1 with the top
+rejection reasons.
 """
 
 from __future__ import annotations
@@ -23,7 +28,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
+import shutil
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -96,13 +104,26 @@ def write_table(path: Path, rows: list[dict], columns: tuple[str, ...]) -> None:
     pq.write_table(table, path)
 
 
+def check_out(out: Path, force: bool) -> None:
+    """``--out`` must be a new or empty folder, or (``force``) a folder to replace whole."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: is a file, not a folder; choose a folder path")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise InputError(f"--out {out}: folder is not empty; add --force to replace it whole, or choose a new folder")
+
+
 def prepare(kind: str, sources: dict[str, str], out: Path, partitions: int = 1, seed: int = 0,
-            limit: int | None = None, split_name: str | None = None, config: str | None = None) -> dict:
+            limit: int | None = None, split_name: str | None = None, config: str | None = None,
+            force: bool = False) -> dict:
     """Build ``out``'s partitions, rejected.jsonl and manifest.json; return the manifest."""
     if kind not in KINDS:
         raise InputError(f"unknown kind {kind!r} (kinds: {', '.join(KINDS)})")
     if partitions < 1:
         raise InputError(f"--partitions must be >= 1, got {partitions}")
+    if limit is not None and limit < 1:
+        raise InputError(f"--limit must be >= 1, got {limit}")
+    out = Path(out)
+    check_out(out, force)
     paired = kind in ("snorkel-pairs", "archangel-mix")
     conv, fingerprints, per_source, parts = ds.Converted(), {}, {}, None
     for name, spec in sources.items():
@@ -127,25 +148,54 @@ def prepare(kind: str, sources: dict[str, str], out: Path, partitions: int = 1, 
         if kind == "archangel-mix":
             for r in got.rows:
                 r["dataset"] = name
-        per_source[name] = {"split": split_used, "read": got.kept_rows + len(got.rejected), "kept": got.kept_rows}
+        per_source[name] = {"split": split_used, "read": got.kept_rows + len(got.rejected)}
         conv.rows += got.rows
         conv.rejected += got.rejected
         conv.kept_rows += got.kept_rows
     # Snorkel: a prompt in two iterations would reach two rounds; the first iteration keeps it.
     conv = ds.drop_duplicates(conv, ds.prompt_text_key, "prompt") if kind == "snorkel-pairs" else dedupe(conv, paired)
     kept, not_selected = select_first(conv.rows, limit, seed)
+    for name in per_source:  # after duplicates and --limit, so the per-source counts add up to counts.kept
+        mine = [r for r in kept if len(per_source) == 1 or r.get("dataset") == name]
+        per_source[name]["kept"] = len({r["source_row"] for r in mine})
     if parts is not None:  # the card's own per-iteration partitions
         groups = [[r for r in kept if r["partition"] == i] for i in range(parts)]
     else:
         groups = split(kept, partitions, seed)
-    return write_outputs(kind, out, groups, conv, not_selected, {
+    return write_fresh(kind, out, groups, conv, not_selected, {
         "kind": kind, "sources": fingerprints, "per_source": per_source, "seed": seed, "limit": limit,
         "partitioned_by": "source splits (the card's iterations)" if parts is not None else "sha256(seed, prompt_id)"})
 
 
+def write_fresh(kind: str, out: Path, groups: list[list[dict]], conv: ds.Converted, not_selected: list[dict],
+                info: dict[str, Any]) -> dict:
+    """``write_outputs`` into a new folder beside ``out``, then renamed into place (replacing ``out`` whole)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fresh = out.parent / f".{out.name}.partial-{os.getpid()}"
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    shutil.rmtree(fresh, ignore_errors=True)
+    fresh.mkdir()
+    try:
+        manifest = write_outputs(kind, fresh, groups, conv, not_selected, info)
+        if out.exists():
+            out.rename(old)
+        fresh.rename(out)
+    finally:
+        shutil.rmtree(fresh, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+    log.info("%s: %d read, %d kept, %d rejected, %d not selected -> %d partitions in %s", kind,
+             manifest["counts"]["read"], manifest["counts"]["kept"], manifest["counts"]["rejected"],
+             manifest["counts"]["not_selected"], manifest["partitions"], out)
+    return manifest
+
+
+def reason_key(r: Any) -> str:
+    """A rejection's reason as counted in the manifest: whole, duplicates without the row they repeat."""
+    return f"{r.field}: {r.reason.split(' of ')[0] if r.reason.startswith('duplicate') else r.reason}"
+
+
 def write_outputs(kind: str, out: Path, groups: list[list[dict]], conv: ds.Converted, not_selected: list[dict],
                   info: dict[str, Any]) -> dict:
-    out.mkdir(parents=True, exist_ok=True)
     files: dict[str, list[str]] = {}
     sizes = []
     for i, rows in enumerate(groups):
@@ -170,17 +220,15 @@ def write_outputs(kind: str, out: Path, groups: list[list[dict]], conv: ds.Conve
             fh.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
     reasons: dict[str, int] = {}
     for r in conv.rejected:
-        key = f"{r.field}: {r.reason.split(' of ')[0] if r.reason.startswith('duplicate') else r.reason[:60]}"
-        reasons[key] = reasons.get(key, 0) + 1
+        reasons[reason_key(r)] = reasons.get(reason_key(r), 0) + 1
     read = conv.kept_rows + len(conv.rejected)
-    manifest = {**info, "partitions": len(groups), "files": files,
+    contents = sorted([f for names in files.values() for f in names] + ["rejected.jsonl", "manifest.json"])
+    manifest = {**info, "partitions": len(groups), "files": files, "contents": contents,
                 "counts": {"read": read, "kept": conv.kept_rows - len({r["source_row"] for r in not_selected}),
                            "rejected": len(conv.rejected), "not_selected": len({r["source_row"] for r in not_selected}),
                            "output_rows": sum(s["rows"] for s in sizes), "per_partition": sizes,
                            "rejected_by_reason": dict(sorted(reasons.items(), key=lambda kv: -kv[1]))}}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8")
-    log.info("%s: %d read, %d kept, %d rejected, %d not selected -> %d partitions in %s", kind, read,
-             manifest["counts"]["kept"], len(conv.rejected), manifest["counts"]["not_selected"], len(groups), out)
     return manifest
 
 
@@ -202,25 +250,30 @@ def parse_sources(kind: str, values: list[str]) -> dict[str, str]:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    """``prefloop data prepare ...`` (registered by app/front/cli.py)."""
+    """``prefloop data prepare ...`` (registered by app/front/cli_parser.py); exit 1 when no row was kept."""
     manifest = prepare(args.kind, parse_sources(args.kind, args.source), Path(args.out), args.partitions, args.seed,
-                       args.limit, args.split, args.config)
+                       args.limit, args.split, args.config, args.force)
     c = manifest["counts"]
     print(f"{args.kind}: read {c['read']}, kept {c['kept']}, rejected {c['rejected']}, not selected "
           f"{c['not_selected']}; {manifest['partitions']} partition(s) in {args.out}")
+    if c["kept"] == 0:
+        top = "; ".join(f"{n} x {reason}" for reason, n in list(c["rejected_by_reason"].items())[:3])
+        print(f"prefloop: data prepare kept no row of {c['read']} read"
+              f"{' (top reasons: ' + top + ')' if top else ' (the source is empty)'}; "
+              f"see {Path(args.out) / 'rejected.jsonl'}", file=sys.stderr)
+        return 1
     return 0
 
 
-def add_parser(sub: Any) -> None:
-    data = sub.add_parser("data", help="prepare the cards' datasets").add_subparsers(dest="action", required=True)
-    p = data.add_parser("prepare", help="convert a public dataset into prefloop's partitions")
-    p.add_argument("kind", choices=KINDS)
-    p.add_argument("--source", action="append", default=[], help="file, dataset dir or hub name; archangel-mix: "
-                   "hh=SRC / shp=SRC / oasst=SRC (repeatable)")
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--partitions", type=int, default=1, help="K disjoint partitions (default 1)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the partition and --limit hashes (default 0)")
-    p.add_argument("--limit", type=int, default=None, help="keep N rows (lowest seeded hash)")
-    p.add_argument("--split", default=None, help="the source split to read (default: the kind's)")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """``prefloop data prepare``'s options (the parser is app/front/cli_parser.py)."""
+    p.add_argument("kind", choices=KINDS, help="which public dataset the source is")
+    p.add_argument("--source", action="append", required=True, help="file, dataset dir or hub name; "
+                   "archangel-mix: hh=SRC / shp=SRC / oasst=SRC (repeatable)")
+    p.add_argument("--out", required=True, help="output folder: new or empty (or replaced whole with --force)")
+    p.add_argument("--force", action="store_true", help="replace a non-empty --out whole")
+    p.add_argument("--partitions", type=int, default=1, help="K disjoint partitions")
+    p.add_argument("--seed", type=int, default=0, help="seed of the partition and --limit hashes")
+    p.add_argument("--limit", type=int, default=None, help="keep N >= 1 rows (lowest seeded hash); None: all")
+    p.add_argument("--split", default=None, help="the source split to read; None: the kind's")
     p.add_argument("--config", default=None, help="hub dataset config name (e.g. alpaca_eval)")
-    p.set_defaults(func=cmd_data)

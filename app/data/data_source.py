@@ -78,7 +78,9 @@ def _jsonl_rows(path: Path, where: str) -> RowIter:
             for i, row in enumerate(items):
                 yield where, f"item {i}", row
             return
-    for _, loc, row, _ in _iter_jsonl(path):
+    for _, loc, row, raw in _iter_jsonl(path):
+        if isinstance(row, Exception):
+            row.raw = raw.rstrip("\n")  # rejected.jsonl's raw: the line as read (core/data_sources._raw)
         yield where, loc, row
 
 

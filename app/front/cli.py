@@ -7,8 +7,14 @@
     prefloop rollout RECIPE [--round R] [--set key=value ...]   sample, score and select one round's data
     prefloop train RECIPE [--round R] [--set key=value ...]     train that round's model on Ray Train
     prefloop assets build [DIR] [--seed S] [--force] [--recipe R]  build the tiny offline models (R's parts)
-    prefloop recipe check RECIPE [--set key=value ...]          validate a recipe and print it resolved
+    prefloop recipe check RECIPE [--set key=value ...]          validate a recipe, print it resolved, run the preflight
     prefloop data prepare KIND --source SRC --out DIR [...]     the cards' datasets -> prefloop's partitions
+    prefloop plan RECIPE [--cluster FILE]                       every actor's GPU memory against the cluster
+
+Every command that starts Ray runs the preflight first (``app/front/preflight.py``): a missing file, model,
+judge or a plan that does not fit stops it before anything starts. Exit status: 0 ok, 1 ran and found a problem
+(the preflight, ``plan``, a stale ``status``), 2 user error (bad arguments, recipe, cluster file, folder), always
+as one line without a traceback. The options are in ``app/front/cli_parser.py``.
 
 Recipes may use ``{assets}`` (the tiny assets dir, $PREFLOOP_ASSETS or ~/.cache/prefloop/assets) and
 ``{data}`` (the prompt files shipped with prefloop) in paths. The console is quiet unless ``-v`` (``app/watch/console.py``):
@@ -25,6 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from prefloop.app.front import cli_parser
+from prefloop.app.front.preflight import PreflightError, require
 from prefloop.app.storage.runlock import RecipeChangedError, RunLockedError
 from prefloop.app.watch import console
 from prefloop.core.config import Recipe, RecipeError, dump_recipe, load_recipe
@@ -32,6 +40,23 @@ from prefloop.core.prompts import InputError
 from prefloop.tinyworld.topics import DATA_DIR  # the {data} placeholder: the prompt files shipped with prefloop
 
 log = logging.getLogger("prefloop")
+USER_ERRORS = (RecipeError, InputError, FileNotFoundError, NotADirectoryError, RunLockedError, RecipeChangedError)
+
+
+def placeholders() -> dict[str, str]:
+    from prefloop.tinyworld.assets import default_assets_dir
+
+    return {"assets": str(default_assets_dir()), "data": str(DATA_DIR)}
+
+
+def cluster_file(given: str | None) -> str | None:
+    """``--cluster``, else $PREFLOOP_CLUSTER; checked readable and holding GPU node types (a RecipeError)."""
+    from prefloop.app.front.plan import read_cluster
+
+    path = given or os.environ.get("PREFLOOP_CLUSTER") or None
+    if path is not None:
+        read_cluster(path, "--cluster" if given else "$PREFLOOP_CLUSTER")
+    return path
 
 
 def resolve_recipe(path: str, overrides: list[str], tiny: bool = False) -> Recipe:
@@ -39,7 +64,7 @@ def resolve_recipe(path: str, overrides: list[str], tiny: bool = False) -> Recip
     from prefloop.tinyworld.assets import build_assets, default_assets_dir, parts_used
 
     assets_dir = default_assets_dir()
-    recipe = load_recipe(path, overrides, {"assets": str(assets_dir), "data": str(DATA_DIR)}, tiny=tiny)
+    recipe = load_recipe(path, overrides, placeholders(), tiny=tiny)
     if recipe.assets == "tiny":  # the parts its paths name (the demo: policy and PairRM)
         build_assets(assets_dir, parts=parts_used(recipe.model_dump(), assets_dir))
     return recipe
@@ -55,29 +80,29 @@ def save_resolved(recipe: Recipe, allow_recipe_change: bool = False) -> Any:
 
 def cmd_one_round(args: argparse.Namespace) -> int:
     """``prefloop rollout|train RECIPE --round R``: that one stage exactly as round R of ``prefloop run`` runs it
-    (same start model and method, see app/rounds/model_stage.py)."""
-    if args.command == "rollout":
-        from prefloop.app.rounds.one_round import rollout_one as run_stage
-    else:
-        from prefloop.app.rounds.one_round import train_one as run_stage
+    (the same Round the loop builds, see app/rounds/round.py)."""
+    from prefloop.app.rounds.one_round import rollout_one, train_one
+    from prefloop.tinyworld.assets import default_assets_dir
 
     recipe = resolve_recipe(args.recipe, args.set, args.tiny)
+    require(recipe, args.command, [args.round], None, default_assets_dir())  # before the run dir is written
     with save_resolved(recipe, args.allow_recipe_change):
-        folder = run_stage(recipe, args.round)
+        folder = (rollout_one if args.command == "rollout" else train_one)(recipe, args.round)
     print(f"{args.command} committed: {folder}")
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from prefloop.app.rounds.loop import run_loop
-    from prefloop.app.front.plan import check_plan
+    from prefloop.tinyworld.assets import default_assets_dir
 
     started = time.perf_counter()
+    cluster = cluster_file(args.cluster)
     recipe = resolve_recipe(args.recipe, args.set, args.tiny)
-    check_plan(recipe, args.cluster or os.environ.get("PREFLOOP_CLUSTER"))
-    rows = run_loop(recipe, args.allow_recipe_change)
+    require(recipe, "run", None, cluster, default_assets_dir())  # before Ray: every check the rounds make
+    from prefloop.app.rounds.loop import run_loop
     from prefloop.app.storage.run_mirror import is_uri
 
+    rows = run_loop(recipe, args.allow_recipe_change)
     root = recipe.run_dir.rstrip("/") if is_uri(recipe.run_dir) else Path(recipe.run_dir).resolve()
     console.get().summary(rows, root, time.perf_counter() - started)
     return 0
@@ -117,120 +142,56 @@ def cmd_assets(args: argparse.Namespace) -> int:
 
 
 def cmd_recipe_check(args: argparse.Namespace) -> int:
+    """The recipe resolved on stdout; then the preflight (as ``run`` makes it) unless ``--schema-only``."""
     from prefloop.tinyworld.assets import default_assets_dir
 
-    recipe = load_recipe(args.recipe, args.set, {"assets": str(default_assets_dir()), "data": str(DATA_DIR)},
-                         tiny=args.tiny)
-    print(dump_recipe(recipe), end="")
+    cluster = None if args.schema_only else cluster_file(args.cluster)
+    recipe = load_recipe(args.recipe, args.set, placeholders(), tiny=args.tiny)
+    print(dump_recipe(recipe), end="", flush=True)
+    if not args.schema_only:  # as `run` would (a recipe without train: as `rollout` would, round 0)
+        command, rounds = ("run", None) if recipe.train is not None else ("rollout", [0])
+        require(recipe, command, rounds, cluster, default_assets_dir())
+        print(f"prefloop: {args.recipe}: preflight ok (files, models, judges, prompts per round"
+              f"{', plan against ' + cluster if cluster else ''})", file=sys.stderr)
     return 0
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from prefloop.tinyworld.assets import default_assets_dir
-    from prefloop.app.front.plan import (
-        format_plan,
-        gpu_nodes,
-        plan_needs,
-        shortfalls,
-        uses_gpu,
-    )
+    from prefloop.app.front.plan import default_cluster, format_plan, plan_needs, read_cluster, shortfalls, uses_gpu
 
-    recipe = load_recipe(args.recipe, args.set, {"assets": str(default_assets_dir()), "data": str(DATA_DIR)},
-                         tiny=args.tiny)
+    recipe = load_recipe(args.recipe, args.set, placeholders(), tiny=args.tiny)
     if not uses_gpu(recipe):
         print(f"{recipe.name}: the recipe asks for no GPU: nothing to plan")
         return 0
-    print(format_plan(recipe, plan_needs(recipe), gpu_nodes(args.cluster), args.cluster))
-    errors, risks = shortfalls(recipe, args.cluster)
+    cluster = cluster_file(args.cluster) or default_cluster()
+    print(format_plan(recipe, plan_needs(recipe), read_cluster(cluster), cluster))
+    errors, risks = shortfalls(recipe, cluster)
     if risks:
         print("\nfits only some node types (Ray may place it on the small one; keep it off):\n  " + "\n  ".join(risks))
     print("\n" + ("does NOT fit:\n  " + "\n  ".join(errors) if errors else "every actor fits a node type"))
     return 1 if errors else 0
 
 
+def _data(args: argparse.Namespace) -> int:
+    from prefloop.app.data.data_prepare import cmd_data
+
+    return cmd_data(args)
+
+
+COMMANDS = {"demo": cmd_demo, "run": cmd_run, "rollout": cmd_one_round, "train": cmd_one_round,
+            "status": cmd_status, "serve": _serve, "assets build": cmd_assets, "data prepare": _data,
+            "plan": cmd_plan, "recipe check": cmd_recipe_check}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="prefloop", description="Align chat models in rounds on Ray.")
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help="everything on the console: Ray, vLLM and transformers logs and the workers' output "
-                             "(default: progress bars and the round table; the logs go to RUN_DIR/logs/)")
-    sub = parser.add_subparsers(dest="command", required=True)
+    return cli_parser.build_parser(COMMANDS)
 
-    def with_recipe(p: argparse.ArgumentParser) -> None:
-        p.add_argument("recipe", help="recipe YAML file")
-        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a recipe value, e.g. --set rollout.num_samples=8 (repeatable)")
-        p.add_argument("--tiny", action="store_true",
-                       help="apply the recipe's tiny: section (tiny offline models, small sizes, CPU)")
-        p.add_argument("--allow-recipe-change", action="store_true",
-                       help="resume a run with a recipe that differs from its saved recipe.yaml (the difference "
-                            "is recorded in RUN_DIR/recipe_changes.jsonl); refused otherwise")
 
-    p = sub.add_parser("rollout", help="sample, score and select one round's preference data")
-    with_recipe(p)
-    p.add_argument("--round", type=int, default=0, help="round index (default 0)")
-    p.set_defaults(func=cmd_one_round)
-
-    p = sub.add_parser("run", help="the round loop: rollout -> train -> swap -> evaluate, every round")
-    with_recipe(p)
-    p.add_argument("--cluster", default=None, help="cluster file (ray-cluster.yaml, cluster/*.yaml, KubeRay): "
-                   "refuse to start when an actor cannot fit its GPUs (default $PREFLOOP_CLUSTER; none: no check)")
-    p.set_defaults(func=cmd_run)
-
-    p = sub.add_parser("demo", help="run recipes/demo.yaml on the tiny models and serve the result")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a demo value")
-    p.add_argument("--allow-recipe-change", action="store_true",
-                   help="rerun the demo's run directory with other --set values (recorded in the run)")
-    p.set_defaults(func=cmd_demo)
-
-    p = sub.add_parser("status", help="what a run has committed and what its driver is doing now")
-    p.add_argument("run_dir", help="run directory (a local path or a URI: s3://, gs://, file://)")
-    p.add_argument("--json", action="store_true", help="print the status as one JSON object")
-    p.set_defaults(func=cmd_status)
-
-    p = sub.add_parser("serve", help="serve a run's round with an OpenAI-compatible API (Ray Serve)")
-    p.add_argument("run_dir", help="run directory (RUN_DIR/recipe.yaml, RUN_DIR/round_R/model/)")
-    p.add_argument("--round", type=int, default=None, help="round to serve (default: latest committed; "
-                   "the base model if none)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--host", default="127.0.0.1", help="HTTP host (0.0.0.0 to listen on all interfaces)")
-    p.add_argument("--replicas", type=int, default=1)
-    p.add_argument("--duration", type=float, default=None, help="stop after S seconds (default: until Ctrl-C)")
-    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1/* (default: "
-                   "$PREFLOOP_API_KEY; none: open). Prefer the variable: a flag shows in the process list")
-    p.add_argument("--max-body-bytes", type=int, default=1_000_000, help="largest request body (413 beyond)")
-    p.add_argument("--max-messages", type=int, default=256, help="most messages in one request (400 beyond)")
-    p.set_defaults(func=_serve)
-
-    p = sub.add_parser("train", help="train one round's model on Ray Train (DPO / KTO / SFT / cSFT)")
-    with_recipe(p)
-    p.add_argument("--round", type=int, default=0, help="round index (default 0)")
-    p.set_defaults(func=cmd_one_round)
-
-    assets = sub.add_parser("assets", help="tiny offline models").add_subparsers(dest="action", required=True)
-    p = assets.add_parser("build", help="build the tiny policy, PairRM and reward model")
-    p.add_argument("dir", nargs="?", help="target directory (default $PREFLOOP_ASSETS or ~/.cache/prefloop/assets)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--force", action="store_true", help="rebuild even if cached")
-    p.add_argument("--recipe", default=None, help="build only the parts this recipe names (e.g. recipes/demo.yaml: "
-                   "policy and PairRM); default: all three")
-    p.add_argument("--tiny", action="store_true", help="with --recipe: apply its tiny: section first")
-    p.set_defaults(func=cmd_assets)
-
-    from prefloop.app.data.data_prepare import add_parser as add_data_parser
-
-    add_data_parser(sub)  # prefloop data prepare KIND --source SRC --out DIR ...
-
-    p = sub.add_parser("plan", help="GPU memory of every actor from the models' config.json, against a cluster")
-    with_recipe(p)
-    p.add_argument("--cluster", default="ray-cluster.yaml", help="cluster launcher or KubeRay file "
-                   "(default ray-cluster.yaml)")
-    p.set_defaults(func=cmd_plan)
-
-    recipe = sub.add_parser("recipe", help="recipes").add_subparsers(dest="action", required=True)
-    p = recipe.add_parser("check", help="validate a recipe and print it resolved")
-    with_recipe(p)
-    p.set_defaults(func=cmd_recipe_check)
-    return parser
+def _stdout_gone() -> int:
+    """The reader of our stdout went away (``prefloop plan | head``): stop quietly, as other tools do."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's own flush at exit does not fail again
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -239,7 +200,13 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         return args.func(args)
-    except (RecipeError, InputError, FileNotFoundError, RunLockedError, RecipeChangedError) as err:
+    except BrokenPipeError:
+        return _stdout_gone()
+    except PreflightError as err:  # the checks ran and found problems: each on its own line, no traceback
+        con.detach(err)
+        print(f"prefloop: {err}", file=sys.stderr)
+        return 1
+    except USER_ERRORS as err:
         # User errors: a clear message naming the file / key, no traceback.
         con.detach(err)
         print(f"prefloop: error: {err}", file=sys.stderr)

@@ -33,11 +33,14 @@ def show_one_answer(run_dir: str, prompt: str, temperature: float, port: int) ->
 
 def run_demo(overrides: list[str], allow_recipe_change: bool = False) -> int:
     from prefloop.app.front.cli import resolve_recipe
+    from prefloop.app.front.preflight import require
     from prefloop.app.watch import console
-    from prefloop.app.rounds.loop import run_loop
 
     started = time.perf_counter()
-    recipe = resolve_recipe(str(DEMO_RECIPE), overrides)
+    recipe = resolve_recipe(str(DEMO_RECIPE), overrides)  # builds the tiny assets when absent
+    require(recipe, "run")  # before Ray: every check the rounds make
+    from prefloop.app.rounds.loop import run_loop
+
     rows = run_loop(recipe, allow_recipe_change)
     con = console.get()
     con.stage("serve")

@@ -59,6 +59,26 @@ def _dtype_bytes(recipe: Recipe, config_dtype: str | None = None) -> int:
     return P.DTYPE_BYTES[dtype]
 
 
+def default_cluster() -> str:
+    """``ray-cluster.yaml`` of the checkout prefloop runs from (not of the current directory)."""
+    path = Path(__file__).resolve().parents[2] / "ray-cluster.yaml"
+    if not path.is_file():
+        raise RecipeError("no cluster file: pass --cluster FILE (a cluster launcher or KubeRay file) or set "
+                          "$PREFLOOP_CLUSTER")
+    return str(path)
+
+
+def read_cluster(path: str, what: str = "--cluster") -> list[GpuNode]:
+    """The cluster file's GPU node types; a RecipeError naming ``what`` (the flag or variable) when it is
+    missing, unreadable or holds no GPU node type."""
+    if not Path(path).is_file():
+        raise RecipeError(f"{what} {path}: no such file (a cluster launcher or KubeRay file, e.g. ray-cluster.yaml)")
+    try:
+        return gpu_nodes(path)
+    except ValueError as err:
+        raise RecipeError(f"{what} {err}".replace("\n", " ")) from None
+
+
 def uses_gpu(recipe: Recipe) -> bool:
     res = recipe.resources
     return res.generator_gpus > 0 or res.scorer_gpus > 0 or bool(recipe.train and recipe.train.use_gpu)

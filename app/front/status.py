@@ -5,12 +5,14 @@ through ``pyarrow.fs``, nothing is pulled): the committed stages of every round 
 ``manifest.json`` exists, see ``app/storage/rundir.py``), the driver's heartbeat (``app/storage/heartbeat.py``: the stage
 running now, its progress and age; *stale* when the driver stopped beating, i.e. it died), the last committed
 round's figures (its ``round_R/eval/manifest.json``) and where the report is. Exit status 1 when the heartbeat
-is stale or says the run failed, else 0.
+is stale, corrupt or says the run failed, else 0. A folder that is not a run (no ``recipe.yaml``, no
+``round_R/``, no heartbeat) is a user error (exit 2) that names the runs below it or the run above it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -18,6 +20,7 @@ from typing import Any
 
 from prefloop.app.storage.heartbeat import HEARTBEAT, STALE_S, liveness, read_heartbeat
 from prefloop.app.storage.run_mirror import MANIFEST, is_uri
+from prefloop.core.prompts import InputError
 
 ROUND_DIR = re.compile(r"^round_(\d+)$")
 STAGE_ORDER = ("base_answers", "rollout", "model", "eval")
@@ -27,8 +30,31 @@ def _open(run_dir: str) -> tuple[Any, str]:
     from pyarrow import fs
 
     if is_uri(run_dir):
-        return fs.FileSystem.from_uri(run_dir.rstrip("/"))
+        try:
+            return fs.FileSystem.from_uri(run_dir.rstrip("/"))
+        except (ValueError, OSError) as err:  # pyarrow's ArrowInvalid: an unknown scheme or a bad URI
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise InputError(f"{run_dir}: cannot open this URI ({first}); use a local path or s3://, gs://, "
+                             "hdfs://, file://") from None
     return fs.LocalFileSystem(), Path(run_dir).expanduser().resolve().as_posix()
+
+
+def _is_run(path: Path) -> bool:
+    return (path / "recipe.yaml").is_file() or (path / HEARTBEAT).is_file() or \
+        any(ROUND_DIR.match(p.name) and p.is_dir() for p in path.iterdir())
+
+
+def not_a_run(run_dir: str) -> InputError:
+    """'Not a run directory' naming the run that holds it, or the runs below it (two levels)."""
+    if is_uri(run_dir):
+        return InputError(f"not a run directory: {run_dir} (no recipe.yaml, round_R/ or heartbeat.json in it)")
+    path = Path(run_dir).expanduser().resolve()
+    above = next((p for p in path.parents if _is_run(p)), None)
+    below = [] if above else sorted(p for p in (*path.glob("*"), *path.glob("*/*")) if p.is_dir() and _is_run(p))
+    near = [above] if above else below[:3]
+    hint = f"; did you mean {' or '.join(os.path.relpath(p) for p in near)}?" if near else \
+        " (a run directory holds recipe.yaml and round_R/ folders)"
+    return InputError(f"not a run directory: {run_dir}{hint}")
 
 
 def _read(filesystem: Any, path: str) -> str | None:
@@ -59,9 +85,12 @@ def read_status(run_dir: str, now: float | None = None) -> dict[str, Any]:
     rounds_done = sorted(r for r, stages in committed.items() if "eval" in stages)
     last = json.loads(_read(filesystem, f"{base}/round_{rounds_done[-1]}/eval/{MANIFEST}") or "{}") \
         if rounds_done else None
-    hb = read_heartbeat(_read(filesystem, f"{base}/{HEARTBEAT}"))
-    state, age = liveness(hb, now) if hb else ("unknown", None)
+    hb_text = _read(filesystem, f"{base}/{HEARTBEAT}")
+    hb = read_heartbeat(hb_text)
+    state, age = liveness(hb, now) if hb else ("corrupt" if hb_text else "unknown", None)
     recipe = _read(filesystem, f"{base}/recipe.yaml") or ""
+    if not (committed or hb_text or recipe):
+        raise not_a_run(run_dir)
     planned = re.search(r"^\s+rounds:\s*(\d+)\s*$", recipe, re.M)
     reports = [f"{run_dir.rstrip('/')}/{name}" for name in ("report.md", "report.html")
                if filesystem.get_file_info(f"{base}/{name}").type == fs.FileType.File]
@@ -118,7 +147,10 @@ def format_status(st: dict[str, Any], now: float | None = None) -> str:
     for r, stages in partial.items():
         lines.append(f"            round {r}: {', '.join(stages)} committed")
     hb, state = st["heartbeat"], st["driver"]
-    if hb is None:
+    if state == "corrupt":
+        lines.append(f"driver:     CORRUPT heartbeat ({HEARTBEAT} is not a JSON object): cannot tell whether a "
+                     "driver runs; a live driver rewrites it within seconds")
+    elif hb is None:
         lines.append("driver:     no heartbeat (a run started before heartbeats, or none yet)")
     elif state == "running":
         lines.append(f"driver:     running (pid {hb.get('pid')} on {hb.get('host')}, beat {st['heartbeat_age_s']:.0f} s ago)")
@@ -141,7 +173,7 @@ def format_status(st: dict[str, Any], now: float | None = None) -> str:
 def run_status(run_dir: str, as_json: bool = False) -> int:
     st = read_status(run_dir)
     print(json.dumps(st, default=str, indent=1) if as_json else format_status(st))
-    return 1 if st["driver"] in ("stale", "failed") else 0
+    return 1 if st["driver"] in ("stale", "failed", "corrupt") else 0
 
 
 __all__ = ["read_status", "format_status", "run_status", "STALE_S"]

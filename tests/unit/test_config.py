@@ -2,7 +2,7 @@
 
 import pytest
 
-from prefloop.core.config import RecipeError, apply_override, dump_recipe, load_recipe, parse_recipe
+from prefloop.core.config import RecipeError, dump_recipe, load_recipe, parse_recipe
 
 BASE = """
 name: t
@@ -53,9 +53,9 @@ def test_placement_pins_actor_kinds_and_names_a_bad_kind(tmp_path):
         load_recipe(path, overrides=['resources.placement={"generatr": {"gen_pool": 1}}'])
 
 
-def test_override_without_equals_is_an_error():
-    with pytest.raises(RecipeError, match="dotted.key=value"):
-        apply_override({}, "rollout.num_samples")
+def test_override_without_equals_is_an_error(tmp_path):
+    with pytest.raises(RecipeError, match="expected KEY=VALUE"):
+        load_recipe(write(tmp_path, BASE), overrides=["rollout.num_samples"])
 
 
 def test_scorer_needs_its_target():

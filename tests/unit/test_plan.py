@@ -117,4 +117,5 @@ def test_prefloop_run_refuses_before_starting_anything(capsys, monkeypatch):
     rc = main(["run", str(ROOT / "recipes" / "remax-ultrarm.yaml"),
                "--cluster", str(ROOT / "cluster" / "kuberay" / "rayservice.yaml")])
     err = capsys.readouterr().err
-    assert rc == 2 and "trainer (gpu-1x, g5.2xlarge, A10G)" in err and "short by" in err
+    # exit 1: the preflight ran and found problems (the plan's shortfall among them)
+    assert rc == 1 and "trainer (gpu-1x, g5.2xlarge, A10G)" in err and "short by" in err

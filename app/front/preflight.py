@@ -1,0 +1,217 @@
+"""One preflight: every check that ``prefloop run`` (or one round of it) makes, run before Ray starts.
+
+``recipe check`` runs it and exits 1 on any problem; ``run``, ``demo`` and ``rollout|train --round R`` run it
+right after loading the recipe, so a typo costs a second, not the minutes Ray, Serve and the generators take
+to come up. It collects every problem rather than stopping at the first:
+
+- the prompt files (``data.train`` for each round, ``{round}`` filled in; ``data.eval``) and ``train.data``
+  exist, are readable, and (Parquet, dataset dirs) have the prompt column;
+- model directories load their ``config.json`` and tokenizer (the policy, a reward model), PairRM ranker dirs
+  have their weights and backbone, ``module:function`` judges import and are callable;
+- each online round reads its own prompts (``Recipe.check_round_prompts``) and the plan fits the cluster.
+
+The check for each judge kind is one small function in ``JUDGE_CHECKS``, used for ``scorer`` and ``eval.judge``
+alike. Reads files only: no Ray, no torch, no transformers (the tokenizer is loaded with ``tokenizers``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from prefloop.core.config import Recipe, RecipeError
+from prefloop.core.partition import round_path
+from prefloop.core.prompts import Fields, InputError
+
+KNOWN_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "file", "abfs", "abfss")
+WEIGHTS = ("*.safetensors", "*.bin", "*.pt")
+
+
+class PreflightError(Exception):
+    """What the preflight found, one problem a line, each naming the recipe key and the path."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__(f"{len(problems)} problem(s) found before anything started:\n  " + "\n  ".join(problems))
+
+
+def check_tokenizer(path: Path, key: str) -> list[str]:
+    if (path / "tokenizer.json").is_file():
+        from tokenizers import Tokenizer
+
+        try:
+            Tokenizer.from_file(str(path / "tokenizer.json"))
+        except Exception as err:  # the Rust loader raises a plain Exception for any bad file
+            return [f"{key} {path}: tokenizer.json does not load: {err}"]
+        return []
+    if (path / "tokenizer_config.json").is_file() and any(
+            (path / f).is_file() for f in ("tokenizer.model", "vocab.json", "vocab.txt", "spm.model")):
+        return []
+    return [f"{key} {path}: no tokenizer (tokenizer.json, or tokenizer_config.json with its vocabulary)"]
+
+
+def check_model_dir(path: str, key: str, tokenizer: bool = True) -> list[str]:
+    """A Hugging Face model directory: config.json that loads, weights, and (``tokenizer``) a tokenizer."""
+    d = Path(path)
+    if not d.is_dir():
+        return [f"{key} {path}: no such directory"]
+    config = d / "config.json"
+    if not config.is_file():
+        return [f"{key} {path}: not a Hugging Face model directory (no config.json)"]
+    try:
+        doc = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        return [f"{key} {config}: does not load: {err}"]
+    problems = [] if isinstance(doc, dict) and (doc.get("model_type") or doc.get("architectures")) else \
+        [f"{key} {config}: no model_type or architectures (not a model's config.json)"]
+    if not any(next(d.glob(w), None) for w in WEIGHTS):
+        problems.append(f"{key} {path}: no weights (*.safetensors or *.bin)")
+    return problems + (check_tokenizer(d, key) if tokenizer else [])
+
+
+def _pairrm(cfg: Any, key: str) -> list[str]:
+    from prefloop.actors.blender_compat import check_ranker_dir
+
+    try:
+        backbone = check_ranker_dir(cfg.model)
+    except (FileNotFoundError, OSError, ValueError) as err:
+        return [f"{key}.model: {err}"]
+    return check_tokenizer(backbone, f"{key}.model backbone")
+
+
+def _reward_model(cfg: Any, key: str) -> list[str]:
+    return check_model_dir(cfg.model, f"{key}.model")
+
+
+def _function(cfg: Any, key: str) -> list[str]:
+    module_name, _, attr = cfg.function.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        return [f"{key}.function {cfg.function!r} cannot be imported: {err}"]
+    return [] if callable(fn) else [f"{key}.function {cfg.function!r} is not callable"]
+
+
+def _llm_judge(cfg: Any, key: str) -> list[str]:
+    problems = [] if re.match(r"^https?://", cfg.base_url or "") else \
+        [f"{key}.base_url {cfg.base_url!r}: not an http:// or https:// URL"]
+    if cfg.api_key_env and not os.environ.get(cfg.api_key_env):
+        problems.append(f"{key}.api_key_env: ${cfg.api_key_env} is not set")
+    return problems
+
+
+JUDGE_CHECKS: dict[str, Callable[[Any, str], list[str]]] = {
+    "pairrm": _pairrm, "reward_model": _reward_model, "function": _function, "llm_judge": _llm_judge}
+
+
+def check_prompts(path: str, key: str, recipe: Recipe) -> list[str]:
+    """A prompt source as the rollout and evaluation read it (``core/prompt_files.plan_sources``)."""
+    from prefloop.core.prompt_files import plan_sources
+
+    d = recipe.data
+    try:
+        sources = plan_sources(path, Fields(d.prompt_field, d.messages_field, d.id_field))
+    except InputError as err:
+        return [f"{key}: {err}"]
+    return [p for s in sources for p in check_file(s.file, key)]
+
+
+def check_file(path: str, key: str) -> list[str]:
+    p = Path(path)
+    if not p.exists():
+        return [f"{key}: {path}: no such file"]
+    if p.is_file():
+        try:
+            with open(p, "rb") as fh:
+                if not fh.read(1):
+                    return [f"{key}: {path}: empty file"]
+        except OSError as err:
+            return [f"{key}: {path}: cannot be read: {err.strerror}"]
+    return []
+
+
+def _built_later(path: str | None, recipe: Recipe, assets_dir: Path | None) -> bool:
+    """A tiny asset not built yet: ``run`` builds it before its preflight, ``recipe check`` cannot."""
+    return bool(path and assets_dir and recipe.assets == "tiny" and not Path(path).exists()
+                and Path(path).resolve().is_relative_to(assets_dir.resolve()))
+
+
+def data_checks(recipe: Recipe, rounds: Iterable[int], stages: set[str]) -> list[str]:
+    d, t, problems = recipe.data, recipe.train, []
+    offline = t is not None and t.data is not None
+    for r in rounds:
+        if "rollout" in stages and not offline:
+            key = f"data.train (round {r})" if "{round}" in d.train else "data.train"
+            problems += check_prompts(round_path(d.train, r, d.round_offset), key, recipe)
+        if "train" in stages and offline:
+            problems += check_file(round_path(t.data, r, d.round_offset), f"train.data (round {r})")
+    if "eval" in stages:
+        problems += check_prompts(d.eval, "data.eval", recipe) if d.eval else \
+            ["data.eval: the round loop needs held-out prompts to evaluate on"]
+    return list(dict.fromkeys(problems))  # the same file for every round is reported once
+
+
+def model_checks(recipe: Recipe, stages: set[str], assets_dir: Path | None) -> list[str]:
+    problems = []
+    if not _built_later(recipe.policy.model, recipe, assets_dir):
+        problems += check_model_dir(recipe.policy.model, "policy.model")
+    judges = [(recipe.scorer, "scorer")] if stages & {"rollout", "eval"} else []  # eval: the training judge too
+    if "eval" in stages and recipe.eval.judge is not None:
+        judges.append((recipe.eval.judge, "eval.judge"))
+    for cfg, key in judges:
+        if not _built_later(cfg.model, recipe, assets_dir):
+            problems += JUDGE_CHECKS[cfg.kind](cfg, key)
+    return problems
+
+
+def run_dir_checks(recipe: Recipe) -> list[str]:
+    m = re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://", recipe.run_dir)
+    if m and m.group(1).lower() not in KNOWN_SCHEMES:
+        return [f"run_dir {recipe.run_dir!r}: unknown URI scheme {m.group(1)!r} (use {', '.join(KNOWN_SCHEMES)})"]
+    if not m and Path(recipe.run_dir).exists() and not Path(recipe.run_dir).is_dir():
+        return [f"run_dir {recipe.run_dir}: exists and is not a directory"]
+    return []
+
+
+def stages_of(command: str, recipe: Recipe) -> set[str]:
+    """What a command runs: ``run`` the whole loop; ``rollout`` / ``train`` that one stage."""
+    if command != "run":
+        return {command}
+    online = recipe.train is None or recipe.train.data is None
+    return {"train", "eval", *(("rollout",) if online else ())}
+
+
+def preflight(recipe: Recipe, command: str = "run", rounds: Iterable[int] | None = None,
+              cluster: str | None = None, assets_dir: Path | None = None) -> list[str]:
+    """Every problem ``command`` (run / rollout / train) would meet with this recipe, for ``rounds`` (default:
+    all of the loop's); ``cluster``: check the plan against it. Empty when all is well."""
+    from prefloop.app.front.plan import check_plan
+
+    stages = stages_of(command, recipe)
+    rounds = list(range(recipe.loop.rounds) if rounds is None else rounds)
+    problems = run_dir_checks(recipe)
+    if command == "run":
+        if recipe.train is None:
+            problems.append("train: the round loop needs a train section in the recipe")
+        try:
+            recipe.check_round_prompts()
+        except RecipeError as err:
+            problems.append(str(err))
+    problems += data_checks(recipe, rounds, stages) + model_checks(recipe, stages, assets_dir)
+    try:
+        check_plan(recipe, cluster)
+    except (RecipeError, ValueError) as err:
+        problems.append(str(err))
+    return problems
+
+
+def require(recipe: Recipe, command: str = "run", rounds: Iterable[int] | None = None,
+            cluster: str | None = None, assets_dir: Path | None = None) -> None:
+    """``preflight``, raising PreflightError when it found anything."""
+    problems = preflight(recipe, command, rounds, cluster, assets_dir)
+    if problems:
+        raise PreflightError(problems)
