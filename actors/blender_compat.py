@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
 import sys
 import warnings
 from pathlib import Path
 from typing import Any
+
+from prefloop.core.model_dirs import check_ranker_dir
 
 log = logging.getLogger(__name__)
 
@@ -81,34 +82,6 @@ def import_llm_blender() -> Any:
     # Re-added on every call: test runners reset warning filters between tests (no duplicates are kept).
     warnings.filterwarnings("ignore", message=r".*non-optional type \w+ detected when decoding RankerConfig")
     return llm_blender
-
-
-def check_ranker_dir(ranker_dir: str | os.PathLike) -> Path:
-    """The ranker dir, checked: config.json, weights, and a backbone dir; else FileNotFoundError naming it.
-
-    A relative ``model_name`` in config.json is resolved against the ranker dir; an absolute one that no
-    longer exists is looked for by its name inside the ranker dir, so a ranker with its backbone inside it
-    can be moved or copied. Returns the backbone dir.
-    """
-    path = Path(ranker_dir)
-    if not path.is_dir():
-        raise FileNotFoundError(f"PairRM ranker dir {path} does not exist (build the tiny one with "
-                                "`prefloop assets build`)")
-    config = path / "config.json"
-    if not config.is_file():
-        raise FileNotFoundError(f"PairRM ranker dir {path}: no config.json (missing or incomplete ranker)")
-    if not any((path / w).is_file() for w in ("model.safetensors", "pytorch_model.bin")):
-        raise FileNotFoundError(f"PairRM ranker dir {path}: no model.safetensors or pytorch_model.bin")
-    name = json.loads(config.read_text(encoding="utf-8")).get("model_name")
-    if not name:
-        raise FileNotFoundError(f"PairRM ranker dir {path}: config.json has no model_name (backbone dir)")
-    backbone = Path(name) if Path(name).is_absolute() else path / name
-    if not (backbone / "config.json").is_file() and (path / Path(name).name / "config.json").is_file():
-        backbone = path / Path(name).name
-    if not (backbone / "config.json").is_file():
-        raise FileNotFoundError(f"PairRM ranker dir {path}: backbone dir {backbone} is missing or incomplete "
-                                "(only local rankers are supported; nothing is downloaded)")
-    return backbone
 
 
 def load_pairrm(ranker_dir: str | os.PathLike, device: str = "cpu") -> Any:

@@ -26,7 +26,7 @@ import numpy as np
 
 from prefloop.actors.common import object_column, timed
 from prefloop.core.judges import load_function
-from prefloop.core.model_info import check_model_dir
+from prefloop.core.model_dirs import check_model_dir
 
 log = logging.getLogger(__name__)
 

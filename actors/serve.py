@@ -31,7 +31,7 @@ from typing import Any
 import ray
 from ray import serve
 
-from prefloop.core.model_info import check_model_dir
+from prefloop.core.model_dirs import check_model_dir
 from prefloop.core.round_settings import EngineSettings
 from prefloop.actors.model_cache import fetch_model
 from prefloop.actors.vllm_engine import build_llm, reload_in_place, reloadable_in_place, shutdown_llm

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from prefloop.core.model_info import check_model_dir
+from prefloop.core.model_dirs import check_model_dir
 from prefloop.core.round_settings import EngineSettings
 
 log = logging.getLogger(__name__)

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
-from prefloop.core.model_info import check_model_dir
+from prefloop.core.model_dirs import check_ranker_dir, model_dir_problems, tokenizer_problems
 from prefloop.core.strict import RecipeError
 
 
@@ -43,12 +43,19 @@ def load_class(path: str) -> type:
 
 
 def _check_ranker(cfg: Any, key: str) -> None:
-    if not Path(cfg.model, "config.json").is_file():
-        raise FileNotFoundError(f"{key}.model {cfg.model!r}: not a PairRM ranker directory (no config.json)")
+    try:
+        backbone = check_ranker_dir(cfg.model)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{key}.model: {err}") from None
+    problems = tokenizer_problems(backbone, f"{key}.model backbone")
+    if problems:
+        raise FileNotFoundError("; ".join(problems))
 
 
 def _check_reward_model(cfg: Any, key: str) -> None:
-    check_model_dir(cfg.model, f"{key}.model")
+    problems = model_dir_problems(cfg.model, f"{key}.model")
+    if problems:
+        raise FileNotFoundError("; ".join(problems))
 
 
 def _check_function(cfg: Any, key: str) -> None:
@@ -71,7 +78,14 @@ def endpoint_key(cfg: Any, key: str = "eval.judge") -> str | None:
 
 
 def _check_endpoint(cfg: Any, key: str) -> None:
-    endpoint_key(cfg, key)
+    problems = [] if re.match(r"^https?://", cfg.base_url or "") else \
+        [f"{key}.base_url {cfg.base_url!r}: not an http:// or https:// URL"]
+    try:
+        endpoint_key(cfg, key)
+    except JudgeRequestError as err:
+        problems.append(str(err))
+    if problems:
+        raise JudgeRequestError("; ".join(problems))
 
 
 @dataclass(frozen=True)
@@ -125,5 +139,15 @@ def missing_fields(cfg: Any) -> list[str]:
 
 
 def check_judge(cfg: Any, key: str) -> None:
-    """The preflight of the judge configured at recipe ``key`` (``scorer`` or ``eval.judge``)."""
+    """The preflight of the judge configured at recipe ``key`` (``scorer`` or ``eval.judge``): raises what it
+    finds (FileNotFoundError for a model folder, RecipeError for a function, JudgeRequestError for a key)."""
     judge_kind(cfg.kind).check(cfg, key)
+
+
+def judge_problems(cfg: Any, key: str) -> list[str]:
+    """``check_judge``'s finding as a line for the preflight's list (empty when the judge can run)."""
+    try:
+        check_judge(cfg, key)
+    except (OSError, ValueError, RuntimeError) as err:
+        return [str(err)]
+    return []

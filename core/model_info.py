@@ -17,12 +17,6 @@ from typing import Any
 MODEL_INFO = "prefloop_model.json"
 
 
-def check_model_dir(path: str, what: str) -> None:
-    """Fail early, naming the path, instead of deep inside vLLM or transformers."""
-    if not Path(path, "config.json").is_file():
-        raise FileNotFoundError(f"{what} {path!r}: not a Hugging Face model directory (no config.json)")
-
-
 def model_info_for(style: str, method: str, control_token: str | None) -> dict[str, Any]:
     return {"chat_template": style, "method": method, "control_token": control_token}
 

@@ -10,25 +10,24 @@ to come up. It collects every problem rather than stopping at the first:
   have their weights and backbone, ``module:function`` judges import and are callable;
 - each online round reads its own prompts (``Recipe.check_round_prompts``) and the plan fits the cluster.
 
-The check for each judge kind is one small function in ``JUDGE_CHECKS``, used for ``scorer`` and ``eval.judge``
-alike. Reads files only: no Ray, no torch, no transformers (the tokenizer is loaded with ``tokenizers``).
+Each judge kind's check is its entry in the judge registry (``core/judges.py``), used for ``scorer`` and
+``eval.judge`` alike; model folders are checked by ``core/model_dirs.py``. Reads files only: no Ray, no torch,
+no transformers (a tokenizer is loaded with ``tokenizers``).
 """
 
 from __future__ import annotations
 
-import importlib
-import json
-import os
 import re
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Iterable
 
 from prefloop.core.config import Recipe, RecipeError
+from prefloop.core.judges import judge_problems
+from prefloop.core.model_dirs import model_dir_problems
 from prefloop.core.partition import round_path
 from prefloop.core.prompts import Fields, InputError
 
 KNOWN_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "file", "abfs", "abfss")
-WEIGHTS = ("*.safetensors", "*.bin", "*.pt")
 
 
 class PreflightError(Exception):
@@ -37,75 +36,6 @@ class PreflightError(Exception):
     def __init__(self, problems: list[str]):
         self.problems = problems
         super().__init__(f"{len(problems)} problem(s) found before anything started:\n  " + "\n  ".join(problems))
-
-
-def check_tokenizer(path: Path, key: str) -> list[str]:
-    if (path / "tokenizer.json").is_file():
-        from tokenizers import Tokenizer
-
-        try:
-            Tokenizer.from_file(str(path / "tokenizer.json"))
-        except Exception as err:  # the Rust loader raises a plain Exception for any bad file
-            return [f"{key} {path}: tokenizer.json does not load: {err}"]
-        return []
-    if (path / "tokenizer_config.json").is_file() and any(
-            (path / f).is_file() for f in ("tokenizer.model", "vocab.json", "vocab.txt", "spm.model")):
-        return []
-    return [f"{key} {path}: no tokenizer (tokenizer.json, or tokenizer_config.json with its vocabulary)"]
-
-
-def check_model_dir(path: str, key: str, tokenizer: bool = True) -> list[str]:
-    """A Hugging Face model directory: config.json that loads, weights, and (``tokenizer``) a tokenizer."""
-    d = Path(path)
-    if not d.is_dir():
-        return [f"{key} {path}: no such directory"]
-    config = d / "config.json"
-    if not config.is_file():
-        return [f"{key} {path}: not a Hugging Face model directory (no config.json)"]
-    try:
-        doc = json.loads(config.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        return [f"{key} {config}: does not load: {err}"]
-    problems = [] if isinstance(doc, dict) and (doc.get("model_type") or doc.get("architectures")) else \
-        [f"{key} {config}: no model_type or architectures (not a model's config.json)"]
-    if not any(next(d.glob(w), None) for w in WEIGHTS):
-        problems.append(f"{key} {path}: no weights (*.safetensors or *.bin)")
-    return problems + (check_tokenizer(d, key) if tokenizer else [])
-
-
-def _pairrm(cfg: Any, key: str) -> list[str]:
-    from prefloop.actors.blender_compat import check_ranker_dir
-
-    try:
-        backbone = check_ranker_dir(cfg.model)
-    except (FileNotFoundError, OSError, ValueError) as err:
-        return [f"{key}.model: {err}"]
-    return check_tokenizer(backbone, f"{key}.model backbone")
-
-
-def _reward_model(cfg: Any, key: str) -> list[str]:
-    return check_model_dir(cfg.model, f"{key}.model")
-
-
-def _function(cfg: Any, key: str) -> list[str]:
-    module_name, _, attr = cfg.function.partition(":")
-    try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as err:
-        return [f"{key}.function {cfg.function!r} cannot be imported: {err}"]
-    return [] if callable(fn) else [f"{key}.function {cfg.function!r} is not callable"]
-
-
-def _llm_judge(cfg: Any, key: str) -> list[str]:
-    problems = [] if re.match(r"^https?://", cfg.base_url or "") else \
-        [f"{key}.base_url {cfg.base_url!r}: not an http:// or https:// URL"]
-    if cfg.api_key_env and not os.environ.get(cfg.api_key_env):
-        problems.append(f"{key}.api_key_env: ${cfg.api_key_env} is not set")
-    return problems
-
-
-JUDGE_CHECKS: dict[str, Callable[[Any, str], list[str]]] = {
-    "pairrm": _pairrm, "reward_model": _reward_model, "function": _function, "llm_judge": _llm_judge}
 
 
 def check_prompts(path: str, key: str, recipe: Recipe) -> list[str]:
@@ -158,13 +88,13 @@ def data_checks(recipe: Recipe, rounds: Iterable[int], stages: set[str]) -> list
 def model_checks(recipe: Recipe, stages: set[str], assets_dir: Path | None) -> list[str]:
     problems = []
     if not _built_later(recipe.policy.model, recipe, assets_dir):
-        problems += check_model_dir(recipe.policy.model, "policy.model")
+        problems += model_dir_problems(recipe.policy.model, "policy.model")
     judges = [(recipe.scorer, "scorer")] if stages & {"rollout", "eval"} else []  # eval: the training judge too
     if "eval" in stages and recipe.eval.judge is not None:
         judges.append((recipe.eval.judge, "eval.judge"))
     for cfg, key in judges:
         if not _built_later(cfg.model, recipe, assets_dir):
-            problems += JUDGE_CHECKS[cfg.kind](cfg, key)
+            problems += judge_problems(cfg, key)
     return problems
 
 

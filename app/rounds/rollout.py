@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from prefloop.core.model_info import check_model_dir
+from prefloop.core.model_dirs import check_model_dir
 from prefloop.actors.generator_pool import check_sampled_from
 from prefloop.app.storage.rundir import ROLLOUT, write_manifest
 from prefloop.app.dataflow.pipeline import generator_stage, scorer_stage

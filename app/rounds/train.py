@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from prefloop.core.model_info import check_model_dir
+from prefloop.core.model_dirs import check_model_dir
 from prefloop.actors.model_cache import ship
 from prefloop.app.rounds.model_stage import commit_model
 from prefloop.app.rounds.round import Round

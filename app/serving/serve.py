@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from prefloop.core.judges import judge_kind
-from prefloop.core.model_info import check_model_dir
+from prefloop.core.model_dirs import check_model_dir
 from prefloop.core.round_settings import EngineSettings
 from prefloop.actors.model_cache import shipping_store
 from prefloop.app.dataflow.runtime import wait_for
@@ -136,7 +136,7 @@ def serving_spec(policy_dir: str, round_idx: int | None, pairrm_dir: str | None,
     """The replicas' settings (checked paths made absolute); its hash is the deployment's code version."""
     check_model_dir(policy_dir, "policy to serve")
     if pairrm_dir:
-        from prefloop.actors.blender_compat import check_ranker_dir
+        from prefloop.core.model_dirs import check_ranker_dir
 
         check_ranker_dir(pairrm_dir)
         pairrm_dir = str(Path(pairrm_dir).resolve())

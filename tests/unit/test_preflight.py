@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from prefloop.app.front.preflight import JUDGE_CHECKS, preflight
+from prefloop.app.front.preflight import preflight
 from prefloop.core.config import load_recipe
 from prefloop.tinyworld.assets import default_assets_dir
 from prefloop.tinyworld.topics import DATA_DIR
@@ -57,12 +57,12 @@ CASES = [  # (what, --set overrides ({t}: the broken fixture), words of the prob
     ("reward model dir", ["scorer.kind=reward_model", "scorer.model={t}/empty_dir"],
      ["scorer.model", "no config.json"]),
     ("scorer function import", ["scorer.kind=function", "scorer.function=nosuchmodule:fn", "scorer.model=null"],
-     ["scorer.function 'nosuchmodule:fn' cannot be imported"]),
+     ["scorer.function: 'nosuchmodule:fn' cannot be imported"]),
     ("eval judge not callable", ["eval.judge.function=prefloop.tinyworld.gold:__doc__"],
      ["eval.judge.function", "is not callable"]),
     ("llm judge URL and key", ["eval.judge={kind: llm_judge, base_url: judge:8000, model_name: m, "
                                "api_key_env: PREFLOOP_TEST_UNSET_KEY}"],
-     ["eval.judge.base_url 'judge:8000'", "$PREFLOOP_TEST_UNSET_KEY is not set"]),
+     ["eval.judge.base_url 'judge:8000'", "PREFLOOP_TEST_UNSET_KEY is not set"]),
     ("rounds reading the same prompts", ["data.reuse_prompts=false"], ["every online round would read the same"]),
     ("unknown run_dir scheme", ["run_dir=foo://bucket/run"], ["unknown URI scheme 'foo'"]),
 ]
@@ -84,9 +84,10 @@ def test_each_check_finds_its_problem(broken, what, sets, words):
 def test_every_judge_kind_has_a_check():
     from typing import get_args
 
-    from prefloop.core.config import JudgeConfig
+    from prefloop.core.judge_config import JudgeConfig
+    from prefloop.core.judges import JUDGE_KINDS
 
-    assert set(JUDGE_CHECKS) == set(get_args(JudgeConfig.model_fields["kind"].annotation))
+    assert set(JUDGE_KINDS) == set(get_args(JudgeConfig.model_fields["kind"].annotation))
 
 
 def test_the_plan_is_part_of_it():

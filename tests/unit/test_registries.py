@@ -50,7 +50,7 @@ def test_judge_kinds_declare_requirements_and_classes():
 def test_judge_preflight_names_the_key(tmp_path, monkeypatch):
     with pytest.raises(RecipeError, match="eval.judge.function: 'no_such_mod:f' cannot be imported"):
         load_function("no_such_mod:f", "eval.judge.function")
-    with pytest.raises(FileNotFoundError, match="scorer.model .*not a PairRM ranker"):
+    with pytest.raises(FileNotFoundError, match="scorer.model: PairRM ranker dir .* no config.json"):
         check_judge(recipe(scorer={"kind": "pairrm", "model": str(tmp_path)}).scorer, "scorer")
     check_judge(recipe(scorer={"kind": "function", "function": "prefloop.core.rewards:brevity"}).scorer, "scorer")
 
