@@ -9,9 +9,11 @@
     prefloop assets build [DIR] [--seed S] [--force] [--recipe R]  build the tiny offline models (R's parts)
     prefloop recipe check RECIPE [--set key=value ...]          validate a recipe and print it resolved
     prefloop data prepare KIND --source SRC --out DIR [...]     the cards' datasets -> prefloop's partitions
+    prefloop model import SOURCE [--out DIR]                    a GGUF file (or a package shipping one) -> HF dir
 
 Recipes may use ``{assets}`` (the tiny assets dir, $PREFLOOP_ASSETS or ~/.cache/prefloop/assets) and
-``{data}`` (the prompt files shipped with prefloop) in paths. The console is quiet unless ``-v`` (``app/watch/console.py``):
+``{data}`` (the prompt files shipped with prefloop) and ``{smollm2}`` (SmolLM2-135M-Instruct, imported on first
+use) in paths. The console is quiet unless ``-v`` (``app/watch/console.py``):
 progress bars and the round table; the libraries' logs go to ``RUN_DIR/logs/driver.log``.
 """
 
@@ -38,10 +40,14 @@ def resolve_recipe(path: str, overrides: list[str], tiny: bool = False) -> Recip
     """Load and validate a recipe (``tiny``: with its tiny section); build the tiny assets if it asks for them."""
     from prefloop.tinyworld.assets import build_assets, default_assets_dir, parts_used
 
+    from prefloop.app.models.catalog import ensure_models, model_placeholders
+
     assets_dir = default_assets_dir()
-    recipe = load_recipe(path, overrides, {"assets": str(assets_dir), "data": str(DATA_DIR)}, tiny=tiny)
+    recipe = load_recipe(path, overrides, {"assets": str(assets_dir), "data": str(DATA_DIR), **model_placeholders()},
+                         tiny=tiny)
     if recipe.assets == "tiny":  # the parts its paths name (the demo: policy and PairRM)
         build_assets(assets_dir, parts=parts_used(recipe.model_dump(), assets_dir))
+    ensure_models(recipe.model_dump())  # {smollm2}: imported from its package on first use
     return recipe
 
 
@@ -117,10 +123,11 @@ def cmd_assets(args: argparse.Namespace) -> int:
 
 
 def cmd_recipe_check(args: argparse.Namespace) -> int:
+    from prefloop.app.models.catalog import model_placeholders
     from prefloop.tinyworld.assets import default_assets_dir
 
-    recipe = load_recipe(args.recipe, args.set, {"assets": str(default_assets_dir()), "data": str(DATA_DIR)},
-                         tiny=args.tiny)
+    recipe = load_recipe(args.recipe, args.set, {"assets": str(default_assets_dir()), "data": str(DATA_DIR),
+                                                 **model_placeholders()}, tiny=args.tiny)
     print(dump_recipe(recipe), end="")
     return 0
 
@@ -219,6 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     from prefloop.app.data.data_prepare import add_parser as add_data_parser
 
     add_data_parser(sub)  # prefloop data prepare KIND --source SRC --out DIR ...
+    from prefloop.app.models.commands import add_parser as add_model_parser
+
+    add_model_parser(sub)  # prefloop model import SOURCE [--out DIR]
 
     p = sub.add_parser("plan", help="GPU memory of every actor from the models' config.json, against a cluster")
     with_recipe(p)
