@@ -89,9 +89,13 @@ class RewardHeadConfig(_Strict):
 class ScorerConfig(_Strict):
     """Who judges the candidates: PairRM, a scalar reward model, or a user function."""
 
-    kind: Literal["pairrm", "reward_model", "function"] = "pairrm"
+    kind: Literal["pairrm", "reward_model", "function", "ifeval"] = "pairrm"
     model: str | None = Field(None, description="Ranker dir (pairrm) or HF dir (reward_model).")
     function: str | None = Field(None, description="'module:function' taking (prompt, completion) -> float.")
+    instructions: str | None = Field(None, description="ifeval only: JSONL table of each prompt's IFEval instructions "
+                                     "({prompt_id, instruction_id_list, kwargs}; prefloop data prepare ifeval-synth).")
+    instruction_ids: list[str] | None = Field(None, description="ifeval only: the instruction ids graded; null = "
+                                              "every id whose checker runs here. One that cannot run is refused.")
     chat_template: ChatTemplate = Field("tokenizer", description="Reward model's rendering of (prompt, answer).")
     num_scorers: int = Field(1, ge=1)
     batch_size: int = Field(16, ge=1, description="Prompts per scorer call.")
@@ -112,6 +116,12 @@ class ScorerConfig(_Strict):
             raise ValueError("scorer.function must be 'module:function' when scorer.kind is 'function'")
         if self.comparisons == "pivots" and self.kind != "pairrm":
             raise ValueError("scorer.comparisons: 'pivots' is for pairwise judges (scorer.kind: pairrm)")
+        if self.kind == "ifeval":  # the checkers are probed here, so recipe check refuses an id that cannot run
+            from prefloop.core.ifeval import check_ids
+
+            if not self.instructions:
+                raise ValueError(f"scorer.instructions is required when scorer.kind is 'ifeval'")
+            check_ids(self.instruction_ids, f"scorer.instruction_ids")
         return self
 
 
@@ -122,11 +132,16 @@ class JudgeConfig(_Strict):
     ``scorer``); ``llm_judge`` asks any OpenAI-compatible ``/v1/chat/completions`` endpoint, with AlpacaEval 2.0's
     pairwise protocol in both answer orders (``core/llm_judge.py``)."""
 
-    kind: Literal["pairrm", "reward_model", "function", "llm_judge"] = Field(
+    kind: Literal["pairrm", "reward_model", "function", "llm_judge", "ifeval"] = Field(
         description="pairrm (llm-blender ranker dir), reward_model (HF sequence classifier), function "
-        "('module:function(prompt, completion) -> float'), or llm_judge (an OpenAI-compatible endpoint).")
+        "('module:function(prompt, completion) -> float'), llm_judge (an OpenAI-compatible endpoint), or ifeval "
+        "(IFEval's instruction checkers, core/ifeval.py).")
     model: str | None = Field(None, description="Ranker dir (pairrm) or HF dir (reward_model); default null.")
     function: str | None = Field(None, description="'module:function' (function); default null.")
+    instructions: str | None = Field(None, description="ifeval only: JSONL table of each prompt's IFEval instructions "
+                                     "({prompt_id, instruction_id_list, kwargs}; prefloop data prepare ifeval-synth).")
+    instruction_ids: list[str] | None = Field(None, description="ifeval only: the instruction ids graded; null = "
+                                              "every id whose checker runs here. One that cannot run is refused.")
     chat_template: ChatTemplate = Field("tokenizer", description="Reward model's rendering of (prompt, answer).")
     batch_size: int = Field(16, ge=1, description="Prompts per scorer call (pairrm, reward_model, function).")
     base_url: str | None = Field(None, description="llm_judge: the endpoint's base URL, up to and including "
@@ -155,6 +170,12 @@ class JudgeConfig(_Strict):
                 raise ValueError(f"eval.judge.{missing[0]} is required when eval.judge.kind is 'llm_judge'")
         elif self.base_url or self.model_name or self.api_key_env:
             raise ValueError("eval.judge.base_url / model_name / api_key_env are only used by kind 'llm_judge'")
+        if self.kind == "ifeval":  # the checkers are probed here, so recipe check refuses an id that cannot run
+            from prefloop.core.ifeval import check_ids
+
+            if not self.instructions:
+                raise ValueError(f"eval.judge.instructions is required when eval.judge.kind is 'ifeval'")
+            check_ids(self.instruction_ids, f"eval.judge.instruction_ids")
         return self
 
     def as_scorer(self) -> "ScorerConfig":
@@ -162,7 +183,8 @@ class JudgeConfig(_Strict):
         if self.kind == "llm_judge":
             raise ValueError("an llm_judge is not a scorer stage")
         return ScorerConfig(kind=self.kind, model=self.model, function=self.function,
-                            chat_template=self.chat_template, batch_size=self.batch_size)
+                            chat_template=self.chat_template, batch_size=self.batch_size,
+                            instructions=self.instructions, instruction_ids=self.instruction_ids)
 
 
 class EvalConfig(_Strict):

@@ -66,9 +66,13 @@ def own_scorer_stage(recipe: Recipe) -> Stage:
         cls, kwargs = RewardModelScorer, {"model_dir": sc.model, "chat_template": sc.chat_template,
                                           "batch_size": sc.batch_size,
                                           "reward_head": sc.reward_head.model_dump() if sc.reward_head else None}
+    elif sc.kind == "ifeval":
+        from prefloop.actors.ifeval_scorer import IFEvalScorer
+
+        cls, kwargs = IFEvalScorer, {"instructions": sc.instructions, "instruction_ids": sc.instruction_ids}
     else:
         cls, kwargs = FunctionScorer, {"function": sc.function}
-    gpus = res.scorer_gpus if sc.kind != "function" else 0.0
+    gpus = res.scorer_gpus if sc.kind not in ("function", "ifeval") else 0.0
     return Stage(cls, kwargs, sc.num_scorers, sc.batch_size, res.scorer_cpus, gpus, res.custom("scorer"))
 
 

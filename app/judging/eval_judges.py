@@ -3,7 +3,7 @@
 - ``training_verdicts``: the recipe's training scorer (``scorer``) on [round answer, base answer] per prompt.
 - ``eval_verdicts``: the eval judge (``eval.judge``): ``pairrm`` / ``reward_model`` through the same Ray Data
   scorer stages, ``function`` called on the driver (no actor to start for a few dozen answers),
-  ``llm_judge`` through ``app/judging/llm_judge.py``; with no ``eval.judge``, the training scorer's verdicts are
+  ``llm_judge`` through ``app/judging/llm_judge.py``, ``ifeval`` on the driver (``app/judging/ifeval_judge.py``); with no ``eval.judge``, the training scorer's verdicts are
   reused and the judge is marked not independent.
 - ``best_of_answers``: N samples per prompt from the model the pool holds, reranked by PairRM (the eval judge if
   it is PairRM, else the training scorer; the recipe's validation guarantees one of them is), the top one kept.
@@ -65,6 +65,10 @@ def preflight(recipe: Recipe) -> None:
         from prefloop.app.judging.llm_judge import LLMJudge
 
         LLMJudge(judge)  # raises when api_key_env names an unset variable
+    elif judge.kind == "ifeval":  # the table reads, and every id in it can be graded here
+        from prefloop.actors.ifeval_scorer import IFEvalScorer
+
+        IFEvalScorer(judge.instructions, judge.instruction_ids)
 
 
 def _with_scorer(recipe: Recipe, scorer: ScorerConfig) -> Recipe:
@@ -106,6 +110,10 @@ def eval_verdicts(recipe: Recipe, answers: list[dict], base: list[dict],
                                      [base_by_id[a["prompt_id"]] for a in answers])
     if judge.kind == "function":
         return function_verdicts(judge.function, answers, base)
+    if judge.kind == "ifeval":
+        from prefloop.app.judging.ifeval_judge import ifeval_verdicts
+
+        return ifeval_verdicts(judge, answers, base)
     return scalar_verdicts(_with_scorer(recipe, judge.as_scorer()), answers, base, f"eval judge ({judge.kind})")
 
 

@@ -52,7 +52,7 @@ class ImportCheckError(RuntimeError):
 def find_gguf(source: str) -> Path:
     """A GGUF file path, or ``package[:file.gguf]``: the (one, or named) GGUF file an installed package ships."""
     path = Path(source).expanduser()
-    if path.suffix == ".gguf":
+    if path.suffix == ".gguf" and (":" not in source or path.is_file()):
         if not path.is_file():
             raise FileNotFoundError(f"{path}: GGUF file not found")
         return path
