@@ -30,6 +30,7 @@ from typing import Any, Callable
 from prefloop.app.data.data_source import Source, open_source
 from prefloop.core import data_archangel as arch
 from prefloop.core import data_sources as ds
+from prefloop.app.data import ifeval_prompts
 from prefloop.core.partition import select_first, split
 from prefloop.core.prompts import InputError
 
@@ -203,6 +204,8 @@ def parse_sources(kind: str, values: list[str]) -> dict[str, str]:
 
 def cmd_data(args: argparse.Namespace) -> int:
     """``prefloop data prepare ...`` (registered by app/front/cli.py)."""
+    if args.kind in ifeval_prompts.KINDS:  # prompts with IFEval instructions: app/data/ifeval_prompts.py
+        return ifeval_prompts.cmd(args)
     manifest = prepare(args.kind, parse_sources(args.kind, args.source), Path(args.out), args.partitions, args.seed,
                        args.limit, args.split, args.config)
     c = manifest["counts"]
@@ -214,7 +217,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 def add_parser(sub: Any) -> None:
     data = sub.add_parser("data", help="prepare the cards' datasets").add_subparsers(dest="action", required=True)
     p = data.add_parser("prepare", help="convert a public dataset into prefloop's partitions")
-    p.add_argument("kind", choices=KINDS)
+    p.add_argument("kind", choices=KINDS + ifeval_prompts.KINDS)
     p.add_argument("--source", action="append", default=[], help="file, dataset dir or hub name; archangel-mix: "
                    "hh=SRC / shp=SRC / oasst=SRC (repeatable)")
     p.add_argument("--out", required=True, help="output directory")
@@ -223,4 +226,5 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--limit", type=int, default=None, help="keep N rows (lowest seeded hash)")
     p.add_argument("--split", default=None, help="the source split to read (default: the kind's)")
     p.add_argument("--config", default=None, help="hub dataset config name (e.g. alpaca_eval)")
+    ifeval_prompts.add_arguments(p)
     p.set_defaults(func=cmd_data)

@@ -37,3 +37,32 @@ def manifest_figures(verdicts: list[dict[str, Any]]) -> dict[str, Any]:
     for iid, row in ifeval.per_id(theirs).items():
         table[iid]["base_strict"] = row["strict"]
     return {**ifeval.figures(mine), **ifeval.figures(theirs, "base_"), "ifeval_per_id": table}
+
+
+FIGURES = ("prompt_strict", "prompt_loose", "instruction_strict", "instruction_loose")
+
+
+def report_tables(rows: list[dict[str, Any]]) -> list[str]:
+    """The report's IFEval section (rounds judged by ``ifeval``): the four figures, base and every round, beside
+    length and repetition; then strict accuracy per instruction id, base against each round. Empty otherwise."""
+    rows = [m for m in rows if "ifeval_per_id" in m]
+    if not rows:
+        return []
+    head = ["model", *(f"{f.replace('_', ' ')}" for f in FIGURES), "length (tokens)", "repetition"]
+    base = rows[0]
+    lines = ["## IFEval (held-out prompts, IFEval's own checkers)", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+             "| base | " + " | ".join(f"{base[f'base_ifeval_{f}']:.3f}" for f in FIGURES) +
+             f" | {base.get('base_mean_length', 0):.1f} | {base.get('base_repetition_rate') or 0:.2f} |"]
+    for m in rows:
+        lines.append(f"| round {m['round']} | " + " | ".join(f"{m[f'ifeval_{f}']:.3f}" for f in FIGURES) +
+                     f" | {m.get('mean_length', 0):.1f} | {m.get('repetition_rate') or 0:.2f} |")
+    ids = sorted({iid for m in rows for iid in m["ifeval_per_id"]})
+    head = ["instruction id", "prompts", "base", *(f"round {m['round']}" for m in rows)]
+    lines += ["", "Strict accuracy per instruction id:", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for iid in ids:
+        first = next(m["ifeval_per_id"][iid] for m in rows if iid in m["ifeval_per_id"])
+        cells = [f"`{iid}`", str(first["n"]), f"{first['base_strict']:.2f}"]
+        cells += [f"{m['ifeval_per_id'][iid]['strict']:.2f}" if iid in m["ifeval_per_id"] else "-" for m in rows]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
