@@ -19,7 +19,7 @@ from prefloop.app.rounds.loop import run_loop
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "smollm2-ifeval.yaml"
-MARGIN = 0.03
+MARGIN = 0.02
 REDUCED = ["loop.rounds=1", "data.limit=32", "loop.eval_limit=48", "rollout.max_tokens=96",
            "train.max_response_len=96", "rollout.max_model_len=320"]
 
