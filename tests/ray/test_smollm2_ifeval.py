@@ -1,7 +1,8 @@
 """recipes/smollm2-ifeval.yaml at reduced size: the real SmolLM2-135M-Instruct learns to follow instructions by
 online DPO, graded on held-out topics by IFEval's own checkers (if-verifiable).
 
-Same model, judge, method and prompt files as the recipe; fewer prompts per round, shorter answers, one round.
+Same model, judge, method and prompt files as the recipe; 32 prompts (data.limit caps the held-out set too),
+96-token answers, one round.
 The learning bar: the round's held-out instruction-level strict accuracy (IFEval's checkers, greedy answers)
 beats the base model's by ``MARGIN``. The real model's own behaviour is checked on the same run: vLLM's answers
 end at ``<|im_end|>`` (finish reason ``stop``, no ChatML token left in the text).
@@ -20,7 +21,7 @@ from prefloop.app.rounds.loop import run_loop
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "smollm2-ifeval.yaml"
 MARGIN = 0.02
-REDUCED = ["loop.rounds=1", "data.limit=32", "loop.eval_limit=48", "rollout.max_tokens=96",
+REDUCED = ["loop.rounds=1", "data.limit=32", "loop.eval_limit=32", "rollout.max_tokens=96",
            "train.max_response_len=96", "rollout.max_model_len=320"]
 
 
