@@ -147,11 +147,14 @@ def left_out() -> dict[str, str]:
 
 def write_all(out: Path, kind: str, files: dict[str, list[dict]], table: list[dict], rejected: list[dict],
               seed: int, info: dict[str, Any]) -> dict[str, Any]:
-    """The prompt files, ``instructions.jsonl``, ``rejected.jsonl`` and ``manifest.json``; a prompt_id twice
-    across the files is an error (the judge could not tell the prompts apart)."""
-    ids = [r["prompt_id"] for r in table]
-    if len(ids) != len(set(ids)):
-        raise InputError(f"{kind}: a prompt_id appears in two files; nothing written")
+    """The prompt files, ``instructions.jsonl``, ``rejected.jsonl`` and ``manifest.json``; a prompt_id twice is an
+    error (the judge could not tell the prompts apart)."""
+    seen: set[str] = set()
+    for r in table:
+        if r["prompt_id"] in seen:
+            raise InputError(f"{kind}: prompt_id {r['prompt_id']!r} appears twice (two rows of one key, or of one "
+                             "prompt); nothing written")
+        seen.add(r["prompt_id"])
     out.mkdir(parents=True, exist_ok=True)
     for name, rows in files.items():
         _write_jsonl(out / name, rows)

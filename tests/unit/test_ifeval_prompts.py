@@ -84,3 +84,11 @@ def test_ifeval_kind_needs_its_file(tmp_path, capsys):
     assert "none.jsonl: file not found" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["data", "prepare", "ifeval-synth", "--source", "x", "--out", str(tmp_path / "o"), "--bogus"])
+
+
+def test_a_key_twice_is_refused_before_anything_is_written(tmp_path, capsys):
+    src = tmp_path / "dup.jsonl"
+    src.write_text(json.dumps(IFEVAL_ROWS[0]) + "\n" + json.dumps(IFEVAL_ROWS[0]) + "\n")
+    assert main(["data", "prepare", "ifeval", "--source", str(src), "--out", str(tmp_path / "o")]) == 2
+    assert "prompt_id 'ifeval-1000' appears twice" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
