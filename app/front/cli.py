@@ -38,9 +38,8 @@ log = logging.getLogger("prefloop")
 
 def resolve_recipe(path: str, overrides: list[str], tiny: bool = False) -> Recipe:
     """Load and validate a recipe (``tiny``: with its tiny section); build the tiny assets if it asks for them."""
-    from prefloop.tinyworld.assets import build_assets, default_assets_dir, parts_used
-
     from prefloop.app.models.catalog import ensure_models, model_placeholders
+    from prefloop.tinyworld.assets import build_assets, default_assets_dir, parts_used
 
     assets_dir = default_assets_dir()
     recipe = load_recipe(path, overrides, {"assets": str(assets_dir), "data": str(DATA_DIR), **model_placeholders()},

@@ -3,8 +3,8 @@
 - ``training_verdicts``: the recipe's training scorer (``scorer``) on [round answer, base answer] per prompt.
 - ``eval_verdicts``: the eval judge (``eval.judge``): ``pairrm`` / ``reward_model`` through the same Ray Data
   scorer stages, ``function`` called on the driver (no actor to start for a few dozen answers),
-  ``llm_judge`` through ``app/judging/llm_judge.py``, ``ifeval`` on the driver (``app/judging/ifeval_judge.py``); with no ``eval.judge``, the training scorer's verdicts are
-  reused and the judge is marked not independent.
+  ``llm_judge`` through ``app/judging/llm_judge.py``, ``ifeval`` on the driver (``app/judging/ifeval_judge.py``);
+  with no ``eval.judge``, the training scorer's verdicts are reused and the judge is marked not independent.
 - ``best_of_answers``: N samples per prompt from the model the pool holds, reranked by PairRM (the eval judge if
   it is PairRM, else the training scorer; the recipe's validation guarantees one of them is), the top one kept.
 
