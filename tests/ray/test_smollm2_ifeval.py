@@ -20,7 +20,9 @@ from prefloop.app.rounds.loop import run_loop
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "smollm2-ifeval.yaml"
-MARGIN = 0.02
+# Measured (2026-12-07, 32 held-out prompts, 57 instructions): base 0.228; after the round 0.333 (+0.105); with the
+# DPO loss's sign flipped 0.263 (+0.035: a changed model answers differently, so one instruction is 0.018 of noise)
+MARGIN = 0.06
 REDUCED = ["loop.rounds=1", "data.limit=32", "loop.eval_limit=32", "rollout.max_tokens=96",
            "train.max_response_len=96", "rollout.max_model_len=320"]
 
