@@ -37,7 +37,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def load_rows(policy: str, n_prompts: int, source: str | None) -> list[dict]:
     from transformers import AutoTokenizer
 
-    from prefloop.app.front.cli import DATA_DIR
+    from prefloop.tinyworld.topics import DATA_DIR
     from prefloop.core.prompts import read_prompts
     from prefloop.core.templates import render_prompt
 

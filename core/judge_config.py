@@ -26,6 +26,10 @@ class ScorerConfig(StrictModel):
     kind: Literal[SCORER_KINDS] = "pairrm"  # type: ignore[valid-type]
     model: str | None = Field(None, description="Ranker dir (pairrm) or HF dir (reward_model).")
     function: str | None = Field(None, description="'module:function' taking (prompt, completion) -> float.")
+    instructions: str | None = Field(None, description="ifeval only: JSONL table of each prompt's IFEval instructions "
+                                     "({prompt_id, instruction_id_list, kwargs}; prefloop data prepare ifeval-synth).")
+    instruction_ids: list[str] | None = Field(None, description="ifeval only: the instruction ids graded; null = "
+                                              "every id whose checker runs here. One that cannot run is refused.")
     chat_template: ChatTemplate = Field("tokenizer", description="Reward model's rendering of (prompt, answer).")
     num_scorers: int = Field(1, ge=1)
     batch_size: int = Field(16, ge=1, description="Prompts per scorer call.")
@@ -55,9 +59,14 @@ class JudgeConfig(StrictModel):
 
     kind: Literal[tuple(JUDGE_KINDS)] = Field(  # type: ignore[valid-type]
         description="pairrm (llm-blender ranker dir), reward_model (HF sequence classifier), function "
-        "('module:function(prompt, completion) -> float'), or llm_judge (an OpenAI-compatible endpoint).")
+        "('module:function(prompt, completion) -> float'), llm_judge (an OpenAI-compatible endpoint), or ifeval "
+        "(IFEval's instruction checkers, core/ifeval.py).")
     model: str | None = Field(None, description="Ranker dir (pairrm) or HF dir (reward_model); default null.")
     function: str | None = Field(None, description="'module:function' (function); default null.")
+    instructions: str | None = Field(None, description="ifeval only: JSONL table of each prompt's IFEval instructions "
+                                     "({prompt_id, instruction_id_list, kwargs}; prefloop data prepare ifeval-synth).")
+    instruction_ids: list[str] | None = Field(None, description="ifeval only: the instruction ids graded; null = "
+                                              "every id whose checker runs here. One that cannot run is refused.")
     chat_template: ChatTemplate = Field("tokenizer", description="Reward model's rendering of (prompt, answer).")
     batch_size: int = Field(16, ge=1, description="Prompts per scorer call (pairrm, reward_model, function).")
     base_url: str | None = Field(None, description="llm_judge: the endpoint's base URL, up to and including "
@@ -86,7 +95,8 @@ class JudgeConfig(StrictModel):
         if judge_kind(self.kind).scorer is None:
             raise ValueError(f"a {self.kind} judge is not a scorer stage")
         return ScorerConfig(kind=self.kind, model=self.model, function=self.function,
-                            chat_template=self.chat_template, batch_size=self.batch_size)
+                            chat_template=self.chat_template, batch_size=self.batch_size,
+                            instructions=self.instructions, instruction_ids=self.instruction_ids)
 
 
 class EvalConfig(StrictModel):
@@ -105,3 +115,4 @@ def _require_fields(cfg: "ScorerConfig | JudgeConfig", key: str) -> None:
         raise ValueError(f"{key}.{missing[0]} is required when {key}.kind is '{cfg.kind}'")
     if cfg.function is not None and ":" not in cfg.function:
         raise ValueError(f"{key}.function must be 'module:function'")
+    judge_kind(cfg.kind).validate(cfg, key)

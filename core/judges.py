@@ -88,6 +88,23 @@ def _check_endpoint(cfg: Any, key: str) -> None:
         raise JudgeRequestError("; ".join(problems))
 
 
+def _validate_ifeval_ids(cfg: Any, key: str) -> None:
+    from prefloop.core.ifeval import check_ids  # probes the checkers: only for an ifeval judge
+
+    check_ids(cfg.instruction_ids, f"{key}.instruction_ids")
+
+
+def _check_instructions(cfg: Any, key: str) -> None:
+    from prefloop.core.ifeval import check_ids, read_instructions
+
+    try:
+        read_instructions(cfg.instructions, check_ids(cfg.instruction_ids, f"{key}.instruction_ids"))
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{key}.instructions: {err}") from None
+    except ValueError as err:
+        raise JudgeCheckError(f"{key}.instructions: {err}") from None
+
+
 @dataclass(frozen=True)
 class JudgeKind:
     """One kind of judge.
@@ -97,7 +114,8 @@ class JudgeKind:
     ``kwargs``: that class's constructor arguments from the config; ``check``: the preflight, run on the driver
     before anything starts; ``gpu``: it takes the scorer GPUs of ``resources`` (a function never does);
     ``pairwise``: it compares candidates with each other, so it can rerank best-of-N; ``on_driver``: as the eval
-    judge it runs in the driver (a few dozen answers are not worth an actor's start-up)."""
+    judge it runs in the driver (a few dozen answers are not worth an actor's start-up); ``validate``: what the
+    recipe's validation checks beyond the required fields (an IFEval id this machine cannot grade)."""
 
     name: str
     requires: tuple[str, ...]
@@ -107,6 +125,7 @@ class JudgeKind:
     gpu: bool
     pairwise: bool = False
     on_driver: bool = False
+    validate: Callable[[Any, str], None] = lambda cfg, key: None
 
 
 JUDGE_KINDS: dict[str, JudgeKind] = {k.name: k for k in (
@@ -121,6 +140,9 @@ JUDGE_KINDS: dict[str, JudgeKind] = {k.name: k for k in (
     JudgeKind("function", ("function",), "prefloop.actors.scorers:FunctionScorer",
               lambda c: {"function": c.function}, _check_function, gpu=False, on_driver=True),
     JudgeKind("llm_judge", ("base_url", "model_name"), None, lambda c: {}, _check_endpoint, gpu=False),
+    JudgeKind("ifeval", ("instructions",), "prefloop.actors.ifeval_scorer:IFEvalScorer",
+              lambda c: {"instructions": c.instructions, "instruction_ids": c.instruction_ids},
+              _check_instructions, gpu=False, on_driver=True, validate=_validate_ifeval_ids),
 )}
 
 SCORER_KINDS = tuple(name for name, k in JUDGE_KINDS.items() if k.scorer is not None)

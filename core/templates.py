@@ -10,7 +10,8 @@ Styles:
 
 One rule for beginning-of-sequence tokens, everywhere: rendered text never starts with BOS. Tokenisation
 adds it (``add_special_tokens=True``) when the tokenizer wants one, so BOS is never doubled. When a
-tokenizer's own template writes BOS, it is stripped here.
+tokenizer's own template writes BOS and the tokenizer adds BOS itself, it is stripped here. A tokenizer that adds
+none keeps it: SmolLM2's "BOS" is ``<|im_start|>``, the first token of its ChatML turns, not a sequence marker.
 """
 
 from __future__ import annotations
@@ -101,8 +102,14 @@ def render_prompt(messages: Sequence[Message], style: str, tokenizer: Any = None
             raise ValueError("chat_template 'tokenizer' needs a tokenizer that has a chat_template")
         text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
         bos = getattr(tokenizer, "bos_token", None)
-        return text[len(bos):] if bos and text.startswith(bos) else text
+        return text[len(bos):] if bos and text.startswith(bos) and _adds_bos(tokenizer) else text
     raise ValueError(f"unknown chat template style {style!r}")
+
+
+def _adds_bos(tokenizer: Any) -> bool:
+    """Whether tokenising with ``add_special_tokens=True`` puts BOS first (as Llama's tokenizers do)."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    return bos is not None and list(tokenizer("x", add_special_tokens=True)["input_ids"][:1]) == [bos]
 
 
 def render_conversation(messages: Sequence[Message], response: str, style: str, tokenizer: Any = None) -> str:

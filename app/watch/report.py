@@ -134,6 +134,9 @@ def write_report(recipe: Recipe, run: RunDir) -> list[dict[str, Any]]:
     has_plot = plot(rows, run.root / REPORT_PNG)
     text = [f"# prefloop run: {recipe.name}", "", f"Run directory: `{run.root}`", "", *notes(recipe, rows),
             format_table(rows), ""]
+    from prefloop.app.judging.ifeval_judge import report_tables
+
+    text += report_tables(rows)  # the ifeval judge's figures and instruction table (none for other judges)
     if has_plot:
         text += ["![per-round metrics](report.png)", ""]
     text += ["Per round: `round_R/rollout/` (candidates, pairs, KTO examples), `round_R/model/` (the model), "

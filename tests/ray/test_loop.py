@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from prefloop.app.front.cli import resolve_recipe
+from prefloop.app.front.recipes import resolve_recipe
 from prefloop.app.rounds.loop import run_loop
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]

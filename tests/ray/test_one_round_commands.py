@@ -13,7 +13,8 @@ import pytest
 
 from prefloop.app.rounds.round import Round
 from prefloop.app.storage.rundir import RunDir
-from prefloop.app.front.cli import cmd_one_round, resolve_recipe
+from prefloop.app.front.cli import cmd_one_round
+from prefloop.app.front.recipes import resolve_recipe
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"

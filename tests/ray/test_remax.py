@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from prefloop.app.front.cli import resolve_recipe
+from prefloop.app.front.recipes import resolve_recipe
 from prefloop.app.rounds.loop import run_loop, start_pool
 from prefloop.app.rounds.remax import follow_checkpoints, follow_steps, run_remax
 from prefloop.app.rounds.round import Round

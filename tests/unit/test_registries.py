@@ -36,7 +36,7 @@ def test_recipe_methods_come_from_the_registry():
 
 
 def test_judge_kinds_declare_requirements_and_classes():
-    assert set(SCORER_KINDS) == {"pairrm", "reward_model", "function"} and "llm_judge" in JUDGE_KINDS
+    assert set(SCORER_KINDS) == {"pairrm", "reward_model", "function", "ifeval"} and "llm_judge" in JUDGE_KINDS
     assert judge_kind("pairrm").pairwise and judge_kind("pairrm").gpu and not judge_kind("function").gpu
     assert judge_kind("llm_judge").scorer is None
     with pytest.raises(RecipeError, match="scorer.model is required when scorer.kind is 'pairrm'"):

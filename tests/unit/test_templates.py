@@ -28,15 +28,28 @@ def test_ultrarm_prompt_and_conversation():
 
 
 class FakeTokenizer:
-    """Only what render_prompt reads: a chat_template and apply_chat_template (isolates the BOS rule)."""
-    bos_token, eos_token, chat_template = "<s>", "</s>", "x"
+    """Only what render_prompt reads: a chat_template, apply_chat_template and whether tokenising adds BOS
+    (isolates the BOS rule)."""
+    bos_token, bos_token_id, eos_token, chat_template = "<s>", 1, "</s>", "x"
+    adds_bos = True
 
     def apply_chat_template(self, messages, tokenize, add_generation_prompt):
         return "<s>" + "".join(m["content"] for m in messages) + ("|gen|" if add_generation_prompt else "")
 
+    def __call__(self, text, add_special_tokens=True):
+        return {"input_ids": ([1] if add_special_tokens and self.adds_bos else []) + [ord(c) for c in text]}
+
 
 def test_tokenizer_template_strips_bos():
     assert render_prompt([{"role": "user", "content": "Hi"}], "tokenizer", FakeTokenizer()) == "Hi|gen|"
+
+
+def test_tokenizer_template_keeps_a_bos_the_tokenizer_does_not_add():
+    """SmolLM2's bos_token is <|im_start|>, its ChatML turn opener, and its tokenizer adds no BOS: stripping it
+    would cut the first turn's opener."""
+    tok = FakeTokenizer()
+    tok.adds_bos = False
+    assert render_prompt([{"role": "user", "content": "Hi"}], "tokenizer", tok) == "<s>Hi|gen|"
 
 
 def test_tokenizer_template_needs_a_template():
