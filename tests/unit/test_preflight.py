@@ -1,9 +1,7 @@
 """The preflight (app/front/preflight.py): each check finds its problem on the demo recipe with one thing broken,
 names the key and the path; `recipe check` and `run` both stop on it with exit 1 before Ray is imported."""
 
-import json
 import shutil
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
