@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from prefloop.app.storage.runlock import RecipeChangedError, RunLockedError
+from prefloop.app.storage.runlock import RecipeChangedError, RunLockedError, RunLockLostError
 from prefloop.app.watch import console
 from prefloop.core.config import Recipe, RecipeError, dump_recipe, load_recipe
 from prefloop.core.prompts import InputError
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         return args.func(args)
-    except (RecipeError, InputError, FileNotFoundError, RunLockedError, RecipeChangedError) as err:
+    except (RecipeError, InputError, FileNotFoundError, RunLockedError, RunLockLostError, RecipeChangedError) as err:
         # User errors: a clear message naming the file / key, no traceback.
         con.detach(err)
         print(f"prefloop: error: {err}", file=sys.stderr)

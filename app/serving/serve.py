@@ -284,6 +284,7 @@ def resolve_served_model(run_dir: str | Path, round_idx: int | None = None) -> t
     from prefloop.core.config import load_recipe
 
     run = RunDir(run_dir)
+    run.pull()  # a reader: downloads, never uploads (the driver, under the run's lock, does that)
     committed = sorted(int(p.name.split("_", 1)[1]) for p in run.root.glob("round_*")
                        if p.name.split("_", 1)[1].isdigit() and run.is_committed(int(p.name.split("_", 1)[1]),
                                                                                  MODEL))
