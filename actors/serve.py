@@ -59,6 +59,7 @@ class Engine:
     tokenizer: Any
     model_dir: str  # the model's name (its folder on the driver that published it)
     local: str  # where this replica read it (a copy on this node: actors/model_cache.py)
+    control: str | None = None  # a cSFT model's control token, read once at load (not from disk per request)
 
 
 def load_tokenizer(model_dir: str) -> Any:
@@ -72,7 +73,7 @@ def build_engine(model_dir: str, local: str, spec: dict[str, Any]) -> Engine:
     llm = build_llm(local, dtype=spec["dtype"], max_model_len=spec["max_model_len"],
                     kv_cache_gb=spec.get("kv_cache_gb"), enforce_eager=spec["enforce_eager"], seed=0,
                     seeded_requests=True, what="served policy")
-    return Engine(llm, load_tokenizer(local), model_dir, local)
+    return Engine(llm, load_tokenizer(local), model_dir, local, control_token_of(local))
 
 
 def close_engine(engine: Engine) -> None:
@@ -121,7 +122,7 @@ class PolicyServer:
             locked = time.perf_counter()
             if in_place:
                 reload_in_place(self.engine.llm, local)
-                self.engine = Engine(self.engine.llm, tokenizer, model_dir, local)
+                self.engine = Engine(self.engine.llm, tokenizer, model_dir, local, control_token_of(local))
             else:
                 old, self.engine = self.engine, new
             self.round = round_idx
@@ -155,7 +156,7 @@ class PolicyServer:
         try:
             with self._tokenizer_lock:  # a fast tokenizer is not safe to call from several threads at once
                 text = generation_text(req.messages, self.spec["chat_template"], engine.tokenizer,
-                                       control_token_of(engine.local))  # a cSFT model's control token
+                                       engine.control)  # a cSFT model's control token
                 ids = engine.tokenizer(text, add_special_tokens=True)["input_ids"]
         except api.RequestError:
             raise
