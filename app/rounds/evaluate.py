@@ -90,7 +90,13 @@ def base_answers(recipe: Recipe, run: RunDir, rows: list[dict], pool: Any) -> li
         with run.commit(0, BASE_ANSWERS) as out:
             write_parquet(out / "answers.parquet", answers)
             write_manifest(out, {"stage": BASE_ANSWERS, "model": pool.model, "prompts": len(answers)})
-    return read_parquet_rows(run.stage_dir(0, BASE_ANSWERS) / "answers.parquet")
+    base = read_parquet_rows(run.stage_dir(0, BASE_ANSWERS) / "answers.parquet")
+    missing = {r["prompt_id"] for r in rows} - {b["prompt_id"] for b in base}
+    if missing:  # e.g. a run whose held-out set was cut by data.limit before the eval set was kept whole
+        raise RuntimeError(f"{run.stage_dir(0, BASE_ANSWERS)}: the base answers lack {len(missing)} of the "
+                           f"{len(rows)} held-out prompts (first: {sorted(missing)[0]}); this run's eval set "
+                           f"changed. Start a new run directory, or remove that stage and every eval stage.")
+    return base
 
 
 def side_metrics(answers: list[dict], prefix: str = "") -> dict[str, Any]:
