@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from prefloop.app.storage.runlock import RecipeChangedError, RunLockedError, RunLockLostError
+from prefloop.core.serve_guard import ServeConfigError
 from prefloop.app.watch import console
 from prefloop.core.config import Recipe, RecipeError, dump_recipe, load_recipe
 from prefloop.core.prompts import InputError
@@ -196,7 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replicas", type=int, default=1)
     p.add_argument("--duration", type=float, default=None, help="stop after S seconds (default: until Ctrl-C)")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1/* (default: "
-                   "$PREFLOOP_API_KEY; none: open). Prefer the variable: a flag shows in the process list")
+                   "$PREFLOOP_API_KEY; an empty key is an error). Prefer the variable: a flag shows in the process "
+                   "list")
+    p.add_argument("--insecure", action="store_true", help="allow serving on a non-loopback --host without an API "
+                   "key (refused otherwise)")
     p.add_argument("--max-body-bytes", type=int, default=1_000_000, help="largest request body (413 beyond)")
     p.add_argument("--max-messages", type=int, default=256, help="most messages in one request (400 beyond)")
     p.set_defaults(func=_serve)
@@ -239,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         return args.func(args)
-    except (RecipeError, InputError, FileNotFoundError, RunLockedError, RunLockLostError, RecipeChangedError) as err:
+    except (RecipeError, InputError, FileNotFoundError, RunLockedError, RunLockLostError, RecipeChangedError,
+            ServeConfigError) as err:
         # User errors: a clear message naming the file / key, no traceback.
         con.detach(err)
         print(f"prefloop: error: {err}", file=sys.stderr)
