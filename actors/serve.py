@@ -151,6 +151,25 @@ class PolicyServer:
     def serving_spec(self) -> dict[str, Any]:
         return dict(self.spec)
 
+    def inject_batch_faults(self, count: int) -> None:
+        """Fault injection for tests (a handle call, no HTTP route): the engine's next ``count`` calls with more
+        than one request raise, as an engine error would, so the one-by-one fallback runs on the real engine."""
+        llm = self.engine.llm
+        real = type(llm).generate
+        self._faults = {"left": count, "fired": 0}
+
+        def flaky(prompts: Any, *args: Any, **kwargs: Any) -> Any:
+            if len(prompts) > 1 and self._faults["left"] > 0:
+                self._faults["left"] -= 1
+                self._faults["fired"] += 1
+                raise RuntimeError("injected engine failure (test)")
+            return real(llm, prompts, *args, **kwargs)
+
+        llm.generate = flaky
+
+    def injected_faults(self) -> dict[str, int]:
+        return dict(getattr(self, "_faults", {"left": 0, "fired": 0}))
+
     # ---- generation ---------------------------------------------------------------------------------------
     def _prepare(self, req: api.ChatRequest) -> Prepared:
         """Render, tokenise and check one request outside the engine lock and the batch: its errors are its own
