@@ -195,7 +195,7 @@ def check_held(root: Path | str) -> None:
 class RunLock:
     """Hold a run directory: ``acquire()`` (or ``with``), a heartbeat that renews the lease, ``release()``.
 
-    Fail closed: a renewal that fails (a storage error, retried ``RENEW_TRIES`` times) or a lock seen with
+    Fail closed: a renewal that fails (a storage error, tried ``renew_tries`` times) or a lock seen with
     another holder marks the lock lost; from then on ``verify`` (called before every commit and top-level
     write of the run, ``check_held``) raises ``RunLockLostError``, so nothing this driver does afterwards
     commits."""
