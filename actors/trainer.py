@@ -27,7 +27,6 @@ One loop for all methods:
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import tempfile

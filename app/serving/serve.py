@@ -30,7 +30,7 @@ from typing import Any, Callable
 from prefloop.actors.common import check_model_dir
 from prefloop.actors.model_cache import shipping_store
 from prefloop.app.dataflow.runtime import wait_for
-from prefloop.core.serve_guard import API_KEY_ENV, api_key_digest, check_exposure  # noqa: F401 (API_KEY_ENV: re-used)
+from prefloop.core.serve_guard import api_key_digest, check_exposure
 
 log = logging.getLogger(__name__)
 
