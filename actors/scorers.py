@@ -153,8 +153,13 @@ class RewardModelScorer:
         return (ids[:1] if keep_first else []) + tail, True
 
     def score_texts(self, texts: list[str], answers: list[str] | None = None,
-                    where: list[str] | None = None) -> tuple[list[float], list[bool]]:
+                    where: list[str] | None = None) -> list[float]:
         """Rewards of rendered conversations (``answers``: each text's answer, for the length check)."""
+        return self.score_fitted(texts, answers, where)[0]
+
+    def score_fitted(self, texts: list[str], answers: list[str] | None = None,
+                     where: list[str] | None = None) -> tuple[list[float], list[bool]]:
+        """``score_texts`` and, per text, whether it was left-truncated to fit."""
         fitted = [self.fit(t, (answers or [""] * len(texts))[i], (where or ["a text"] * len(texts))[i])
                   for i, t in enumerate(texts)]
         out: list[float] = []
@@ -166,8 +171,13 @@ class RewardModelScorer:
         return out, [cut for _, cut in fitted]
 
     def score(self, messages: list[list[dict[str, str]]], candidates: list[list[str]],
-              prompt_ids: list[str] | None = None) -> tuple[list[list[float]], list[int]]:
-        """Per prompt its candidates' rewards, and per prompt how many candidates had their prompt truncated."""
+              prompt_ids: list[str] | None = None) -> list[list[float]]:
+        """Per prompt its candidates' rewards."""
+        return self.score_counted(messages, candidates, prompt_ids)[0]
+
+    def score_counted(self, messages: list[list[dict[str, str]]], candidates: list[list[str]],
+                      prompt_ids: list[str] | None = None) -> tuple[list[list[float]], list[int]]:
+        """``score`` and, per prompt, how many of its candidates were scored from a left-truncated text."""
         from prefloop.core.templates import render_conversation
 
         texts, answers, where = [], [], []
@@ -176,7 +186,7 @@ class RewardModelScorer:
                 texts.append(render_conversation(m, c, self.template, self.tokenizer))
                 answers.append(c)
                 where.append(f"prompt_id {prompt_ids[i]}" if prompt_ids else f"prompt {i}")
-        flat, cut = self.score_texts(texts, answers, where)
+        flat, cut = self.score_fitted(texts, answers, where)
         scores, truncated, pos = [], [], 0
         for cands in candidates:
             scores.append(flat[pos:pos + len(cands)])
@@ -186,8 +196,8 @@ class RewardModelScorer:
 
     @timed("score_s")
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        scores, truncated = self.score(_messages(batch), _as_lists(batch["candidates"]),
-                                       [str(p) for p in batch["prompt_id"]])
+        scores, truncated = self.score_counted(_messages(batch), _as_lists(batch["candidates"]),
+                                               [str(p) for p in batch["prompt_id"]])
         out = _with_scores(batch, scores)
         out["prompt_truncated"] = np.asarray(truncated, dtype=np.int64)
         return out

@@ -39,7 +39,7 @@ def test_reward_model_scores_in_its_own_template(tiny_assets):
     texts = [render_conversation([{"role": "user", "content": p}], c, "ultrarm") for p, cs in zip(prompts, cands)
              for c in cs]
     assert texts[0] == "Human: Write a short note about cats.\nAssistant: Cats are soft."
-    single = [scorer.score_texts([t])[0][0] for t in texts]
+    single = [scorer.score_texts([t])[0] for t in texts]
     np.testing.assert_allclose([s for row in out for s in row], single, rtol=1e-4, atol=1e-4)
 
 
