@@ -237,7 +237,7 @@ def test_a_resume_continues_its_own_checkpoint_and_starts_over_from_another_trai
 
     def failed_first(where):
         recipe = make_run(tmp_path / where, tiny_llama, "sft", checkpoint_every_steps=3, max_failures=0, epochs=2)
-        with pytest.raises(RuntimeError, match="training failed"):
+        with pytest.raises(Exception, match="(?i)training failed"):  # the worker death, no retry left
             run_train(recipe, 0, kill_at_step=3)
         return recipe
 
