@@ -15,7 +15,10 @@ it: no shared filesystem is assumed.
 - ``put_folder(path)`` (a training worker): the folder's chunks go into the object store, owned by the caller.
   This is for ReMax's per-step pushes, whose weights exist only on rank 0's node.
 
-The cache keeps the newest ``KEEP`` models per node; older copies are removed when a new one arrives.
+The cache keeps the newest ``KEEP`` models per node; older copies are removed when a new one arrives, except
+a copy in use: each process holds a shared ``flock`` on ``<digest>.use`` for the copy each of its roles
+(``who``: serve, generator, trainer ...) loaded last, and eviction skips a copy whose ``.use`` it cannot lock
+exclusively. (A Serve replica reads its model folder after the load, e.g. a cSFT model's control token.)
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ KEEP = 6  # model copies kept per node (ReMax pushes a new one every step)
 FETCH_TIMEOUT_S = 600.0  # one chunk; a 7B model is ~230 chunks
 STORE_PREFIX = "prefloop-model-store"
 AUDIT = "loads.jsonl"
+_IN_USE: dict[str, tuple[Path, Any]] = {}  # who -> (copy, open .use file holding a shared flock) in this process
 
 
 @dataclass(frozen=True)
@@ -175,14 +179,27 @@ def cache_root() -> Path:
 def local_model(model: str | ModelRef, who: str) -> str:
     """The folder on this node to load ``model`` from (copied into the node cache first when it is a ref)."""
     if isinstance(model, ModelRef):
-        path = str(_materialize(model))
+        path = str(_materialize(model, who))
     else:
         path = str(model)
     _audit(who, model_name(model), path)
     return path
 
 
-def _materialize(ref: ModelRef) -> Path:
+def hold_copy(who: str, copy: Path) -> None:
+    """Mark ``copy`` in use by this process's ``who`` (a shared flock on its ``.use`` file) and let go of the
+    copy ``who`` held before."""
+    previous = _IN_USE.get(who)
+    if previous is not None and previous[0] == copy:
+        return
+    fh = open(copy.parent / f"{copy.name}.use", "a")
+    fcntl.flock(fh, fcntl.LOCK_SH)
+    _IN_USE[who] = (copy, fh)
+    if previous is not None:
+        previous[1].close()  # closing the file drops its flock
+
+
+def _materialize(ref: ModelRef, who: str = "model") -> Path:
     root = cache_root()
     root.mkdir(parents=True, exist_ok=True)
     final = root / ref.digest
@@ -199,6 +216,7 @@ def _materialize(ref: ModelRef) -> Path:
             partial.rename(final)
             log.info("model %s copied to %s in %.1f s", ref.name, final, time.perf_counter() - started)
         os.utime(final)  # newest first when evicting
+        hold_copy(who, final)  # before the fetch lock is let go: no evictor can take it in between
     _evict(root, keep=final)
     return final
 
@@ -223,8 +241,15 @@ def _evict(root: Path, keep: Path) -> None:
     done = sorted((p for p in root.iterdir() if (p / ".complete").exists()), key=lambda p: p.stat().st_mtime,
                   reverse=True)
     for old in done[KEEP:]:
-        if old != keep:
-            shutil.rmtree(old, ignore_errors=True)  # its small .lock file stays: another process may hold it
+        if old == keep:
+            continue
+        with open(root / f"{old.name}.use", "a") as use:
+            try:
+                fcntl.flock(use, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # a process still reads this copy: it stays until it is let go
+                log.info("model cache: keeping %s, still in use", old)
+                continue
+            shutil.rmtree(old, ignore_errors=True)  # its small .lock / .use files stay: others may open them
 
 
 def _audit(who: str, name: str, path: str) -> None:

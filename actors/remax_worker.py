@@ -58,6 +58,10 @@ class RemaxWorker(Worker):
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None \
             else self.tokenizer.eos_token_id
 
+    def identity_rows(self) -> dict[int, dict[str, Any]]:
+        """A ReMax checkpoint's position counts steps over these prompts (step s takes its slice of them)."""
+        return dict(enumerate(self.config.prompts))
+
     # -- one step
     def specs(self, step: int) -> tuple[SampleSpec, SampleSpec]:
         """Step ``step``'s sampled and greedy requests: the sampled one's seed moves with the step."""

@@ -118,6 +118,19 @@ def ensure_pad_token(tokenizer: Any) -> None:
     tokenizer.padding_side = "right"
 
 
+def max_input_tokens(model_dir: str, tokenizer: Any) -> int:
+    """The most tokens the reward model takes: its config's ``max_position_embeddings`` and the tokenizer's
+    ``model_max_length`` (when that is a real bound, not transformers' 1e30 placeholder), the smaller."""
+    config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    bounds = [int(config["max_position_embeddings"])] if config.get("max_position_embeddings") else []
+    if getattr(tokenizer, "model_max_length", None) and tokenizer.model_max_length < 10**9:
+        bounds.append(int(tokenizer.model_max_length))
+    if not bounds:
+        raise ValueError(f"reward model {model_dir}: neither max_position_embeddings nor model_max_length says how "
+                         f"many tokens it takes")
+    return min(bounds)
+
+
 def load_reward_model(model_dir: str, device: str, dtype: Any, recipe_head: dict[str, Any] | None = None,
                       pad_token_id: int | None = None) -> Any:
     """A callable ``(input_ids, attention_mask) -> rewards [B]`` for any supported reward model layout."""

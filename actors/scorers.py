@@ -108,7 +108,13 @@ class PairRMScorer:
 
 
 class RewardModelScorer:
-    """A scalar reward model: one forward pass per (prompt, candidate), in the model's own template."""
+    """A scalar reward model: one forward pass per (prompt, candidate), in the model's own template.
+
+    The reward is read at the last token, so an input longer than the model takes (``max_length``: the smaller
+    of the tokenizer's ``model_max_length`` and the config's ``max_position_embeddings``) is never cut at its
+    end: the conversation is left-truncated (its first token, say BOS, kept), which drops the start of the
+    prompt and scores the whole answer; each row says how many of its candidates were (``prompt_truncated``,
+    summed in the rollout manifest). An answer that alone does not fit is an error naming the prompt."""
 
     def __init__(self, model_dir: str, chat_template: str = "tokenizer", batch_size: int = 16,
                  device: str | None = None, reward_head: dict[str, Any] | None = None):
@@ -118,7 +124,7 @@ class RewardModelScorer:
         from transformers import AutoTokenizer
 
         from prefloop.actors.devices import actor_device
-        from prefloop.actors.reward_model import ensure_pad_token, load_reward_model
+        from prefloop.actors.reward_model import ensure_pad_token, load_reward_model, max_input_tokens
 
         self.torch = torch
         if device is None:
@@ -127,34 +133,74 @@ class RewardModelScorer:
             dtype_name = "float32" if device == "cpu" else "bfloat16"
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         ensure_pad_token(self.tokenizer)
+        self.max_length = max_input_tokens(model_dir, self.tokenizer)
         self.model = load_reward_model(model_dir, device, getattr(torch, dtype_name), reward_head,
                                        pad_token_id=self.tokenizer.pad_token_id)
         self.template, self.batch_size, self.device = chat_template, batch_size, device
 
-    def score_texts(self, texts: list[str]) -> list[float]:
+    def fit(self, text: str, answer: str, where: str) -> tuple[list[int], bool]:
+        """The token ids to score (left-truncated when too long) and whether they were truncated."""
+        ids = self.tokenizer(text)["input_ids"]
+        if len(ids) <= self.max_length:
+            return ids, False
+        keep_first = ids[0] == self.tokenizer.bos_token_id
+        tail = ids[len(ids) - (self.max_length - int(keep_first)):]
+        answer_tokens = len(self.tokenizer(answer, add_special_tokens=False)["input_ids"])
+        if answer_tokens >= len(tail) - 1:
+            raise ValueError(f"reward model scoring {where}: the answer alone is {answer_tokens} tokens; the reward "
+                             f"model takes {self.max_length} in all (lower the answer tokens or use another "
+                             f"reward model)")
+        return (ids[:1] if keep_first else []) + tail, True
+
+    def score_texts(self, texts: list[str], answers: list[str] | None = None,
+                    where: list[str] | None = None) -> list[float]:
+        """Rewards of rendered conversations (``answers``: each text's answer, for the length check)."""
+        return self.score_fitted(texts, answers, where)[0]
+
+    def score_fitted(self, texts: list[str], answers: list[str] | None = None,
+                     where: list[str] | None = None) -> tuple[list[float], list[bool]]:
+        """``score_texts`` and, per text, whether it was left-truncated to fit."""
+        fitted = [self.fit(t, (answers or [""] * len(texts))[i], (where or ["a text"] * len(texts))[i])
+                  for i, t in enumerate(texts)]
         out: list[float] = []
-        for start in range(0, len(texts), self.batch_size):
-            chunk = texts[start:start + self.batch_size]
-            enc = self.tokenizer(chunk, return_tensors="pt", padding=True, truncation=True).to(self.device)
+        for start in range(0, len(fitted), self.batch_size):
+            chunk = [ids for ids, _ in fitted[start:start + self.batch_size]]
+            enc = self.tokenizer.pad({"input_ids": chunk}, return_tensors="pt").to(self.device)
             with self.torch.no_grad():
                 out.extend(self.model(enc["input_ids"], enc["attention_mask"]).float().tolist())
-        return out
+        return out, [cut for _, cut in fitted]
 
-    def score(self, messages: list[list[dict[str, str]]], candidates: list[list[str]]) -> list[list[float]]:
+    def score(self, messages: list[list[dict[str, str]]], candidates: list[list[str]],
+              prompt_ids: list[str] | None = None) -> list[list[float]]:
+        """Per prompt its candidates' rewards."""
+        return self.score_counted(messages, candidates, prompt_ids)[0]
+
+    def score_counted(self, messages: list[list[dict[str, str]]], candidates: list[list[str]],
+                      prompt_ids: list[str] | None = None) -> tuple[list[list[float]], list[int]]:
+        """``score`` and, per prompt, how many of its candidates were scored from a left-truncated text."""
         from prefloop.core.templates import render_conversation
 
-        texts = [render_conversation(m, c, self.template, self.tokenizer)
-                 for m, cands in zip(messages, candidates) for c in cands]
-        flat = self.score_texts(texts)
-        scores, pos = [], 0
+        texts, answers, where = [], [], []
+        for i, (m, cands) in enumerate(zip(messages, candidates)):
+            for c in cands:
+                texts.append(render_conversation(m, c, self.template, self.tokenizer))
+                answers.append(c)
+                where.append(f"prompt_id {prompt_ids[i]}" if prompt_ids else f"prompt {i}")
+        flat, cut = self.score_fitted(texts, answers, where)
+        scores, truncated, pos = [], [], 0
         for cands in candidates:
             scores.append(flat[pos:pos + len(cands)])
+            truncated.append(sum(cut[pos:pos + len(cands)]))
             pos += len(cands)
-        return scores
+        return scores, truncated
 
     @timed("score_s")
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        return _with_scores(batch, self.score(_messages(batch), _as_lists(batch["candidates"])))
+        scores, truncated = self.score_counted(_messages(batch), _as_lists(batch["candidates"]),
+                                               [str(p) for p in batch["prompt_id"]])
+        out = _with_scores(batch, scores)
+        out["prompt_truncated"] = np.asarray(truncated, dtype=np.int64)
+        return out
 
 
 class FunctionScorer:

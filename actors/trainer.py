@@ -1,8 +1,9 @@
 """What runs inside Ray Train: the per-worker train loop (``train_loop`` for TorchTrainer), its steps and checkpoints.
 
 Thin on purpose: the model side is ``actors.train_model``, losses ``core.losses``, the
-schedule ``core.train_config``. This file wires them to a model, an optimizer, Ray Data shards, DDP/FSDP and
-checkpoints. One small step function per method (``STEPS``) turns a micro-batch into a loss and metrics.
+schedule ``core.train_config``, one step function per method ``actors.train_steps`` (``STEPS``), the checkpoint
+files and their identity ``actors.train_checkpoint``. This file wires them to a model, an optimizer, Ray Data
+shards, DDP/FSDP and checkpoints.
 
 One loop for all methods:
 - every worker reads the whole (small: tokenised text) dataset once and trains its share in an order fixed by
@@ -12,8 +13,11 @@ One loop for all methods:
   still agree (an all-reduce of a flag) that all of them have one, so DDP can never wait forever;
 - gradient accumulation uses ``no_sync`` on all but the last micro-batch of a step (one all-reduce per step);
 - rank 0 writes a checkpoint every ``checkpoint_every_steps`` (trainable weights, optimizer, scheduler, the
-  step counter and the metrics so far); a restarted group restores it and skips the micro-batches of the
-  current epoch that were already trained, so training resumes from that step, not from step 0;
+  step counter, the metrics so far and the identity of its examples and settings); a restarted group restores
+  it (every trainable key checked) and skips the micro-batches of the current epoch that were already trained,
+  so training resumes from that step, not from step 0. A checkpoint of other examples or settings is not
+  resumed: the round's training starts over and the manifest says why (``steps.started_over``). An FSDP
+  checkpoint has no optimizer state: its resume logs loudly that the moments restart (``optimizer_reset_at``);
 - the last report carries the final model: LoRA merged, ``save_pretrained`` + tokenizer (with its chat
   template and any control tokens), a directory that transformers and vLLM load as it is. Under FSDP the
   gathered weights are loaded into a fresh model with every key checked (a mismatch fails the save rather
@@ -23,7 +27,6 @@ One loop for all methods:
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import tempfile
@@ -36,89 +39,16 @@ import numpy as np
 import torch
 
 from prefloop.actors.model_cache import local_model
-from prefloop.actors.train_model import (autocast, batch_tokens, encode, load_model, load_reference, seq_batch,
-                                         seq_logps, shard_fsdp)
-from prefloop.core.losses import dpo_loss, kto_loss, sft_loss
+from prefloop.actors.train_checkpoint import (Saved, checkpoint_identity, identity_difference, load_trainable,
+                                              read_state, write_state)
+from prefloop.actors.train_model import load_model, load_reference, shard_fsdp
+from prefloop.actors.train_steps import STEPS, Stats
 from prefloop.core.methods import method
 from prefloop.core.train_config import lr_factor, warmup_steps
 from prefloop.core.train_data import worker_order
 from prefloop.core.worker_config import TrainWorkerConfig
 
 log = logging.getLogger(__name__)
-
-
-# ---------------------------------------------------------------- one micro-batch per method
-
-class Stats(dict):
-    """name -> [sum, count] over micro-batches and workers; reduced to means for the metrics."""
-
-    def add(self, name: str, total: torch.Tensor | float, count: torch.Tensor | float) -> None:
-        entry = self.setdefault(name, [0.0, 0.0])
-        entry[0] += float(total)
-        entry[1] += float(count)
-
-
-def _ref(batch: dict[str, np.ndarray], key: str, device: torch.device) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(batch[key], dtype=np.float32), device=device)
-
-
-def dpo_step(w: "Worker", batch: dict[str, np.ndarray], stats: Stats) -> tuple[torch.Tensor, int]:
-    n, cfg = len(batch["prompt_text"]), w.cfg
-    prompts = list(batch["prompt_text"]) * 2
-    enc = seq_batch(w.tokenizer, prompts, list(batch["chosen"]) + list(batch["rejected"]), cfg, w.model)
-    logps = seq_logps(w.model, enc, cfg, w.device)  # chosen and rejected in one forward pass
-    if w.ref_model is not None:
-        with torch.no_grad():
-            ref = seq_logps(w.ref_model, enc, cfg, w.device)
-        ref_c, ref_r = ref[:n], ref[n:]
-    else:
-        ref_c, ref_r = _ref(batch, "ref_chosen", w.device), _ref(batch, "ref_rejected", w.device)
-    out = dpo_loss(logps[:n], logps[n:], ref_c, ref_r, cfg.beta, cfg.label_smoothing, cfg.ipo)
-    stats.add("loss", out.losses.detach().sum(), n)
-    stats.add("reward_chosen", out.chosen_rewards.sum(), n)
-    stats.add("reward_rejected", out.rejected_rewards.sum(), n)
-    stats.add("reward_accuracy", (out.chosen_rewards > out.rejected_rewards).float().sum(), n)
-    stats.add("reward_margin", (out.chosen_rewards - out.rejected_rewards).sum(), n)
-    return out.losses.mean(), batch_tokens(enc)
-
-
-def kto_step(w: "Worker", batch: dict[str, np.ndarray], stats: Stats) -> tuple[torch.Tensor, int]:
-    cfg, prompts = w.cfg, list(batch["prompt_text"])
-    kl_enc = seq_batch(w.tokenizer, prompts, batch["kl_completion"], cfg, w.model)
-    with torch.no_grad():  # z is detached: the mismatched pairs need no graph
-        kl_logps = seq_logps(w.model, kl_enc, cfg, w.device)
-    enc = seq_batch(w.tokenizer, prompts, batch["completion"], cfg, w.model)
-    logps = seq_logps(w.model, enc, cfg, w.device)
-    if w.ref_model is not None:
-        with torch.no_grad():
-            ref, ref_kl = (seq_logps(w.ref_model, e, cfg, w.device) for e in (enc, kl_enc))
-    else:
-        ref, ref_kl = _ref(batch, "ref_logps", w.device), _ref(batch, "ref_kl_logps", w.device)
-    desirable = torch.as_tensor(np.asarray(batch["label"], dtype=bool), device=w.device)
-    out = kto_loss(logps, ref, desirable, kl_logps, ref_kl, cfg.beta, cfg.desirable_weight,
-                   cfg.undesirable_weight, reduce_fn=w.all_mean)
-    n, good = len(prompts), desirable.float()
-    stats.add("loss", out.losses.detach().sum(), n)
-    stats.add("kto_z", out.z, 1)
-    stats.add("reward_chosen", (out.rewards * good).sum(), good.sum())
-    stats.add("reward_rejected", (out.rewards * (1 - good)).sum(), (1 - good).sum())
-    # KTO "accuracy": the implicit reward sits on the label's side of the reference point beta * z
-    right = torch.where(desirable, out.rewards > cfg.beta * out.z, out.rewards < cfg.beta * out.z)
-    stats.add("reward_accuracy", right.float().sum(), n)
-    return out.losses.mean(), batch_tokens(enc)
-
-
-def sft_step(w: "Worker", batch: dict[str, np.ndarray], stats: Stats) -> tuple[torch.Tensor, int]:
-    enc = encode(w.tokenizer, batch["prompt_text"], batch["completion"], w.cfg)
-    ids, attn, mask = (enc[k].to(w.device) for k in ("input_ids", "attention_mask", "loss_mask"))
-    with autocast(w.cfg, w.device, w.model):
-        logits = w.model(input_ids=ids, attention_mask=attn).logits
-    out = sft_loss(logits, ids, mask)
-    stats.add("loss", out.nll_sum.detach().sum(), out.n_tokens.sum())  # per-token NLL
-    return out.token_mean(), int(attn.sum())
-
-
-STEPS = {"dpo": dpo_step, "kto": kto_step, "sft": sft_step}  # by a method's step name (core/methods.py)
 
 
 # ---------------------------------------------------------------- the worker: state, steps, checkpoints
@@ -145,13 +75,17 @@ class Worker:
         torch.manual_seed(config.seed)  # the same LoRA init on every rank
         self.tokenizer = AutoTokenizer.from_pretrained(config.model_dir)
         model = load_model(config.model_dir, self.device, True, self.cfg, config.dtype)
-        self.state: dict[str, Any] = {"step": 0, "epoch": 0, "micro_in_epoch": 0, "restored_from": []}
+        self.state: dict[str, Any] = {"step": 0, "epoch": 0, "micro_in_epoch": 0, "restored_from": [],
+                                      "optimizer_reset_at": [], "started_over": None}
         self.history: list[dict[str, Any]] = []
         self.trained: list[dict[str, Any]] = []  # rank 0: example ids per step
-        checkpoint = ray.train.get_checkpoint()
-        optim_state = self._restore(model, checkpoint) if checkpoint else None
+        # what a checkpoint's position counts: these examples, in the order these settings give
+        self.identity = checkpoint_identity(self.identity_rows(), config, self.world)
         # FSDP shards only across several workers; one worker keeps a whole (DDP-prepared) model
         self.sharded = self.cfg.strategy == "fsdp" and self.world > 1
+        checkpoint = ray.train.get_checkpoint()
+        optim_state = self._restore(model, checkpoint) if checkpoint else None
+        self.state["identity"] = self.identity
         if self.sharded:
             self.model = shard_fsdp(model, self.device, self.world)
         else:
@@ -182,6 +116,12 @@ class Worker:
 
     def _agree(self, have: bool) -> bool:
         return bool(self._all_reduce(torch.tensor([float(have)]), "min").item())
+
+    def identity_rows(self) -> dict[int, dict[str, Any]]:
+        """The examples a checkpoint's position refers to, by id (here: the whole training dataset)."""
+        import ray.train
+
+        return self._examples(ray.train.get_dataset_shard("train"))
 
     def _examples(self, shard: Any) -> dict[int, dict[str, Any]]:
         """Every example of the (unsplit) dataset by ``example_id``, read once per worker."""
@@ -297,33 +237,29 @@ class Worker:
         names = {n for n, p in inner.named_parameters() if p.requires_grad}
         return {k: v.detach().cpu() for k, v in inner.state_dict().items() if k in names}
 
-    def _write_state(self, folder: Path, weights: dict[str, torch.Tensor]) -> None:
-        torch.save(weights, folder / "trainable.pt")
-        if self.cfg.strategy != "fsdp":  # FSDP optimizer state is sharded: an FSDP resume restarts the moments
-            torch.save({"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict()}, folder / "optim.pt")
-        (folder / "state.json").write_text(json.dumps(self.state))
-        with open(folder / "metrics.jsonl", "w") as fh:
-            fh.writelines(json.dumps(m) + "\n" for m in self.history)
-        with open(folder / "trained_examples.jsonl", "w") as fh:
-            fh.writelines(json.dumps(m) + "\n" for m in self.trained)
-
     def _restore(self, model: Any, checkpoint: Any) -> dict[str, Any] | None:
+        """Resume from ``checkpoint`` when it is this training's (same identity); else start over, saying why.
+        Returns the optimizer state to load (None: fresh moments, said loudly when resuming)."""
         with checkpoint.as_directory() as d:
-            folder = Path(d)
-            weights = torch.load(folder / "trainable.pt", map_location="cpu")
-            result = model.load_state_dict(weights, strict=False)
-            if result.unexpected_keys:
-                raise RuntimeError(f"checkpoint does not fit the model: {result.unexpected_keys[:5]}")
-            self.state = json.loads((folder / "state.json").read_text())
-            self.history = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-            trained = folder / "trained_examples.jsonl"
-            if trained.is_file():
-                self.trained = [json.loads(line) for line in trained.read_text().splitlines()]
-            optim = folder / "optim.pt"
-            optim_state = torch.load(optim, map_location="cpu") if optim.exists() else None
+            saved = read_state(Path(d))
+        why = identity_difference(saved.state.get("identity"), self.identity)
+        if why is not None:
+            log.warning("worker %d: the checkpoint of step %d is not this training's (%s); starting the round's "
+                        "training over from step 0", self.rank, saved.state["step"], why)
+            self.state["started_over"] = {"checkpoint_step": saved.state["step"], "why": why}
+            return None
+        load_trainable(model, saved.weights)
+        self.state = {"optimizer_reset_at": [], "started_over": None, **saved.state}
+        self.history, self.trained = saved.history, saved.trained
         self.state["restored_from"].append(self.state["step"])
         log.warning("worker %d: resumed from the checkpoint of step %d", self.rank, self.state["step"])
-        return optim_state
+        if saved.optim is None:
+            self.state["optimizer_reset_at"].append(self.state["step"])
+            log.warning("worker %d: RESUMED WITHOUT OPTIMIZER STATE at step %d: %s; AdamW's moments and the "
+                        "scheduler restart from zero", self.rank, self.state["step"],
+                        "FSDP checkpoints do not hold the sharded optimizer state" if self.sharded
+                        else "the checkpoint has no optim.pt")
+        return saved.optim
 
     def report(self, metrics: dict[str, Any], checkpoint: bool = False, final: bool = False) -> None:
         """``ray.train.report`` on every worker (a barrier); rank 0 attaches the checkpoint."""
@@ -335,7 +271,9 @@ class Worker:
             return
         with tempfile.TemporaryDirectory(prefix="prefloop-ckpt-") as tmp:
             folder = Path(tmp)
-            self._write_state(folder, weights)
+            # FSDP optimizer state is sharded: not saved (a resume says so and restarts the moments)
+            optim = None if self.sharded else {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict()}
+            write_state(folder, Saved(weights, self.state, self.history, self.trained, optim))
             if final:
                 self._save_model(folder / "model", weights)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))

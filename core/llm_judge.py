@@ -2,9 +2,9 @@
 
 It follows AlpacaEval 2.0's pairwise comparison (the ``weighted_alpaca_eval_gpt4_turbo`` annotator): the judge
 sees the instruction and two outputs labelled with the identifiers ``m`` and ``M``, and answers with one
-identifier. The preference is read from the answer token's top log-probabilities when the endpoint returns
-them (``P(M) / (P(m) + P(M))``, summed over the tokens that spell each identifier), else from the answer's
-text (0 or 1). The wording of the prompt below is prefloop's own.
+identifier. The reply's text must open with the identifier (after quotes or asterisks at most), else there is no
+verdict. The preference is read from that identifier token's top log-probabilities when the endpoint returns
+them (``P(M) / (P(m) + P(M))``, summed over the tokens that spell each identifier), else from the text (0 or 1). The wording of the prompt below is prefloop's own.
 
 Where it departs from AlpacaEval: AlpacaEval asks one randomly chosen order per example; here BOTH orders are
 asked for every prompt (the round's answer as ``m``, then as ``M``) and the two verdicts are averaged, so the
@@ -60,26 +60,39 @@ def request_body(model_name: str, messages: list[dict[str, str]], max_tokens: in
     return body
 
 
+DECORATION = " \t\n`'\"*(["  # what may precede the identifier in a reply (the text verdict allows the same)
+
+
 def _identifier(token: str) -> str | None:
-    t = token.strip().strip("`'\"*")
+    t = token.strip(DECORATION).strip("`'\"*)]")
     return t if t in (FIRST, SECOND) else None
 
 
-def second_from_logprobs(choice: dict[str, Any]) -> float | None:
-    """``P(M) / (P(m) + P(M))`` from the first answer token that names an identifier among its top log-probs;
-    None when the choice carries no log-probs or none of its tokens' alternatives is an identifier."""
-    content = ((choice.get("logprobs") or {}).get("content")) or []
-    for position in content:
-        mass = {FIRST: 0.0, SECOND: 0.0}
-        alternatives = position.get("top_logprobs") or [position]
-        for alt in alternatives:
-            ident = _identifier(str(alt.get("token", "")))
-            if ident is not None and alt.get("logprob") is not None:
-                mass[ident] += math.exp(float(alt["logprob"]))
-        total = mass[FIRST] + mass[SECOND]
-        if total > 0:
-            return mass[SECOND] / total
+def verdict_position(choice: dict[str, Any]) -> dict[str, Any] | None:
+    """The log-probs of the verdict token: the first generated token that is not decoration (spaces, quotes,
+    backticks, asterisks, brackets), provided it IS an identifier; None otherwise (no log-probs, or the reply
+    opens with other words: then no position holds the verdict)."""
+    for position in ((choice.get("logprobs") or {}).get("content")) or []:
+        token = str(position.get("token", ""))
+        if not token.strip(DECORATION):
+            continue
+        return position if _identifier(token) is not None else None
     return None
+
+
+def second_from_logprobs(choice: dict[str, Any]) -> float | None:
+    """``P(M) / (P(m) + P(M))`` at the verdict token (``verdict_position``), summed over the spellings of each
+    identifier among its top log-probs; None when there is no verdict token."""
+    position = verdict_position(choice)
+    if position is None:
+        return None
+    mass = {FIRST: 0.0, SECOND: 0.0}
+    for alt in position.get("top_logprobs") or [position]:
+        ident = _identifier(str(alt.get("token", "")))
+        if ident is not None and alt.get("logprob") is not None:
+            mass[ident] += math.exp(float(alt["logprob"]))
+    total = mass[FIRST] + mass[SECOND]
+    return mass[SECOND] / total if total > 0 else None
 
 
 def second_from_text(text: str) -> float | None:
@@ -106,13 +119,16 @@ def read_verdict(response: dict[str, Any]) -> Verdict:
         raise VerdictError(f"the judge's response has no choices: {json.dumps(response)[:300]}")
     choice = choices[0]
     text = str((choice.get("message") or {}).get("content") or "")
-    p = second_from_logprobs(choice)
-    if p is not None:
-        return Verdict(p, "logprobs", text)
-    p = second_from_text(text)
-    if p is None:
+    said = second_from_text(text)
+    if said is None:
         raise VerdictError(f"the judge answered {text[:200]!r}, naming neither {FIRST!r} nor {SECOND!r}")
-    return Verdict(p, "text", text)
+    p = second_from_logprobs(choice)
+    if p is None:
+        return Verdict(said, "text", text)
+    token = _identifier(str(verdict_position(choice).get("token", "")))  # type: ignore[union-attr]
+    if (token == SECOND) != (said == 1.0):
+        raise VerdictError(f"the judge's verdict token {token!r} disagrees with its text {text[:200]!r}")
+    return Verdict(p, "logprobs", text)
 
 
 def combine(round_first: Verdict, round_second: Verdict) -> float:

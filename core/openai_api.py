@@ -11,6 +11,9 @@ Fields that would change the meaning of the answer and are not implemented (``to
 ``logit_bias`` ...) are refused; other unknown fields (``user``, ``stream_options`` ...) are ignored, as
 OpenAI-compatible servers commonly do.
 
+Response shapes (completions, stream events, ``/v1/models``, errors) and the served model ids are in
+``core/openai_responses.py``.
+
 Best-of-N with PairRM, two spellings (extensions to the OpenAI body):
 
 - ``"best_of": B`` draws B samples, PairRM ranks them, and the ``n`` best (default 1) are returned, best first.
@@ -19,8 +22,10 @@ Best-of-N with PairRM, two spellings (extensions to the OpenAI body):
 
 A reranked response carries ``prefloop_rerank``: each sample's PairRM score and the chosen indices, plus the
 sample texts when the request sets ``"return_candidates": true``. Every response carries ``prefloop_round``,
-the round whose weights produced it, and ``model`` names it too (``prefloop-round-3``; ``prefloop-base`` for
-the base model). Errors are ``RequestError`` naming the offending field (``param``), returned as HTTP 400
+the round whose weights produced it, and ``model`` names them too (``prefloop-round-3``; ``prefloop-base`` for
+the base model; ``prefloop-round-3-step-40`` for a ReMax step checkpoint of a round not yet committed, with
+``prefloop_step``). A request's ``model`` may be ``prefloop`` (whatever the server holds now) or one of those
+ids: it is then answered by exactly those weights or refused with a 404. Errors are ``RequestError`` naming the offending field (``param``), returned as HTTP 400
 (413 for a body over the size limit, 401 for a missing or wrong API key). A field that is a near-miss of a
 known one (``max_token``) is refused naming the right spelling rather than silently ignored. ``/v1/models``
 and ``/health`` name models by id (``prefloop-round-3``), never by filesystem path; a server error (500)
@@ -32,10 +37,8 @@ from __future__ import annotations
 import difflib
 import json
 import math
-import time
-import uuid
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from prefloop.core.templates import validate_messages
 
@@ -104,16 +107,6 @@ class ChatRequest:
         if self.logprobs:
             kwargs["logprobs"] = self.top_logprobs  # vLLM: the sampled token's log-prob plus this many alternatives
         return kwargs
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One generated sample."""
-
-    text: str
-    finish_reason: str
-    num_tokens: int
-    logprobs: list[dict[str, Any]] | None = None  # OpenAI's logprobs.content, when the request asked for them
 
 
 def parse_json_body(raw: bytes | str) -> Any:
@@ -265,102 +258,3 @@ def check_length(prompt_tokens: int, max_tokens: int, max_model_len: int) -> Non
         raise RequestError("max_tokens", f"prompt ({prompt_tokens} tokens) + max_tokens ({max_tokens}) exceeds "
                                          f"the model's {max_model_len} tokens; ask for at most "
                                          f"{max_model_len - prompt_tokens}")
-
-
-def served_model_id(name: str, round_idx: int | None) -> str:
-    """``prefloop-round-3``, or ``prefloop-base`` for the base model (no round)."""
-    return f"{name}-base" if round_idx is None else f"{name}-round-{round_idx}"
-
-
-def check_model_name(requested: str | None, name: str) -> None:
-    """Accept the app name or any of its round ids: a client that listed ``/v1/models`` before a swap keeps
-    working after it. Anything else is another server's model."""
-    if requested is None or requested == name or requested.startswith(f"{name}-"):
-        return
-    raise RequestError("model", f"model {requested!r} is not served here; use {name!r} (see /v1/models)")
-
-
-def best_indices(scores: Sequence[float], k: int) -> list[int]:
-    """The indices of the ``k`` highest scores, best first; ties go to the earlier sample."""
-    return sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:k]
-
-
-def _token_entry(text: str | None, logprob: float) -> dict[str, Any]:
-    text = text or ""
-    return {"token": text, "logprob": float(logprob), "bytes": list(text.encode("utf-8"))}
-
-
-def logprob_content(token_ids: Sequence[int], steps: Sequence[dict[int, Any]] | None, top: int) -> list[dict]:
-    """OpenAI's ``logprobs.content`` from an engine's per-position log-probs.
-
-    ``steps[i]`` maps token id -> an object with ``logprob``, ``rank`` (1 = most likely) and ``decoded_token``
-    (vLLM's ``Logprob``); it holds the ``top`` most likely tokens and the sampled one ``token_ids[i]``."""
-    content = []
-    for tid, step in zip(token_ids, steps or []):
-        chosen = step.get(tid)
-        alternatives = sorted((lp for lp in step.values() if lp.rank is not None and lp.rank <= top),
-                              key=lambda lp: lp.rank)
-        entry = _token_entry(getattr(chosen, "decoded_token", None), chosen.logprob if chosen else float("nan"))
-        entry["top_logprobs"] = [_token_entry(lp.decoded_token, lp.logprob) for lp in alternatives]
-        content.append(entry)
-    return content
-
-
-def _finish_reason(reason: str) -> str:
-    return reason if reason in ("stop", "length") else "stop"
-
-
-def chat_completion(request: ChatRequest, *, model_id: str, round_idx: int | None, candidates: Sequence[Candidate],
-                    prompt_tokens: int, chosen: Sequence[int] | None = None, scores: Sequence[float] | None = None,
-                    created: int | None = None) -> dict[str, Any]:
-    """An OpenAI ``chat.completion`` object; ``chosen`` picks (and orders) the returned candidates."""
-    chosen = list(range(len(candidates))) if chosen is None else list(chosen)
-    choices = [{"index": i, "message": {"role": "assistant", "content": candidates[c].text},
-                "finish_reason": _finish_reason(candidates[c].finish_reason)} for i, c in enumerate(chosen)]
-    if request.logprobs:
-        for choice, c in zip(choices, chosen):
-            choice["logprobs"] = {"content": candidates[c].logprobs or []}
-    completion_tokens = sum(c.num_tokens for c in candidates)  # every sample drawn was paid for
-    out: dict[str, Any] = {
-        "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
-        "created": int(time.time()) if created is None else created, "model": model_id, "choices": choices,
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                  "total_tokens": prompt_tokens + completion_tokens},
-        "prefloop_round": round_idx,
-    }
-    if scores is not None:
-        rerank: dict[str, Any] = {"method": request.rerank, "scores": [float(s) for s in scores], "chosen": chosen}
-        if request.return_candidates:
-            rerank["candidates"] = [c.text for c in candidates]
-        out["prefloop_rerank"] = rerank
-    return out
-
-
-def stream_events(completion: dict[str, Any]) -> list[str]:
-    """A finished completion as OpenAI ``chat.completion.chunk`` server-sent events (role, content, finish,
-    ``[DONE]``). The text is generated whole, so it arrives as one content chunk per choice."""
-    base = {k: completion[k] for k in ("id", "created", "model", "prefloop_round")}
-    base["object"] = "chat.completion.chunk"
-    events = []
-    for choice in completion["choices"]:
-        i = choice["index"]
-        for delta, finish in (({"role": "assistant"}, None), ({"content": choice["message"]["content"]}, None),
-                              ({}, choice["finish_reason"])):
-            chunk = {**base, "choices": [{"index": i, "delta": delta, "finish_reason": finish}]}
-            events.append(f"data: {json.dumps(chunk)}\n\n")
-    events.append("data: [DONE]\n\n")
-    return events
-
-
-def models_list(name: str, round_idx: int | None, created: int) -> dict[str, Any]:
-    """``/v1/models``: the current round's id first, then the stable alias ``name`` (ids, no paths)."""
-    entry = {"object": "model", "created": created, "owned_by": "prefloop",
-             "root": served_model_id(name, round_idx), "prefloop_round": round_idx}
-    return {"object": "list", "data": [{"id": served_model_id(name, round_idx), **entry}, {"id": name, **entry}]}
-
-
-def error_body(err: Exception, param: str | None = None, kind: str | None = None) -> dict[str, Any]:
-    """OpenAI's error envelope."""
-    kind = kind or getattr(err, "kind", "invalid_request_error")
-    return {"error": {"message": str(err), "type": kind, "param": getattr(err, "param", param), "code": None}}
-

@@ -112,7 +112,10 @@ def build_parser(commands: dict[str, Callable]) -> argparse.ArgumentParser:
     p.add_argument("--replicas", type=int, default=1, help="Serve replicas of the model")
     p.add_argument("--duration", type=float, default=None, help="stop after S seconds; None: until Ctrl-C")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1/*; None: "
-                   "$PREFLOOP_API_KEY, else open. Prefer the variable: a flag shows in the process list")
+                   "$PREFLOOP_API_KEY, else open on loopback (an empty key is an error). Prefer the variable: a "
+                   "flag shows in the process list")
+    p.add_argument("--insecure", action="store_true", help="allow serving on a non-loopback --host without an API "
+                   "key (refused otherwise)")
     p.add_argument("--max-body-bytes", type=int, default=1_000_000, help="largest request body (413 beyond)")
     p.add_argument("--max-messages", type=int, default=256, help="most messages in one request (400 beyond)")
 

@@ -10,7 +10,8 @@ the round's model is also sampled N times per prompt, reranked by PairRM and the
 
 Outputs in ``round_R/eval/``: ``answers.parquet`` (both answers, lengths, finish reasons, both judges' scores or
 preferences, who won), ``alpaca_eval.json`` (AlpacaEval's ``instruction/output/generator`` format, to judge
-elsewhere), ``best_of.parquet`` (with ``eval.best_of``) and ``manifest.json`` with the fixed keys
+elsewhere), ``best_of.parquet`` (with ``eval.best_of``), ``rejected_inputs.jsonl`` (held-out records refused, with
+the reason; the manifest's ``eval_prompts`` has the counts) and ``manifest.json`` with the fixed keys
 ``win_rate``, ``win_rate_stderr`` (eval judge), ``judge_win_rate`` (training scorer), ``lc_win_rate``,
 ``lc_unstable``, ``mean_length``, ``truncation_rate``, ``repetition_rate``, ``distinct_2``, the ``base_*`` of the
 same four, ``judge`` (the eval judge's kind) and ``judge_independent``; with best-of-N also ``best_of_n``,
@@ -44,12 +45,31 @@ NOT_INDEPENDENT = ("the eval judge is the training scorer: its win rate cannot s
                    "(set eval.judge to a judge that did not train the model)")
 
 
+class EvalRows(list):
+    """The held-out rows to answer (a list of row dicts), with what was left out of the held-out file: its
+    rejected records (``rejected``: file, location, field, reason) and the counts (``counts``)."""
+
+    rejected: list[dict[str, str]]
+    counts: dict[str, int]
+
+
 def eval_prompts(recipe: Recipe, tokenizer: Any) -> PreparedPrompts:
+    """The held-out prompts: the whole eval file (``data.limit`` cuts training prompts only), at most
+    ``loop.eval_limit`` of them; ``.rows`` is an ``EvalRows`` whose rejections go in every eval manifest."""
     if not recipe.data.eval:
         raise ValueError("data.eval: the round loop needs held-out prompts to evaluate on")
     eval_judges.preflight(recipe)
-    prepared = prepare_prompts(recipe, recipe.data.eval, tokenizer)
-    prepared.rows = prepared.rows[: recipe.loop.eval_limit]
+    whole = recipe.model_copy(update={"data": recipe.data.model_copy(update={"limit": None})})
+    prepared = prepare_prompts(whole, recipe.data.eval, tokenizer)
+    rows = EvalRows(prepared.rows[: recipe.loop.eval_limit])
+    rows.rejected = [r.to_dict() for r in prepared.read.rejected]
+    rows.counts = {"read": prepared.read.read, "accepted": len(prepared.read.accepted),
+                   "rejected": len(prepared.read.rejected), "used": len(rows),
+                   "not_used_over_eval_limit": len(prepared.rows) - len(rows)}
+    if rows.rejected:
+        log.warning("held-out prompts %s: %d rejected (first: %s)", recipe.data.eval, len(rows.rejected),
+                    rows.rejected[0]["reason"])
+    prepared.rows = rows
     return prepared
 
 
@@ -72,7 +92,13 @@ def base_answers(recipe: Recipe, run: RunDir, rows: list[dict], pool: Any) -> li
         with run.commit(0, BASE_ANSWERS) as out:
             write_parquet(out / "answers.parquet", answers)
             write_manifest(out, {"stage": BASE_ANSWERS, "model": pool.model, "prompts": len(answers)})
-    return read_parquet_rows(run.stage_dir(0, BASE_ANSWERS) / "answers.parquet")
+    base = read_parquet_rows(run.stage_dir(0, BASE_ANSWERS) / "answers.parquet")
+    missing = {r["prompt_id"] for r in rows} - {b["prompt_id"] for b in base}
+    if missing:  # e.g. a run whose held-out set was cut by data.limit before the eval set was kept whole
+        raise RuntimeError(f"{run.stage_dir(0, BASE_ANSWERS)}: the base answers lack {len(missing)} of the "
+                           f"{len(rows)} held-out prompts (first: {sorted(missing)[0]}); this run's eval set "
+                           f"changed. Start a new run directory, or remove that stage and every eval stage.")
+    return base
 
 
 def side_metrics(answers: list[dict], prefix: str = "") -> dict[str, Any]:
@@ -172,6 +198,8 @@ def evaluate_round(rnd: Round, rows: list[dict], base: list[dict], summary: dict
         best, best_table = best_of_summary(recipe, rows, base, pool)
         judged.update(best)
     manifest = {"stage": EVAL, "round": round_idx, "model": pool.model, **judged, **summary}
+    if isinstance(rows, EvalRows):  # what the held-out file had that is not judged here, and why
+        manifest["eval_prompts"] = {**rows.counts, "source": recipe.data.eval}
     manifest.setdefault("timings_s", {}).update(eval=time.perf_counter() - started,
                                                 round=time.perf_counter() - round_started)
     with run.commit(round_idx, EVAL) as out:
@@ -179,6 +207,9 @@ def evaluate_round(rnd: Round, rows: list[dict], base: list[dict], summary: dict
         if best_table is not None:
             write_parquet(out / "best_of.parquet", best_table)
         write_alpaca_eval(out / "alpaca_eval.json", answers, f"{recipe.name}-round-{round_idx}")
+        if isinstance(rows, EvalRows):
+            with open(out / "rejected_inputs.jsonl", "w", encoding="utf-8") as fh:
+                fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows.rejected)
         write_manifest(out, manifest)
     return manifest
 

@@ -87,10 +87,10 @@ def swap_into_serve(recipe: Recipe, model_dir: str, round_idx: int, serving: Fut
     is done); returns the seconds."""
     if not recipe.loop.serve:
         return None
-    from prefloop.app.serving.serve import publish
+    from prefloop.app.serving.serve import checkpoint_step, publish
 
     wait_serving(serving)
-    return publish(model_dir, round_idx)["publish_s"]
+    return publish(model_dir, round_idx, step=checkpoint_step(model_dir))["publish_s"]  # a ReMax step: its own id
 
 
 def enter_stage(tel: Telemetry, name: str, round_idx: int | None) -> None:

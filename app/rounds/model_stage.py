@@ -30,7 +30,9 @@ def commit_model(run: RunDir, round_idx: int, checkpoint: Any, *, chat_template:
         history = [json.loads(line) for line in (ckpt / "metrics.jsonl").read_text().splitlines()]
         manifest = {"stage": MODEL, "round": round_idx, **manifest,
                     "steps": {**manifest.get("steps", {}), "done": state["step"],
-                              "restored_from": state["restored_from"]},
+                              "restored_from": state["restored_from"],
+                              "optimizer_reset_at": state.get("optimizer_reset_at", []),
+                              "started_over": state.get("started_over")},
                     "first_metrics": history[0] if history else {},
                     "final_metrics": history[-1] if history else {},
                     "tokens_per_s": mean_of(history, "tokens_per_s"),

@@ -114,6 +114,7 @@ class Totals:
     tokens: int = 0
     generator_busy_s: float = 0.0
     scorer_busy_s: float = 0.0
+    scorer_prompts_truncated: int = 0  # candidates a reward model scored from a left-truncated conversation
     unpaired: dict[str, int] = field(default_factory=dict)
 
     def add(self, results: list[dict], candidates: list[dict], pairs: list, kto: list) -> None:
@@ -123,6 +124,7 @@ class Totals:
         self.tokens += sum(int(n) for r in results for n in r["num_tokens"])
         self.generator_busy_s += sum(float(r["generate_s"]) for r in results)
         self.scorer_busy_s += sum(float(r["score_s"]) for r in results)
+        self.scorer_prompts_truncated += sum(int(r.get("prompt_truncated") or 0) for r in results)
         for c in candidates:
             if c["pair_status"] != PAIRED:
                 self.unpaired[c["pair_status"]] = self.unpaired.get(c["pair_status"], 0) + 1

@@ -32,13 +32,13 @@ from prefloop.core.model_dirs import check_model_dir
 from prefloop.core.round_settings import EngineSettings
 from prefloop.actors.model_cache import shipping_store
 from prefloop.app.dataflow.runtime import wait_for
+from prefloop.core.serve_guard import api_key_digest, check_exposure
 
 log = logging.getLogger(__name__)
 
 SERVE_REPLICA_CPUS = 0.5
 MAX_BODY_BYTES = 1_000_000  # a request body over this is refused (413)
 MAX_MESSAGES = 256
-API_KEY_ENV = "PREFLOOP_API_KEY"
 START_TIMEOUT_S = 600.0   # a replica's vLLM start-up: seconds for a tiny model, minutes for a 7B model on a GPU
 CALL_TIMEOUT_S = 60.0
 
@@ -56,14 +56,14 @@ class Served:
 SERVE_HINT = " (see `serve status`; replicas may be waiting for CPUs or failing to start)"
 
 
-def _application(spec: dict[str, Any], model_dir: str, round_idx: int | None) -> Any:
+def _application(spec: dict[str, Any], model_dir: str, round_idx: int | None, step: int | None = None) -> Any:
     from ray import serve
 
     from prefloop.actors.serve import PolicyServer
 
     # Same settings -> same version -> a user_config change reconfigures the replicas in place. The model the
     # replicas were first built on is left out, so a config naming another round is a light update too.
-    fixed = {k: v for k, v in spec.items() if k not in ("model_dir", "round", "model_store")}
+    fixed = {k: v for k, v in spec.items() if k not in ("model_dir", "round", "step", "model_store")}
     version = hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()[:16]
     deployment = serve.deployment(PolicyServer, name="PolicyServer")
     options: dict[str, Any] = {"num_cpus": spec["replica_cpus"], "num_gpus": spec.get("replica_gpus", 0.0),
@@ -77,7 +77,8 @@ def _application(spec: dict[str, Any], model_dir: str, round_idx: int | None) ->
     store = shipping_store(model_dir)
     return deployment.options(
         num_replicas=spec["replicas"], ray_actor_options=options, max_ongoing_requests=32,
-        user_config={"model_dir": model_dir, "round": round_idx, **({"model_store": store} if store else {})},
+        user_config={"model_dir": model_dir, "round": round_idx, "step": step,
+                     **({"model_store": store} if store else {})},
         version=version, _internal=True,
     ).bind({**spec, "model_store": shipping_store(spec["model_dir"])})
 
@@ -89,11 +90,12 @@ def start_serving(policy_dir: str, round_idx: int | None = None, *, pairrm_dir: 
                   replica_gpus: float = 0.0, replica_resources: dict[str, float] | None = None,
                   request_timeout_s: float = 300.0, api_key: str | None = None,
                   max_body_bytes: int = MAX_BODY_BYTES, max_messages: int = MAX_MESSAGES,
-                  timeout_s: float = START_TIMEOUT_S) -> Served:
+                  timeout_s: float = START_TIMEOUT_S, insecure: bool = False) -> Served:
     """Deploy (or redeploy) the app ``name`` serving ``policy_dir``; returns once every replica is up.
 
     ``api_key`` (default ``$PREFLOOP_API_KEY``): when set, ``/v1/*`` requires ``Authorization: Bearer <key>``
-    (401 otherwise); replicas keep only its SHA-256. ``max_body_bytes`` (413 beyond) and ``max_messages`` bound
+    (401 otherwise); replicas keep only its SHA-256. An empty key is an error, and so is a ``host`` other than
+    loopback without a key, unless ``insecure``. ``max_body_bytes`` (413 beyond) and ``max_messages`` bound
     a request."""
     import ray
     from ray import serve
@@ -101,13 +103,15 @@ def start_serving(policy_dir: str, round_idx: int | None = None, *, pairrm_dir: 
     from prefloop.app.dataflow.runtime import init_ray
     from prefloop.core.config import ResourcesConfig
 
+    digest = api_key_digest(api_key)
+    check_exposure(host, digest, insecure)
     init_ray(ResourcesConfig())  # a no-op when Ray is already up
     spec = serving_spec(policy_dir, round_idx, pairrm_dir=pairrm_dir, name=name, chat_template=chat_template,
                         engine=engine.as_dict(), max_samples=max_samples, default_max_tokens=default_max_tokens,
                         replicas=replicas, replica_cpus=replica_cpus, replica_gpus=replica_gpus,
                         replica_resources=replica_resources or {},
                         request_timeout_s=request_timeout_s, max_body_bytes=max_body_bytes,
-                        max_messages=max_messages, api_key_sha256=api_key_digest(api_key),
+                        max_messages=max_messages, api_key_sha256=digest,
                         runtime_env=json.loads(json.dumps(dict(ray.get_runtime_context().runtime_env or {}))))
     policy_dir = spec["model_dir"]
     # One HTTP proxy, on the head: the printed URL is the one to use, and nodes that share a host (tests) do not
@@ -120,16 +124,6 @@ def start_serving(policy_dir: str, round_idx: int | None = None, *, pairrm_dir: 
     log.info("serving %s (round %s) as %r at %s in %.1f s", policy_dir, round_idx, name, url,
              time.perf_counter() - started)
     return Served(name=name, url=url, handle=handle)
-
-
-def api_key_digest(api_key: str | None) -> str | None:
-    """The SHA-256 of the API key (``api_key``, else ``$PREFLOOP_API_KEY``); None: no key required."""
-    import os
-
-    from prefloop.core.serve_guard import key_digest
-
-    key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
-    return key_digest(key) if key else None
 
 
 def serving_spec(policy_dir: str, round_idx: int | None, pairrm_dir: str | None, **settings: Any) -> dict[str, Any]:
@@ -148,8 +142,10 @@ def build_app(args: dict[str, Any]) -> Any:
     """Serve config builder (``import_path: prefloop.app.serving.serve:build_app``, e.g. KubeRay's RayService).
 
     ``args``: ``run_dir`` (required), ``round`` (default: the latest committed), ``replicas``, ``replica_cpus``,
-    ``replica_gpus`` (default: the recipe's generator GPUs), ``max_body_bytes``, ``max_messages``. The API key
-    comes from ``$PREFLOOP_API_KEY`` where the app is built (a Secret in ``cluster/kuberay/rayservice.yaml``).
+    ``replica_gpus`` (default: the recipe's generator GPUs), ``max_body_bytes``, ``max_messages``, ``insecure``.
+    The API key comes from ``$PREFLOOP_API_KEY`` where the app is built (a Secret in
+    ``cluster/kuberay/rayservice.yaml``); a RayService binds all interfaces, so without a key the build refuses
+    unless ``insecure: true``.
     The deployment's version does not depend on the
     model, so a config that changes only the deployment's ``user_config`` (``model_dir``, ``round``) swaps
     weights in place, as ``publish`` does.
@@ -157,10 +153,13 @@ def build_app(args: dict[str, Any]) -> Any:
     from prefloop.app.storage.rundir import RECIPE_FILE, RunDir
     from prefloop.core.config import load_recipe
 
-    known = {"run_dir", "round", "replicas", "replica_cpus", "replica_gpus", "max_body_bytes", "max_messages"}
+    known = {"run_dir", "round", "replicas", "replica_cpus", "replica_gpus", "max_body_bytes", "max_messages",
+             "insecure"}
     unknown = set(args) - known
     if "run_dir" not in args or unknown:
         raise ValueError(f"build_app args need run_dir and take {sorted(known - {'run_dir'})}; got {sorted(args)}")
+    digest = api_key_digest(None)
+    check_exposure("0.0.0.0", digest, bool(args.get("insecure", False)))
     model_dir, round_idx = resolve_served_model(args["run_dir"], args.get("round"))
     recipe = load_recipe(RunDir(args["run_dir"]).root / RECIPE_FILE)
     defaults = recipe_defaults(recipe)
@@ -168,7 +167,7 @@ def build_app(args: dict[str, Any]) -> Any:
                 "replica_cpus": float(args.get("replica_cpus", SERVE_REPLICA_CPUS)),
                 "max_samples": 16, "default_max_tokens": 64, "request_timeout_s": 300.0,
                 "max_body_bytes": int(args.get("max_body_bytes", MAX_BODY_BYTES)),
-                "max_messages": int(args.get("max_messages", MAX_MESSAGES)), "api_key_sha256": api_key_digest(None)}
+                "max_messages": int(args.get("max_messages", MAX_MESSAGES)), "api_key_sha256": digest}
     settings["replica_gpus"] = float(args.get("replica_gpus", settings["replica_gpus"]))
     pairrm = settings.pop("pairrm_dir")
     return _application(serving_spec(model_dir, round_idx, pairrm, **settings), model_dir, round_idx)
@@ -220,8 +219,11 @@ def replica_states(name: str = "prefloop", want: int | None = None, timeout_s: f
 
 
 def publish(model_dir: str, round_idx: int | None, name: str = "prefloop",
-            timeout_s: float = START_TIMEOUT_S) -> dict[str, Any]:
+            timeout_s: float = START_TIMEOUT_S, step: int | None = None) -> dict[str, Any]:
     """Switch the running app ``name`` to ``model_dir`` (round ``round_idx``) in place, on every replica.
+
+    ``step``: the model is a ReMax step checkpoint of a round not yet committed; it is served as
+    ``prefloop-round-R-step-K``, never as the round itself (``checkpoint_step`` reads it from the folder).
 
     Returns ``{"round", "model_dir", "publish_s" (deploy to all replicas switched), "swap_s" (the longest time
     a replica held requests back while its weights changed), "replicas"}``.
@@ -232,16 +234,23 @@ def publish(model_dir: str, round_idx: int | None, name: str = "prefloop",
     model_dir = str(Path(model_dir).resolve())
     started = time.perf_counter()
     spec = serve.get_app_handle(name).serving_spec.remote().result(timeout_s=CALL_TIMEOUT_S)
-    wait_for(lambda: serve.run(_application(spec, model_dir, round_idx), name=name, route_prefix="/"),
+    wait_for(lambda: serve.run(_application(spec, model_dir, round_idx, step), name=name, route_prefix="/"),
              timeout_s, f"publishing round {round_idx} to Serve app {name!r}", SERVE_HINT)
     states = replica_states(name, spec["replicas"], timeout_s,
-                            until=lambda s: s["round"] == round_idx and s["model_dir"] == model_dir)
+                            until=lambda s: (s["round"], s.get("step"), s["model_dir"]) == (round_idx, step, model_dir))
     swaps = [s["swaps"][-1] for s in states.values() if s["swaps"]]
-    result = {"round": round_idx, "model_dir": model_dir, "publish_s": time.perf_counter() - started,
+    result = {"round": round_idx, "step": step, "model_dir": model_dir, "publish_s": time.perf_counter() - started,
               "swap_s": max((s["swap_s"] for s in swaps), default=0.0),
               "in_place": all(s["in_place"] for s in swaps), "replicas": len(states)}
     log.info("published round %s to %r: %s", round_idx, name, result)
     return result
+
+
+def checkpoint_step(model_dir: str) -> int | None:
+    """The step of a ReMax step checkpoint folder (``.../step_K``, ``actors/remax_worker.py``'s published
+    folders), None for any other model folder (a committed round's ``model``)."""
+    name = Path(model_dir).name
+    return int(name[5:]) if name.startswith("step_") and name[5:].isdigit() else None
 
 
 def ask(prompt: str, name: str = "prefloop", max_tokens: int = 64, temperature: float = 0.0,
@@ -283,6 +292,7 @@ def resolve_served_model(run_dir: str | Path, round_idx: int | None = None) -> t
     from prefloop.core.config import load_recipe
 
     run = RunDir(run_dir)
+    run.pull()  # a reader: downloads, never uploads (the driver, under the run's lock, does that)
     committed = sorted(int(p.name.split("_", 1)[1]) for p in run.root.glob("round_*")
                        if p.name.split("_", 1)[1].isdigit() and run.is_committed(int(p.name.split("_", 1)[1]),
                                                                                  MODEL))
@@ -320,10 +330,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ray import serve
 
     served = serve_run_dir(args.run_dir, args.round, port=args.port, host=args.host, replicas=args.replicas,
-                           api_key=args.api_key, max_body_bytes=args.max_body_bytes, max_messages=args.max_messages)
+                           api_key=args.api_key, max_body_bytes=args.max_body_bytes, max_messages=args.max_messages,
+                           insecure=args.insecure)
     state = next(iter(replica_states(served.name, want=1).values()))
-    what = "the base model" if state["round"] is None else f"round {state['round']}"
-    print(f"serving {what} ({state['model_dir']}) at {served.url}/v1/chat/completions"
+    print(f"serving {state['model_id']} ({state['model_dir']}) at {served.url}/v1/chat/completions"
           f"{' (API key required)' if api_key_digest(args.api_key) else ''}", flush=True)
     try:
         if args.duration is not None:

@@ -6,9 +6,10 @@ Object stores have no atomic rename, so a remote run directory is a mirror of a 
 - each committed stage is uploaded file by file with its ``manifest.json`` LAST: on the remote side a stage
   is committed exactly when its manifest exists, so a crash mid-upload leaves a stage that counts as not done
   (it is redone, and the half-upload overwritten);
-- a new process (a resumed job, a job on another node, ``prefloop serve``) first pulls the committed stages
-  it needs: everything except the models of rounds that later rounds superseded, which can be large; then it
-  uploads the committed local stages the remote lacks (an upload that failed after its local commit);
+- a driver, once it holds the run's lock (``app/storage/runlock.py``), pulls the committed stages it needs:
+  everything except the weights of rounds that later rounds superseded, which can be large (their metrics files
+  come, into ``SUPERSEDED/``, so ``metrics.jsonl`` is rebuilt whole); then it uploads the committed local stages
+  the remote lacks (an upload that failed after its local commit). A reader (``prefloop serve``) only pulls;
 - every upload is retried with exponential backoff (``Mirror.retries``, ``Mirror.backoff_s``);
 - the tracking folders ``mlruns/``, ``tensorboard/`` and ``logs/`` are mirrored too (changed files, at every
   commit and top-level save), so a run resumed elsewhere continues them.
@@ -29,7 +30,9 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 MIRRORED_DIRS = ("mlruns", "tensorboard", "logs")
-NOT_MIRRORED = (".prefloop-lock",)  # the run lock lives remotely as its own lease object (app/storage/runlock.py)
+NOT_MIRRORED = (".prefloop-lock", ".prefloop-lock.guard")
+SUPERSEDED = ".superseded"  # local only: the metrics files of superseded round models, whose weights stay remote
+MODEL_METRICS = ("train_metrics.jsonl", "remax_metrics.jsonl")  # the run lock lives remotely as its own lease object (app/storage/runlock.py)
 _SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
 
@@ -56,8 +59,7 @@ class Mirror:
         from pyarrow import fs
 
         self.uri, self.local = uri.rstrip("/"), local
-        self.fs, self.base = fs.FileSystem.from_uri(self.uri)
-        self.fs.create_dir(self.base, recursive=True)
+        self.fs, self.base = fs.FileSystem.from_uri(self.uri)  # nothing is read or written before the lock
         self._sent: dict[str, tuple[int, int]] = {}  # mirrored-folder file -> (size, mtime_ns) uploaded
 
     def _retry(self, what: str, action: Callable[[], None]) -> None:
@@ -157,9 +159,19 @@ class Mirror:
                 self._pull_folder(info.path, self.local / info.base_name)
         for stage in stages:
             target = self.local / stage
-            if stage in skip or (target / MANIFEST).is_file():
-                continue
-            self._pull_stage(stage, target)
+            if stage in skip:
+                self._pull_metrics(stage)
+            elif not (target / MANIFEST).is_file():
+                self._pull_stage(stage, target)
+
+    def _pull_metrics(self, stage: str) -> None:
+        """A superseded model's metrics files and manifest, not its weights, into ``SUPERSEDED/<stage>``."""
+        from pyarrow import fs
+
+        for name in MODEL_METRICS + (MANIFEST,):
+            src = f"{self.base}/{stage}/{name}"
+            if self.fs.get_file_info(src).type == fs.FileType.File:
+                self._get(src, self.local / SUPERSEDED / stage / name)
 
     def _pull_stage(self, stage: str, target: Path) -> None:
         from pyarrow import fs
@@ -195,12 +207,10 @@ class Mirror:
 
 
 def open_mirror(run_dir: Any) -> tuple[Path, Mirror | None]:
-    """(local root, mirror or None) for a run_dir string: a URI gets a pulled local working copy."""
+    """(local root, mirror or None) for a run_dir string: a URI gets a local working copy, not yet synced
+    (``Mirror.pull`` / ``push_missing``: a driver calls them once it holds the run's lock)."""
     if not is_uri(run_dir):
         return Path(run_dir).expanduser().resolve(), None
     local = local_cache(str(run_dir))
     local.mkdir(parents=True, exist_ok=True)
-    mirror = Mirror(str(run_dir), local)
-    mirror.pull()
-    mirror.push_missing()
-    return local, mirror
+    return local, Mirror(str(run_dir), local)

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from prefloop.app.storage.run_mirror import open_mirror
+from prefloop.app.storage.run_mirror import MODEL_METRICS, SUPERSEDED, open_mirror
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,24 @@ class RunDir:
         self.uri = str(root)
         self.root, self.mirror = open_mirror(root)
 
+    def sync(self) -> None:
+        """A URI run: pull the committed stages and upload what the remote lacks. Only under the run's lock
+        (``app/storage/runlock.py``'s ``hold_run`` calls it once the lock is held)."""
+        if self.mirror is not None:
+            self.mirror.pull()
+            self.mirror.push_missing()
+
+    def pull(self) -> None:
+        """A URI run: download the committed stages, writing nothing remote (a reader such as ``serve``)."""
+        if self.mirror is not None:
+            self.mirror.pull()
+
+    def guard(self) -> None:
+        """Before a commit: stop (``RunLockLostError``) if this process held the run's lock and lost it."""
+        from prefloop.app.storage.runlock import check_held
+
+        check_held(self.root)
+
     def round_dir(self, round_idx: int) -> Path:
         return self.root / f"round_{round_idx}"
 
@@ -72,14 +90,17 @@ class RunDir:
 
         Derived from the model stages (``train_metrics.jsonl`` / ``remax_metrics.jsonl``, written inside the stage
         before its commit) and rewritten whole, so it is idempotent: a kill between a commit and this call loses
-        nothing, the next call (at the latest the loop's next start) writes the rows."""
+        nothing, the next call (at the latest the loop's next start) writes the rows. A URI run's superseded
+        models are not pulled, only their metrics files (into ``SUPERSEDED/``): those count the same."""
         lines = []
-        rounds = sorted((int(p.name[6:]), p) for p in self.root.glob("round_*") if p.name[6:].isdigit())
-        for r, folder in rounds:
-            model = folder / MODEL
-            if not (model / MANIFEST).is_file():
+        rounds = sorted({int(p.name[6:]) for base in (self.root, self.root / SUPERSEDED)
+                         for p in base.glob("round_*") if p.name[6:].isdigit()})
+        for r in rounds:
+            model = next((m for m in (self.stage_dir(r, MODEL), self.root / SUPERSEDED / f"round_{r}" / MODEL)
+                          if (m / MANIFEST).is_file()), None)
+            if model is None:
                 continue
-            for name, extra in (("train_metrics.jsonl", {}), ("remax_metrics.jsonl", {"method": "remax"})):
+            for name, extra in zip(MODEL_METRICS, ({}, {"method": "remax"})):
                 if (model / name).is_file():
                     for line in (model / name).read_text(encoding="utf-8").splitlines():
                         lines.append(json.dumps({"stage": "train", "round": r, **extra, **json.loads(line)}) + "\n")
@@ -101,12 +122,14 @@ class RunDir:
             if not (scratch / MANIFEST).is_file():
                 raise RuntimeError(f"stage {stage} wrote no {MANIFEST}")
             _fsync_tree(scratch)
+            self.guard()  # a driver that lost the run's lock commits nothing
             os.replace(scratch, final)
             _fsync_dir(final.parent)
         except BaseException:
             shutil.rmtree(scratch, ignore_errors=True)
             raise
         if self.mirror is not None:
+            self.guard()
             self.mirror.push_stage(final)
             self.mirror.push_top()
 
@@ -125,6 +148,7 @@ class RunDir:
 
     def save_text(self, name: str, text: str) -> Path:
         """Write a small file at the top of the run directory atomically."""
+        self.guard()
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.root / name
         tmp = path.with_suffix(path.suffix + ".tmp")

@@ -94,3 +94,26 @@ def test_pivots_need_a_pairwise_judge():
     recipe = parse_recipe({**base, "scorer": {"kind": "pairrm", "model": "x", "comparisons": "pivots"},
                            "selection": {"length_penalty": 0.1}}, "t.yaml")  # every candidate has a real score
     assert recipe.scorer.comparisons == "pivots" and recipe.selection.length_penalty == 0.1
+
+
+def test_reward_model_inputs_over_its_length_are_left_truncated_never_cut_mid_answer(tiny_assets):
+    """The tiny reward model takes 512 tokens: a longer conversation loses the start of its prompt, never the end
+    of its answer (where the reward is read); the row says so; an answer that alone does not fit is an error."""
+    scorer = RewardModelScorer(str(tiny_assets.reward), chat_template="ultrarm", batch_size=2)
+    assert scorer.max_length == 512
+    long_prompt = " ".join(["rivers and cats"] * 400)
+    answer = "Rivers flow to the sea, and cats sleep in the sun."
+    text = render_conversation([{"role": "user", "content": long_prompt}], answer, "ultrarm")
+    ids = scorer.tokenizer(text)["input_ids"]
+    assert len(ids) > 512
+    out = scorer(batch([long_prompt, "Explain rivers."], [[answer], ["Rivers flow."]]))
+    assert out.column("prompt_truncated").to_pylist() == [1, 0]
+    tail = (ids[:1] if ids[0] == scorer.tokenizer.bos_token_id else []) + ids[-(512 - int(
+        ids[0] == scorer.tokenizer.bos_token_id)):]
+    import torch
+
+    with torch.no_grad():
+        want = scorer.model(torch.tensor([tail]), torch.ones(1, len(tail), dtype=torch.long)).item()
+    assert out.column("scores").to_pylist()[0][0] == pytest.approx(want, rel=1e-4, abs=1e-4)
+    with pytest.raises(ValueError, match="prompt_id p0: the answer alone is"):
+        scorer(batch(["Explain rivers."], [[" ".join(["sea"] * 900)]]))

@@ -9,7 +9,8 @@ from prefloop.app.serving.serve import build_app
 
 
 @pytest.fixture
-def run_dir(tmp_path, tiny_assets):
+def run_dir(tmp_path, tiny_assets, monkeypatch):
+    monkeypatch.setenv("PREFLOOP_API_KEY", "builder-test-key")  # a RayService binds 0.0.0.0: a key is required
     for r in (0, 1):
         model = tmp_path / f"round_{r}" / "model"
         shutil.copytree(tiny_assets.policy, model)
@@ -28,7 +29,8 @@ def deployment(app):
 def test_build_app_serves_the_latest_round_with_the_recipe_settings(run_dir):
     latest = deployment(build_app({"run_dir": str(run_dir), "replicas": 2}))
     first = deployment(build_app({"run_dir": str(run_dir), "round": 0, "replicas": 2}))
-    assert latest.user_config == {"model_dir": str((run_dir / "round_1" / "model").resolve()), "round": 1}
+    assert latest.user_config == {"model_dir": str((run_dir / "round_1" / "model").resolve()), "round": 1,
+                                  "step": None}
     assert first.user_config["round"] == 0
     assert latest.num_replicas == 2 and latest.ray_actor_options["num_gpus"] == 1
     assert latest.version == first.version  # another round is a user_config change: swapped in place
@@ -37,8 +39,21 @@ def test_build_app_serves_the_latest_round_with_the_recipe_settings(run_dir):
 
 def test_build_app_names_bad_args(run_dir):
     with pytest.raises(ValueError, match="need run_dir"):
-        build_app({"round": 1})
+        build_app({"round": 1,
+                                  "step": None})
     with pytest.raises(ValueError, match="bogus"):
         build_app({"run_dir": str(run_dir), "bogus": 1})
     with pytest.raises(FileNotFoundError, match="round 5 has no committed model"):
         build_app({"run_dir": str(run_dir), "round": 5})
+
+
+def test_build_app_without_a_key_refuses_unless_insecure(run_dir, monkeypatch):
+    from prefloop.core.serve_guard import ServeConfigError
+
+    monkeypatch.delenv("PREFLOOP_API_KEY")
+    with pytest.raises(ServeConfigError, match="without an API key"):
+        build_app({"run_dir": str(run_dir)})
+    assert deployment(build_app({"run_dir": str(run_dir), "insecure": True})).user_config["round"] == 1
+    monkeypatch.setenv("PREFLOOP_API_KEY", "")  # a Secret that resolved to nothing
+    with pytest.raises(ServeConfigError, match="set but empty"):
+        build_app({"run_dir": str(run_dir), "insecure": True})

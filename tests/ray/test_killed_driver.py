@@ -8,7 +8,9 @@ The real CLI runs the Contextual KTO recipe's online variant (``--tiny``, one ro
 - while it trains round 0, ``prefloop status`` reports it running in that stage;
 - after the SIGKILL, ``prefloop status`` reports the heartbeat stale (the driver died), names the stages round 0
   committed, and exits 1;
-- the same command again finishes the round without redoing the committed rollout or training any step twice.
+- the driver is killed once round 0's training wrote its first checkpoint; the same command again finishes the
+  round without redoing the committed rollout, RESUMES training from that checkpoint (``restored_from`` in the
+  model manifest) and trains no step twice.
 """
 
 import json
@@ -31,14 +33,24 @@ def status(run_dir: Path, env: dict) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
+def checkpoints(run_dir: Path) -> list[Path]:
+    """Round 0's Ray Train checkpoints (``round_0/train/ray_train/checkpoint_*``, app/rounds/train.py)."""
+    return sorted((run_dir / "round_0" / "train").glob("**/checkpoint_*"))
+
+
 def watch_until_training(proc: subprocess.Popen, run_dir: Path) -> list:
-    """The (round, stage) pairs the heartbeat showed, until round 0 trains (or the driver exits, or 10 min)."""
+    """The (round, stage) pairs the heartbeat showed, until round 0 trains and wrote a checkpoint (or the driver
+    exits, or 10 min)."""
     heartbeat, seen, deadline = run_dir / "heartbeat.json", [], time.monotonic() + 600
     while proc.poll() is None and time.monotonic() < deadline:
-        hb = json.loads(heartbeat.read_text()) if heartbeat.is_file() else {}
+        try:
+            hb = json.loads(heartbeat.read_text()) if heartbeat.is_file() else {}
+        except ValueError:  # caught mid-write
+            hb = {}
         if (hb.get("round"), hb.get("stage")) not in seen:
             seen.append((hb.get("round"), hb.get("stage")))
-        if hb.get("round") == 0 and hb.get("stage") == "train":
+        if hb.get("round") == 0 and hb.get("stage") == "train" and checkpoints(run_dir):
+            time.sleep(1.0)  # the checkpoint's files are written before its folder is reported
             break
         time.sleep(0.5)
     return seen
@@ -48,12 +60,13 @@ def test_killed_driver_status_then_resume_without_redoing_committed_work(tmp_pat
     env = dict(os.environ, PREFLOOP_ASSETS=str(tiny_assets.root), PYTHONUNBUFFERED="1")
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "prefloop.app.front.cli", "run", str(RECIPE), "--tiny", "--set", f"run_dir={run_dir}",
-           "--set", "loop.rounds=1", "--set", "train.data=null"]  # the online variant: a rollout, then training
+           "--set", "loop.rounds=1", "--set", "train.data=null",  # the online variant: a rollout, then training
+           "--set", "train.checkpoint_every_steps=1"]  # a checkpoint after the first step: the kill comes after it
     with open(tmp_path / "console.txt", "w") as console:
         proc = subprocess.Popen(cmd, env=env, stdout=console, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             seen = watch_until_training(proc, run_dir)
-            assert (0, "train") in seen, f"never saw round 0 train; heartbeat stages seen: {seen}"
+            assert (0, "train") in seen and checkpoints(run_dir), f"no round 0 checkpoint; stages seen: {seen}"
             assert (0, "rollout") in seen and (None, "base_answers") in seen
             alive = status(run_dir, env)
             assert alive.returncode == 0, alive.stdout + alive.stderr
@@ -87,3 +100,6 @@ def test_killed_driver_status_then_resume_without_redoing_committed_work(tmp_pat
     steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     trained = [(s["round"], s["step"]) for s in steps if "step" in s]
     assert trained and len(trained) == len(set(trained)), "a round was trained twice"
+    model = json.loads((run_dir / "round_0" / "model" / "manifest.json").read_text())
+    assert model["steps"]["restored_from"] and model["steps"]["restored_from"][0] >= 1, model["steps"]
+    assert model["steps"]["started_over"] is None and [s for _, s in trained] == list(range(1, len(trained) + 1))

@@ -293,3 +293,39 @@ def test_reloadable_in_place(tmp_path):
     assert reloadable_in_place(a, b)
     assert not reloadable_in_place(a, cfg("bigger", vocab_size=12))
     assert not reloadable_in_place(a, cfg("tied", tie_word_embeddings=True))
+
+
+def test_a_batch_the_engine_fails_is_retried_one_request_at_a_time_on_the_engine(served):
+    """An engine error on a batch (injected at the engine's ``generate``) reaches the fallback: each request is
+    generated alone, on the real engine, and gets its own right answer."""
+    from ray import serve
+
+    handle = serve.get_app_handle(served.name)
+    expected = {p: greedy(served, p) for p in PROMPTS[:4]}  # answers of the weights now served
+    handle.inject_batch_faults.remote(100).result(timeout_s=60)
+    body = lambda p: {"messages": [{"role": "user", "content": p}], "max_tokens": 8, "temperature": 0}  # noqa: E731
+    pending = [handle.complete.remote(body(p)) for p in PROMPTS[:4]]  # sent at once: they share batches
+    outs = [r.result(timeout_s=120) for r in pending]
+    faults = handle.injected_faults.remote().result(timeout_s=60)
+    handle.inject_batch_faults.remote(0).result(timeout_s=60)
+    assert faults["fired"] >= 1, "no batch of several requests reached the engine"
+    got = {p: (o["prefloop_round"], o["choices"][0]["message"]["content"]) for p, o in zip(PROMPTS[:4], outs)}
+    assert got == expected
+
+
+def test_a_step_checkpoint_is_served_under_its_step_id_and_a_pinned_round_gets_it_or_a_404(served, tmp_path):
+    current = next(iter(replica_states(served.name, want=1).values()))
+    old_id = current["model_id"]
+    step_dir = shutil.copytree(current["model_dir"], tmp_path / "published" / "step_2")
+    info = publish(str(step_dir), 3, name=served.name, timeout_s=300, step=2)
+    assert (info["round"], info["step"]) == (3, 2)
+    status, text = http(served.url + "/v1/models")
+    assert [m["id"] for m in json.loads(text)["data"]] == ["prefloop-round-3-step-2", "prefloop"]
+    status, out = chat(served, PROMPTS[0], max_tokens=4)  # "prefloop": whatever is current
+    assert status == 200 and out["model"] == "prefloop-round-3-step-2" and out["prefloop_step"] == 2
+    status, out = chat(served, PROMPTS[0], max_tokens=4, model="prefloop-round-3-step-2")
+    assert status == 200 and out["prefloop_round"] == 3
+    for pinned in ("prefloop-round-3", old_id):  # round 3 is not committed; the old round is not held any more
+        status, out = chat(served, PROMPTS[0], max_tokens=4, model=pinned)
+        assert status == 404 and out["error"]["type"] == "not_found_error", (pinned, status, out)
+        assert "prefloop-round-3-step-2" in out["error"]["message"]

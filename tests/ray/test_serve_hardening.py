@@ -4,8 +4,11 @@
   problem, the good ones all get 200. The round's tokenizer has a strict chat template (it raises on roles that
   do not alternate, as HF Llama/Mistral templates do), so a template error happens inside the server.
 - Swaps under load with 2 replicas: one published from this driver, one from a second driver (a separate Python
-  process joining the same Ray cluster). Zero failed requests, every client sees rounds in order, and the swap
-  is in place: the same replica actors (names) and the same replica ids before and after.
+  process joining the same Ray cluster). What Serve promises, and no more: a client that names no round gets no
+  failure and answers from the old or the new round (replicas switch one by one, so during the swap one client
+  may see both, in either order), and only the new round once ``publish`` returns; a client that names the old
+  round gets that round or a 404, never another round's answer. The swap is in place: the same replica actors
+  (names) and the same replica ids before and after.
 """
 
 import json
@@ -132,37 +135,42 @@ def replica_actors():
     return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if "PolicyServer" in a["name"])
 
 
-def under_load(served, publish_call):
-    """4 clients loop requests while ``publish_call()`` runs; returns (its result, per-client (status, round))."""
-    seen, stop = {k: [] for k in range(4)}, threading.Event()
+def under_load(served, publish_call, pinned):
+    """4 clients loop requests (a 5th names the model id ``pinned``) while ``publish_call()`` runs; returns (its
+    result, per-client (status, round, received at), when publish returned)."""
+    seen, stop = {k: [] for k in range(5)}, threading.Event()
 
     def client(k):
         for i in range(400):
             if stop.is_set():
                 return
-            status, body = post(served.url + "/v1/chat/completions",
-                                {"messages": user(PROMPTS[(k + i) % len(PROMPTS)]), "max_tokens": 4})
-            seen[k].append((status, body.get("prefloop_round") if isinstance(body, dict) else body))
+            body = {"messages": user(PROMPTS[(k + i) % len(PROMPTS)]), "max_tokens": 4}
+            status, out = post(served.url + "/v1/chat/completions", {**body, **({"model": pinned} if k == 4 else {})})
+            seen[k].append((status, out.get("prefloop_round") if status == 200 else out, time.monotonic()))
 
-    threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(4)]
+    threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(5)]
     for t in threads:
         t.start()
     time.sleep(1.0)
     result = publish_call()
+    published = time.monotonic()
     time.sleep(1.0)
     stop.set()
     for t in threads:
         t.join(timeout=120)
-    return result, seen
+    return result, seen, published
 
 
-def check_swap(seen, before_actors, before_ids, served, old, new):
-    failed = [x for runs in seen.values() for x in runs if x[0] != 200]
-    assert not failed, failed[:3]
-    for k, runs in seen.items():
-        rounds = [r for _, r in runs]
-        assert rounds == sorted(rounds), f"client {k} saw rounds out of order: {rounds}"
-        assert rounds[0] == old and rounds[-1] == new, (k, rounds[0], rounds[-1])
+def check_swap(seen, published, before_actors, before_ids, served, old, new):
+    for k in range(4):  # no round named: never a failure; old or new during the swap, new once it returned
+        runs = seen[k]
+        assert not [x for x in runs if x[0] != 200], [x for x in runs if x[0] != 200][:3]
+        assert {r for _, r, _ in runs} <= {old, new} and runs[0][1] == old and runs[-1][1] == new, (k, runs[:3])
+        assert all(r == new for _, r, t in runs if t > published), k
+    pinned = seen[4]  # named the old round: that round or a 404, never another round
+    assert {s for s, _, _ in pinned} <= {200, 404}, pinned[:3]
+    assert all(r == old for s, r, _ in pinned if s == 200) and pinned[0][0] == 200
+    assert all(s == 404 for s, _, t in pinned if t > published) and pinned[-1][0] == 404
     assert replica_actors() == before_actors  # no new replica actor
     after = replica_states(served.name, want=2, until=lambda s: s["round"] == new)
     assert set(after) == before_ids  # the same replicas (their ids), now on the new round
@@ -175,9 +183,10 @@ def test_swaps_in_place_under_load_from_this_driver_and_from_a_second_driver(app
     before_ids = set(replica_states(served.name, want=2))
     assert len(before_actors) == 2 and len(before_ids) == 2
     r1 = strict_copy(tmp / "r0", tmp / "r1", 0.05)
-    info, seen = under_load(served, lambda: publish(str(r1), 1, name=served.name, timeout_s=300))
+    info, seen, done = under_load(served, lambda: publish(str(r1), 1, name=served.name, timeout_s=300),
+                                  "prefloop-round-0")
     assert info["in_place"] and info["replicas"] == 2
-    n1 = check_swap(seen, before_actors, before_ids, served, 0, 1)
+    n1 = check_swap(seen, done, before_actors, before_ids, served, 0, 1)
 
     r2 = strict_copy(tmp / "r0", tmp / "r2", 0.08)
     code = ("import json, sys; from prefloop.app.dataflow.runtime import init_ray; from prefloop.core.config import "
@@ -192,8 +201,8 @@ def test_swaps_in_place_under_load_from_this_driver_and_from_a_second_driver(app
         assert done.returncode == 0 and line, done.stderr[-3000:]
         return json.loads(line[0][7:])
 
-    info2, seen2 = under_load(served, second_driver)
+    info2, seen2, done2 = under_load(served, second_driver, "prefloop-round-1")
     assert info2["in_place"] and info2["replicas"] == 2 and info2["round"] == 2
-    n2 = check_swap(seen2, before_actors, before_ids, served, 1, 2)
+    n2 = check_swap(seen2, done2, before_actors, before_ids, served, 1, 2)
     print(f"\nswaps under load, 2 replicas: this driver {n1} requests, second driver {n2} requests, 0 failed, "
           f"in place (publish {info['publish_s']:.1f} s / {info2['publish_s']:.1f} s), same replicas {before_actors}")

@@ -228,3 +228,30 @@ def test_bad_inputs_fail_early_with_clear_errors(tiny_llama, tmp_path):
         run_train(Round.of(recipe))
     with pytest.raises(FileNotFoundError, match="round 0's model"):
         run_train(Round.of(make_run(tmp_path / "e", tiny_llama, "dpo"), 1))
+
+
+def test_a_resume_continues_its_own_checkpoint_and_starts_over_from_another_trainings(ray_cluster, tiny_llama,
+                                                                                          tmp_path):
+    """A fit that dies after step 3's checkpoint (no retries) leaves the checkpoint; the rerun with the same
+    settings resumes from it (``restored_from``), a rerun with another micro-batch size (the checkpoint's
+    position counts other micro-batches) starts the round's training over and says why."""
+    import shutil
+
+    def failed_first(where):
+        recipe = make_run(tmp_path / where, tiny_llama, "sft", checkpoint_every_steps=3, max_failures=0, epochs=2)
+        with pytest.raises(Exception, match="(?i)training failed"):  # the worker death, no retry left
+            run_train(Round.of(recipe), kill_at_step=3)
+        return recipe
+
+    same = failed_first("same")
+    folder = run_train(Round.of(same))
+    steps = json.loads((folder / "manifest.json").read_text())["steps"]
+    assert steps["restored_from"] == [3] and steps["started_over"] is None and steps["done"] == 8
+
+    changed = failed_first("changed")
+    other = changed.model_copy(update={"train": changed.train.model_copy(update={"micro_batch_size": 8})})
+    folder = run_train(Round.of(other))
+    steps = json.loads((folder / "manifest.json").read_text())["steps"]
+    assert steps["restored_from"] == [] and steps["done"] == steps["planned"] == 4
+    assert steps["started_over"]["checkpoint_step"] == 3 and "micro_batch_size: 4 -> 8" in steps["started_over"]["why"]
+    shutil.rmtree(tmp_path, ignore_errors=True)

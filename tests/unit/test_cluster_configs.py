@@ -429,10 +429,13 @@ def test_serve_config_matches_rays_schema_and_the_app():
     assert args["run_dir"].startswith("/mnt/shared/")
 
 
-def test_serve_import_path_is_a_builder():
+def test_serve_import_path_is_a_builder(monkeypatch):
     """Serve's config calls import_path with the `args` dict: it must be a function of exactly one parameter
-    (ray.serve._private.api.call_user_app_builder_with_args_if_necessary)."""
+    (ray.serve._private.api.call_user_app_builder_with_args_if_necessary). The RayService gives it the API key
+    from a Secret (next test); without one it refuses to serve on every interface."""
     import importlib
+
+    from prefloop.core.serve_guard import ServeConfigError
 
     app = serve_config()["applications"][0]
     module, _, attr = app["import_path"].partition(":")
@@ -442,6 +445,10 @@ def test_serve_import_path_is_a_builder():
         builder({"round": 1})
     with pytest.raises(ValueError, match="num_replica"):  # a misspelt arg is refused, not ignored
         builder({**app["args"], "num_replica": 2})
+    monkeypatch.delenv("PREFLOOP_API_KEY", raising=False)
+    with pytest.raises(ServeConfigError, match="without an API key"):
+        builder(app["args"])
+    monkeypatch.setenv("PREFLOOP_API_KEY", "from-the-secret")
     # The manifest's own args are all understood: the builder gets as far as looking for the round's model.
     with pytest.raises(FileNotFoundError, match=f"round {app['args']['round']} has no committed model"):
         builder(app["args"])

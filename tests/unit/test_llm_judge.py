@@ -58,6 +58,25 @@ def test_text_verdict_is_case_sensitive_and_strict(text, p):
     assert second_from_text(text) == p
 
 
+def test_the_verdict_is_read_at_the_verdict_token_not_at_a_position_whose_top_k_holds_one():
+    # the reply is `M`: the opening backtick's alternatives happen to hold "m", which is not the verdict
+    c = choice("`M`", [{"token": "`", "logprob": -0.1, "top_logprobs": [{"token": "`", "logprob": -0.1},
+                                                                        {"token": "m", "logprob": -3.0}]},
+                       {"token": "M", "logprob": -0.2, "top_logprobs": [{"token": "M", "logprob": math.log(0.9)},
+                                                                         {"token": "m", "logprob": math.log(0.1)}]}])
+    v = read_verdict({"choices": [c]})
+    assert v.source == "logprobs" and v.p_second == pytest.approx(0.9)
+    # a reply that opens with other words has no verdict, whatever its first token's alternatives hold
+    wordy = choice("I think M", [{"token": "I", "logprob": -0.1, "top_logprobs": [{"token": "I", "logprob": -0.1},
+                                                                                 {"token": "m", "logprob": -2.5}]}])
+    with pytest.raises(VerdictError, match="naming neither"):
+        read_verdict({"choices": [wordy]})
+    # a verdict token that contradicts the text
+    odd = choice("M", [{"token": "m", "logprob": -0.1, "top_logprobs": [{"token": "m", "logprob": -0.1}]}])
+    with pytest.raises(VerdictError, match="disagrees"):
+        read_verdict({"choices": [odd]})
+
+
 def test_text_verdict_when_no_logprobs_and_errors_name_the_reply():
     v = read_verdict({"choices": [choice("M")]})
     assert (v.p_second, v.source) == (1.0, "text")

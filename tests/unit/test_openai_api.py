@@ -1,12 +1,13 @@
-"""OpenAI request parsing and response shaping (core/openai_api.py): pure, no Ray, no vLLM."""
+"""OpenAI request parsing and response shaping (core/openai_api.py, core/openai_responses.py): pure, no Ray,
+no vLLM."""
 
 import json
 
 import pytest
 
-from prefloop.core.openai_api import (Candidate, Limits, RequestError, best_indices, chat_completion,
-                                      check_length, check_model_name, error_body, models_list, parse_chat_request,
-                                      parse_json_body, served_model_id, stream_events)
+from prefloop.core.openai_api import Limits, RequestError, check_length, parse_chat_request, parse_json_body
+from prefloop.core.openai_responses import (Candidate, ModelNotServed, best_indices, chat_completion, check_served,
+                                            error_body, models_list, requested_model, served_model_id, stream_events)
 
 USER = [{"role": "user", "content": "Tell me about cats."}]
 
@@ -103,12 +104,25 @@ def test_length_checks_name_the_field():
 
 def test_model_names():
     assert served_model_id("prefloop", 3) == "prefloop-round-3"
+    assert served_model_id("prefloop", 3, step=40) == "prefloop-round-3-step-40"  # a ReMax step, uncommitted
     assert served_model_id("prefloop", None) == "prefloop-base"
-    for ok in (None, "prefloop", "prefloop-round-0", "prefloop-round-7", "prefloop-base"):
-        check_model_name(ok, "prefloop")
+    assert requested_model(None, "prefloop") is None and requested_model("prefloop", "prefloop") is None
+    for pinned in ("prefloop-round-0", "prefloop-round-7", "prefloop-base", "prefloop-round-1-step-2"):
+        assert requested_model(pinned, "prefloop") == pinned
     with pytest.raises(RequestError) as err:
-        check_model_name("gpt-4o", "prefloop")
-    assert err.value.param == "model"
+        requested_model("gpt-4o", "prefloop")
+    assert err.value.param == "model" and err.value.status == 400
+
+
+def test_a_request_pinned_to_other_weights_is_a_404_naming_what_is_served():
+    check_served(None, "prefloop-round-2")  # no round named: whatever is current
+    check_served("prefloop-round-2", "prefloop-round-2")
+    with pytest.raises(ModelNotServed) as err:  # round 2 asked, a step checkpoint of round 3 holds the engine
+        check_served("prefloop-round-3", "prefloop-round-3-step-4")
+    assert err.value.status == 404 and "prefloop-round-3-step-4" in str(err.value)
+    assert error_body(err.value)["error"]["type"] == "not_found_error"
+    with pytest.raises(ModelNotServed):
+        check_served("prefloop-round-1", "prefloop-round-2")
 
 
 def test_best_indices_orders_and_breaks_ties_early():
@@ -157,12 +171,14 @@ def test_models_list():
     assert out["data"][0]["root"] == "prefloop-round-2"
     assert [m["id"] for m in out["data"]] == ["prefloop-round-2", "prefloop"]
     assert all(m["prefloop_round"] == 2 and m["object"] == "model" for m in out["data"])
+    step = models_list("prefloop", 2, 5, step=7)
+    assert [m["id"] for m in step["data"]] == ["prefloop-round-2-step-7", "prefloop"]
 
 
 def test_logprobs_reach_the_engine_and_come_back_in_openai_shape():
     from collections import namedtuple
 
-    from prefloop.core.openai_api import logprob_content
+    from prefloop.core.openai_responses import logprob_content
 
     req = parse_chat_request({"messages": USER, "logprobs": True, "top_logprobs": 2, "max_tokens": 2})
     assert (req.logprobs, req.top_logprobs, req.sampling_kwargs()["logprobs"]) == (True, 2, 2)

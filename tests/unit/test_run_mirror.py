@@ -6,6 +6,7 @@ import pytest
 
 from prefloop.app.storage.run_mirror import is_uri, local_cache
 from prefloop.app.storage.rundir import RunDir, write_manifest
+from prefloop.app.storage.runlock import lock_for
 
 
 @pytest.fixture
@@ -46,6 +47,9 @@ def test_commits_are_uploaded_manifest_last_and_pulled_by_a_new_process(remote, 
 
     monkeypatch.setenv("PREFLOOP_RUNS_CACHE", str(tmp_path / "cache-b"))  # another node / a resumed job
     fresh = RunDir(uri)
+    assert not fresh.is_committed(0, "rollout")  # nothing is pulled before the run's lock is held
+    with lock_for(fresh):
+        fresh.sync()
     assert fresh.root != run.root
     assert fresh.is_committed(0, "rollout") and fresh.is_committed(1, "model")
     assert (fresh.root / "recipe.yaml").read_text() == "name: x\n"
@@ -64,3 +68,24 @@ def test_a_failed_stage_uploads_nothing(remote):
             (out / "x").write_text("1")
             raise RuntimeError("boom")
     assert not (remote_dir / "round_0").exists() and not run.is_committed(0, "rollout")
+
+
+def test_a_resumed_uri_run_keeps_every_rounds_metrics_rows(remote, tmp_path, monkeypatch):
+    """Two rounds on file://, the driver gone, a resume from another working copy: metrics.jsonl keeps round 0's
+    rows although round 0's (superseded) weights are not pulled."""
+    remote_dir, uri = remote
+    run = RunDir(uri)
+    commit(run, 0, "model", {"config.json": "{}", "w.bin": "w0", "train_metrics.jsonl": '{"step": 1, "loss": 0.7}\n'})
+    commit(run, 1, "model", {"config.json": "{}", "w.bin": "w1", "train_metrics.jsonl": '{"step": 1, "loss": 0.4}\n'})
+    run.rebuild_metrics()
+    before = (remote_dir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["round"] for line in before] == [0, 1]
+
+    monkeypatch.setenv("PREFLOOP_RUNS_CACHE", str(tmp_path / "cache-b"))  # the resumed driver, elsewhere
+    fresh = RunDir(uri)
+    with lock_for(fresh):
+        fresh.sync()
+        fresh.rebuild_metrics()
+    assert not fresh.is_committed(0, "model") and not (fresh.root / "round_0" / "model" / "w.bin").exists()
+    assert (remote_dir / "metrics.jsonl").read_text().splitlines() == before
+    assert (fresh.root / "metrics.jsonl").read_text().splitlines() == before

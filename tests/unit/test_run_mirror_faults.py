@@ -60,6 +60,7 @@ def test_an_upload_that_fails_after_the_local_commit_is_completed_by_the_next_st
     assert run.is_committed(0, "model")  # committed locally...
     assert not (remote_dir / "round_0" / "model" / "manifest.json").exists()  # ...not remotely
     again = RunDir(uri)  # the next start, same working copy, storage back
+    again.sync()
     assert (remote_dir / "round_0" / "model" / "manifest.json").is_file()
     assert (remote_dir / "round_0" / "model" / "config.json").read_text() == "{}"
     again.rebuild_metrics()  # the metrics rows the killed driver never wrote
@@ -83,5 +84,6 @@ def test_tracking_folders_are_mirrored_and_pulled_elsewhere(remote, tmp_path, mo
     assert (remote_dir / "tensorboard" / "events.1").read_text() == "e1+more"
     monkeypatch.setenv("PREFLOOP_RUNS_CACHE", str(tmp_path / "cache-b"))
     other = RunDir(uri)
+    other.pull()
     assert (other.root / "logs" / "driver.log").read_text() == "l"
     assert (other.root / "tensorboard" / "events.1").read_text() == "e1+more"

@@ -124,3 +124,107 @@ def test_only_dead_processes_partials_are_removed(tmp_path):
     finally:
         live.kill()
         live.wait()
+
+
+class BrokenStore(runlock._LocalStore):
+    """The lock file's storage starts failing (``fail`` set): every read and write raises OSError."""
+
+    fail = False
+
+    def read(self):
+        if self.fail:
+            raise OSError("storage unavailable")
+        return super().read()
+
+    def replace_if(self, token, text):
+        if self.fail:
+            raise OSError("storage unavailable")
+        return super().replace_if(token, text)
+
+
+def commit_one(run, r=0, stage="rollout"):
+    with run.commit(r, stage) as out:
+        (out / "manifest.json").write_text("{}")
+
+
+def test_a_failed_renewal_stops_every_later_commit(tmp_path, monkeypatch):
+    monkeypatch.setattr(runlock.RunLock, "renew_wait_s", 0.01)
+    run = RunDir(tmp_path / "run")
+    run.root.mkdir(parents=True)
+    store = BrokenStore(run.root / LOCK_NAME)
+    lock = runlock.RunLock(store, str(run.root), lease_s=0.3, root=str(run.root)).acquire()
+    try:
+        commit_one(run, 0)  # held: commits
+        store.fail = True
+        time.sleep(0.5)  # a renewal fails (three tries)
+        assert lock.lost and "could not be renewed" in lock.lost
+        store.fail = False  # even with the storage back: the lease may have lapsed meanwhile
+        with pytest.raises(runlock.RunLockLostError, match="lost the run lock"):
+            commit_one(run, 1)
+        with pytest.raises(runlock.RunLockLostError):
+            run.save_text("report.md", "x")
+        assert not run.is_committed(1, "rollout") and not (run.root / "report.md").exists()
+    finally:
+        lock.release()
+
+
+def test_another_holder_seen_stops_the_next_commit_at_once(tmp_path):
+    run = RunDir(tmp_path / "run")
+    with lock_for(run):  # a long lease: the heartbeat does not beat in this test
+        write_holder(run.root / LOCK_NAME, token="intruder")
+        with pytest.raises(runlock.RunLockLostError, match="token intruder"):
+            commit_one(run, 0)
+        assert not run.is_committed(0, "rollout")
+    assert json.loads((run.root / LOCK_NAME).read_text())["token"] == "intruder"  # not removed on release
+
+
+def test_a_storage_error_reading_the_remote_lease_is_not_no_lock(tmp_path, monkeypatch):
+    uri = f"file://{tmp_path}/bucket/run"
+    monkeypatch.setenv("PREFLOOP_RUNS_CACHE", str(tmp_path / "cache-a"))
+    run = RunDir(uri)
+
+    class Down:
+        def __getattr__(self, name):
+            return getattr(run.mirror.fs, name)
+
+        def open_input_stream(self, path):
+            raise OSError("When reading information for key 'run/.prefloop-lock': AWS Error ACCESS_DENIED")
+
+        def get_file_info(self, path):
+            raise OSError("AWS Error ACCESS_DENIED")
+
+    store = runlock._RemoteStore(Down(), f"{run.mirror.base}/{LOCK_NAME}")
+    with pytest.raises(OSError, match="ACCESS_DENIED"):
+        runlock.RunLock(store, uri).acquire()
+    assert not (tmp_path / "bucket" / "run" / LOCK_NAME).exists()
+
+
+def test_a_stale_lock_taken_by_two_drivers_at_once_is_held_by_one(tmp_path, monkeypatch):
+    run = RunDir(tmp_path / "run")
+    run.root.mkdir(parents=True)
+    write_holder(run.root / LOCK_NAME, pid=dead_pid())
+    real = runlock._LocalStore.replace_if
+
+    def raced(self, token, text):  # the other driver's takeover lands between our read and our write
+        write_holder(self.path, token="faster")
+        return real(self, token, text)
+
+    monkeypatch.setattr(runlock._LocalStore, "replace_if", raced)
+    with pytest.raises(RunLockedError, match="at the same time.*token faster"):
+        lock_for(run).acquire()
+    assert json.loads((run.root / LOCK_NAME).read_text())["token"] == "faster"
+
+
+def test_a_uri_run_is_locked_before_anything_is_pulled(tmp_path, monkeypatch):
+    monkeypatch.setattr(runlock._RemoteStore, "settle_s", 0.01)
+    uri = f"file://{tmp_path}/bucket/run"
+    monkeypatch.setenv("PREFLOOP_RUNS_CACHE", str(tmp_path / "cache-a"))
+    a = RunDir(uri)
+    with hold_run(a, "name: x\n"):
+        commit_one(a, 0)
+        monkeypatch.setenv("PREFLOOP_RUNS_CACHE", str(tmp_path / "cache-b"))
+        b = RunDir(uri)
+        with pytest.raises(RunLockedError):
+            with hold_run(b, "name: x\n"):
+                pass
+        assert not (b.root / "round_0").exists() and not (b.root / "recipe.yaml").exists()

@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from prefloop.core.openai_api import Limits, RequestError, error_body, parse_chat_request
+from prefloop.core.openai_api import Limits, RequestError, parse_chat_request
+from prefloop.core.openai_responses import error_body
 from prefloop.core.serve_guard import (TooLarge, Unauthorized, check_api_key, check_body_size, key_digest,
                                        public_health, server_error)
 
@@ -65,3 +66,30 @@ def test_health_and_errors_show_no_paths():
     body = server_error("e1f2")
     assert body["error"]["error_id"] == "e1f2" and body["error"]["type"] == "server_error"
     assert "e1f2" in body["error"]["message"]
+
+
+def test_an_empty_api_key_is_an_error_not_an_open_api(monkeypatch):
+    from prefloop.core.serve_guard import ServeConfigError, api_key_digest
+
+    monkeypatch.setenv("PREFLOOP_API_KEY", "")
+    with pytest.raises(ServeConfigError, match="PREFLOOP_API_KEY is set but empty"):
+        api_key_digest(None)
+    with pytest.raises(ServeConfigError, match="--api-key is set but empty"):
+        api_key_digest("  ")
+    monkeypatch.setenv("PREFLOOP_API_KEY", "k1")
+    assert api_key_digest(None) == key_digest("k1")
+    monkeypatch.delenv("PREFLOOP_API_KEY")
+    assert api_key_digest(None) is None
+
+
+def test_a_non_loopback_bind_without_a_key_refuses_unless_insecure(caplog):
+    from prefloop.core.serve_guard import ServeConfigError, check_exposure
+
+    for host in ("127.0.0.1", "localhost", "::1", "127.0.0.2"):
+        check_exposure(host, None, False)
+    check_exposure("0.0.0.0", key_digest("k"), False)  # a key: fine anywhere
+    with pytest.raises(ServeConfigError, match="refusing to serve on 0.0.0.0 without an API key.*--insecure"):
+        check_exposure("0.0.0.0", None, False)
+    with caplog.at_level("WARNING"):
+        check_exposure("10.0.0.5", None, True)
+    assert "WITHOUT an API key" in caplog.text
