@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from prefloop.actors.common import object_column, timed
-from prefloop.core.model_dirs import check_model_dir
 from prefloop.actors.model_cache import ModelRef, local_model, model_name
 from prefloop.actors.vllm_engine import build_llm, reload_in_place, reloadable_in_place, shutdown_llm
+from prefloop.core.model_dirs import check_model_dir
 from prefloop.core.round_settings import EngineSettings
 from prefloop.core.sampling import Sample, SampleSpec, flatten_samples
 

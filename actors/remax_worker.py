@@ -43,32 +43,32 @@ log = logging.getLogger(__name__)
 class RemaxWorker(Worker):
     """``Worker`` (model, optimizer, schedule, checkpoints) plus the reference model and the step loop."""
 
-    def __init__(self, config: RemaxWorkerConfig):
-        super().__init__(config)
+    def __init__(self, job: RemaxWorkerConfig):
+        super().__init__(job)
         self.rx = self.cfg.remax
         # the frozen reference in the training dtype, sharded over the workers as the policy is (FSDP)
-        self.ref_model = load_reference(local_model(config.ref_dir, "reference"), self.device, self.cfg,
-                                        config.dtype, self.world, self.sharded)
-        self.prompts: list[dict[str, Any]] = config.prompts
-        names = config.generators
+        self.ref_model = load_reference(local_model(job.ref_dir, "reference"), self.device, self.cfg,
+                                        job.dtype, self.world, self.sharded)
+        self.prompts: list[dict[str, Any]] = job.prompts
+        names = job.generators
         self.own_generator = names[self.rank % len(names)]
-        self.rollout = StepRollout(self.own_generator, config.scorer, config.timeout_s,
-                                   board=config.weights_board or None)
+        self.rollout = StepRollout(self.own_generator, job.scorer, job.timeout_s,
+                                   board=job.weights_board or None)
         self.sync_root = Path(tempfile.mkdtemp(prefix="prefloop-remax-push-"))  # on this worker's node
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None \
             else self.tokenizer.eos_token_id
 
     def identity_rows(self) -> dict[int, dict[str, Any]]:
         """A ReMax checkpoint's position counts steps over these prompts (step s takes its slice of them)."""
-        return dict(enumerate(self.config.prompts))
+        return dict(enumerate(self.job.prompts))
 
     # -- one step
     def specs(self, step: int) -> tuple[SampleSpec, SampleSpec]:
         """Step ``step``'s sampled and greedy requests: the sampled one's seed moves with the step."""
-        sample = SampleSpec(**self.config.sample_spec)
+        sample = SampleSpec(**self.job.sample_spec)
         if sample.seed is not None:
             sample = replace(sample, seed=sample.seed + step)
-        return sample, SampleSpec(**self.config.greedy_spec)
+        return sample, SampleSpec(**self.job.greedy_spec)
 
     def run(self, shard: Any = None) -> None:
         if self.state["restored_from"]:  # the generators may hold newer (lost) weights: give them the checkpoint's
@@ -79,7 +79,7 @@ class RemaxWorker(Worker):
     def train_step(self) -> None:
         step, rx, times = self.state["step"], self.rx, {}
         started = time.perf_counter()
-        idx = step_prompts(len(self.prompts), step, rx.prompts_per_step, self.config.seed)
+        idx = step_prompts(len(self.prompts), step, rx.prompts_per_step, self.job.seed)
         rows = [self.prompts[i] for i in worker_share(idx, self.rank, self.world)]
         self._maybe_kill_generator(step)
         samples, greedy = self.rollout.generate(rows, *self.specs(step))
@@ -137,7 +137,7 @@ class RemaxWorker(Worker):
         if self.rank == 0:
             shutil.rmtree(folder, ignore_errors=True)
             self.save_servable(folder, weights)
-            self.rollout.push(put_folder(folder), self.config.generators)
+            self.rollout.push(put_folder(folder), self.job.generators)
         self._agree(True)  # every engine has the new weights before anyone samples again
         return time.perf_counter() - started
 
@@ -150,8 +150,8 @@ class RemaxWorker(Worker):
         retries = self._all_reduce(torch.tensor([float(self.rollout.retried)]))
         metrics.update(step=self.state["step"], lr=lr, grad_norm=grad_norm, generator_retries=int(retries.item()))
         self.history.append(metrics)
-        if self.rank == 0 and self.config.steps_file:  # the driver tails it into the dashboard gauges
-            with open(self.config.steps_file, "a", encoding="utf-8") as f:
+        if self.rank == 0 and self.job.steps_file:  # the driver tails it into the dashboard gauges
+            with open(self.job.steps_file, "a", encoding="utf-8") as f:
                 f.write(json.dumps(metrics) + "\n")
         if self.rank == 0:
             log.info("remax step %d/%d: reward sample %.3f greedy %.3f, adv %.3f, kl %.4f, len %.1f, "
@@ -162,8 +162,8 @@ class RemaxWorker(Worker):
         checkpoint_due = step % self.cfg.checkpoint_every_steps == 0 and step < self.total_steps
         if checkpoint_due or step % self.cfg.log_every_steps == 0:
             self.report(metrics, checkpoint=checkpoint_due)
-        if checkpoint_due and self.config.publish_dir:  # every rank: FSDP gathers the weights
-            self.publish(Path(self.config.publish_dir), step)
+        if checkpoint_due and self.job.publish_dir:  # every rank: FSDP gathers the weights
+            self.publish(Path(self.job.publish_dir), step)
         self._maybe_die()
 
     def full_weights(self) -> dict[str, torch.Tensor] | None:
@@ -190,7 +190,7 @@ class RemaxWorker(Worker):
 
     def _maybe_kill_generator(self, step: int) -> None:
         """Test-only fault injection: rank 0 kills its generator actor (Ray restarts it) once, at a step."""
-        at, marker = self.config.kill_generator_at_step, Path(f"{self.config.fault_marker}-generator")
+        at, marker = self.job.kill_generator_at_step, Path(f"{self.job.fault_marker}-generator")
         if at is not None and step == at and self.rank == 0 and not marker.exists():
             import ray
 
@@ -200,7 +200,7 @@ class RemaxWorker(Worker):
 
 
 def remax_loop(config: dict[str, Any]) -> None:
-    """``TorchTrainer``'s ``train_loop_per_worker`` for ReMax; ``config`` is built by ``app.remax``."""
+    """``TorchTrainer``'s ``train_loop_per_worker`` for ReMax; ``config`` is built by ``app/rounds/remax.py``."""
     logging.basicConfig(level=logging.INFO)
     worker = RemaxWorker(RemaxWorkerConfig.from_loop_config(config))
     worker.run()

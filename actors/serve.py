@@ -34,14 +34,14 @@ from typing import Any
 import ray
 from ray import serve
 
-from prefloop.core.model_dirs import check_model_dir
-from prefloop.core.round_settings import EngineSettings
 from prefloop.actors.model_cache import fetch_model
 from prefloop.actors.vllm_engine import build_llm, reload_in_place, reloadable_in_place, shutdown_llm
 from prefloop.core import openai_api as api
 from prefloop.core import openai_responses as resp
 from prefloop.core import serve_guard as guard
+from prefloop.core.model_dirs import check_model_dir
 from prefloop.core.model_info import control_token_of
+from prefloop.core.round_settings import EngineSettings
 from prefloop.core.templates import generation_text, last_user_text
 
 log = logging.getLogger(__name__)

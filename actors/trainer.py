@@ -39,8 +39,14 @@ import numpy as np
 import torch
 
 from prefloop.actors.model_cache import local_model
-from prefloop.actors.train_checkpoint import (Saved, checkpoint_identity, identity_difference, load_trainable,
-                                              read_state, write_state)
+from prefloop.actors.train_checkpoint import (
+    Saved,
+    checkpoint_identity,
+    identity_difference,
+    load_trainable,
+    read_state,
+    write_state,
+)
 from prefloop.actors.train_model import load_model, load_reference, shard_fsdp
 from prefloop.actors.train_steps import STEPS, Stats
 from prefloop.core.methods import method
@@ -60,27 +66,28 @@ def unwrap(model: Any) -> Any:
 class Worker:
     """One Ray Train worker: model, optimizer, schedule, and the step counter that checkpoints carry."""
 
-    def __init__(self, config: TrainWorkerConfig):
+    def __init__(self, job: TrainWorkerConfig):
         import ray.train
         import ray.train.torch
         from transformers import AutoTokenizer
 
         # the start model as a folder on this node (shipped through Ray: actors/model_cache.py)
-        config = dataclasses.replace(config, model_dir=local_model(config.model_dir, "trainer"))
-        self.config, self.cfg = config, config.train
+        job = dataclasses.replace(job, model_dir=local_model(job.model_dir, "trainer"))
+        # job: what the driver handed this worker (paths, seed, steps); cfg: the recipe's train section
+        self.job, self.cfg = job, job.train
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device()
-        self.total_steps = config.total_steps
-        torch.manual_seed(config.seed)  # the same LoRA init on every rank
-        self.tokenizer = AutoTokenizer.from_pretrained(config.model_dir)
-        model = load_model(config.model_dir, self.device, True, self.cfg, config.dtype)
+        self.total_steps = job.total_steps
+        torch.manual_seed(job.seed)  # the same LoRA init on every rank
+        self.tokenizer = AutoTokenizer.from_pretrained(job.model_dir)
+        model = load_model(job.model_dir, self.device, True, self.cfg, job.dtype)
         self.state: dict[str, Any] = {"step": 0, "epoch": 0, "micro_in_epoch": 0, "restored_from": [],
                                       "optimizer_reset_at": [], "started_over": None}
         self.history: list[dict[str, Any]] = []
         self.trained: list[dict[str, Any]] = []  # rank 0: example ids per step
         # what a checkpoint's position counts: these examples, in the order these settings give
-        self.identity = checkpoint_identity(self.identity_rows(), config, self.world)
+        self.identity = checkpoint_identity(self.identity_rows(), job, self.world)
         # FSDP shards only across several workers; one worker keeps a whole (DDP-prepared) model
         self.sharded = self.cfg.strategy == "fsdp" and self.world > 1
         checkpoint = ray.train.get_checkpoint()
@@ -90,9 +97,9 @@ class Worker:
             self.model = shard_fsdp(model, self.device, self.world)
         else:
             self.model = ray.train.torch.prepare_model(model, parallel_strategy="ddp")
-        live = self.cfg.reference_mode == "live" and config.ref_dir
-        self.ref_model = load_reference(local_model(config.ref_dir, "reference"), self.device, self.cfg,
-                                        config.dtype, self.world, self.sharded) if live else None
+        live = self.cfg.reference_mode == "live" and job.ref_dir
+        self.ref_model = load_reference(local_model(job.ref_dir, "reference"), self.device, self.cfg,
+                                        job.dtype, self.world, self.sharded) if live else None
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         warm, total, schedule = warmup_steps(self.cfg, self.total_steps), self.total_steps, self.cfg.schedule
@@ -131,7 +138,7 @@ class Worker:
 
     def epoch_order(self, shard: Any, rank: int | None = None) -> list[int]:
         ids = list(self._examples(shard))
-        return worker_order(ids, self.config.seed, self.state["epoch"],
+        return worker_order(ids, self.job.seed, self.state["epoch"],
                             self.rank if rank is None else rank, self.world)
 
     def micro_batches(self, shard: Any) -> Iterator[tuple[dict[str, np.ndarray], bool]]:
@@ -283,16 +290,16 @@ class Worker:
         if self.sharded:
             # the same structure as the trained model (LoRA included), every key checked: a mismatch must not
             # leave base weights in place and save them as the round's model
-            model = load_model(self.config.model_dir, torch.device("cpu"), True, self.cfg,
-                               self.config.dtype)  # saved in the policy's dtype
+            model = load_model(self.job.model_dir, torch.device("cpu"), True, self.cfg,
+                               self.job.dtype)  # saved in the policy's dtype
             result = model.load_state_dict(weights, strict=False)
             if result.missing_keys or result.unexpected_keys:
                 raise RuntimeError(f"FSDP final save: gathered weights do not fit the model (missing "
                                    f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]})")
             if self.cfg.lora is not None:
                 model = model.merge_and_unload()
-            if self.config.dtype in ("bfloat16", "float16"):  # fp32 master weights trained; saved in policy.dtype
-                model = model.to(getattr(torch, self.config.dtype))
+            if self.job.dtype in ("bfloat16", "float16"):  # fp32 master weights trained; saved in policy.dtype
+                model = model.to(getattr(torch, self.job.dtype))
         else:
             model = unwrap(self.model)
             if self.cfg.lora is not None:
@@ -308,7 +315,7 @@ class Worker:
 
     def _maybe_die(self) -> None:
         """Test-only fault injection: the last rank exits once at ``kill_at_step`` (a marker file says once)."""
-        kill_at, marker = self.config.kill_at_step, self.config.fault_marker
+        kill_at, marker = self.job.kill_at_step, self.job.fault_marker
         if kill_at and self.state["step"] == kill_at and self.rank == self.world - 1 and not os.path.exists(marker):
             Path(marker).touch()
             # The controller polls reports every ~2 s: wait, so the step's checkpoint is registered before the
@@ -319,7 +326,7 @@ class Worker:
 
 
 def train_loop(config: dict[str, Any]) -> None:
-    """TorchTrainer's ``train_loop_per_worker``; ``config`` is built by ``app.train``."""
+    """TorchTrainer's ``train_loop_per_worker``; ``config`` is built by ``app/rounds/train.py``."""
     import ray.train
 
     logging.basicConfig(level=logging.INFO)

@@ -47,15 +47,15 @@ def main() -> None:
 
     import ray
     import torch
-
     from rollout import bare_generation, load_rows, ray_stage  # bench/rollout.py, beside this file
+
     from prefloop.actors.generator import VLLMGenerator
     from prefloop.actors.scorers import PairRMScorer
-    from prefloop.tinyworld.assets import build_assets, default_assets_dir
     from prefloop.app.dataflow.runtime import init_ray
     from prefloop.core.config import ResourcesConfig
     from prefloop.core.round_settings import EngineSettings
     from prefloop.core.sampling import SampleSpec
+    from prefloop.tinyworld.assets import build_assets, default_assets_dir
 
     assets = build_assets(default_assets_dir())
     rows = load_rows(str(assets.policy), args.prompts, None)

@@ -37,9 +37,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def load_rows(policy: str, n_prompts: int, source: str | None) -> list[dict]:
     from transformers import AutoTokenizer
 
-    from prefloop.tinyworld.topics import DATA_DIR
     from prefloop.core.prompts import read_prompts
     from prefloop.core.templates import render_prompt
+    from prefloop.tinyworld.topics import DATA_DIR
 
     tok = AutoTokenizer.from_pretrained(policy)
     records = read_prompts(source or DATA_DIR / "prompts.jsonl").accepted
@@ -119,11 +119,11 @@ def main() -> None:
 
     from prefloop.actors.generator import VLLMGenerator
     from prefloop.actors.scorers import PairRMScorer
-    from prefloop.tinyworld.assets import build_assets, default_assets_dir
     from prefloop.app.dataflow.runtime import init_ray
     from prefloop.core.config import ResourcesConfig
     from prefloop.core.round_settings import EngineSettings
     from prefloop.core.sampling import SampleSpec
+    from prefloop.tinyworld.assets import build_assets, default_assets_dir
 
     assets = build_assets(default_assets_dir())
     rows = load_rows(str(assets.policy), args.prompts, args.data)

@@ -40,7 +40,7 @@ def scale_recipe(tmp: Path, policy: str, prompts: Path, samples: int, max_tokens
         "data": {"train": str(prompts), "max_prompt_tokens": 64},
         "rollout": {"num_samples": samples, "max_tokens": max_tokens, "max_model_len": 128, "batch_size": batch},
         "scorer": {"kind": "function", "function": "prefloop.tinyworld.gold:gold_score", "batch_size": batch},
-        "resources": {"stage_timeout_s": 1800},
+        "resources": {"wait_timeout_s": 1800},
         "train": {"method": "dpo"},
     }
 
@@ -61,9 +61,9 @@ def child(recipe_file: str) -> None:
 
     import prefloop.actors.generator  # noqa: F401  (vLLM: the driver imports it to build the generator stage)
     import prefloop.actors.scorers  # noqa: F401
+    from prefloop.app.dataflow.runtime import init_ray
     from prefloop.app.rounds.rollout import run_rollout
     from prefloop.app.rounds.round import Round
-    from prefloop.app.dataflow.runtime import init_ray
     from prefloop.core.config import parse_recipe
 
     recipe = parse_recipe(json.loads(Path(recipe_file).read_text()), "scale")

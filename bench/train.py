@@ -142,10 +142,10 @@ def run_trl(model_dir: Path, pairs: list[dict], args: argparse.Namespace, work: 
 
 
 def run_prefloop(model_dir: Path, pairs: list[dict], args: argparse.Namespace, work: Path) -> dict:
-    from prefloop.app.storage.rundir import MANIFEST, RunDir, write_manifest
-    from prefloop.app.storage.tables import write_parquet
     from prefloop.app.rounds.round import Round
     from prefloop.app.rounds.train import run_train
+    from prefloop.app.storage.rundir import MANIFEST, RunDir, write_manifest
+    from prefloop.app.storage.tables import write_parquet
     from prefloop.core.config import parse_recipe
 
     run = RunDir(work / "run")

@@ -20,10 +20,9 @@ from pydantic import Field, ValidationError, model_validator
 from prefloop.core.judge_config import EvalConfig, ScorerConfig
 from prefloop.core.judges import judge_kind
 from prefloop.core.methods import OFFLINE_METHODS
+from prefloop.core.overrides import OverrideError, apply_overrides, apply_tiny_overrides, parse_overrides
 from prefloop.core.strict import ChatTemplate, RecipeError, StrictModel
 from prefloop.core.train_config import TrainConfig
-
-from prefloop.core.overrides import OverrideError, apply_overrides, apply_tiny_overrides, parse_overrides
 
 
 class PolicyConfig(StrictModel):
@@ -108,10 +107,18 @@ class ResourcesConfig(StrictModel):
     generator_gpus: float = Field(0.0, ge=0)
     scorer_cpus: float = Field(1.0, gt=0)
     scorer_gpus: float = Field(0.0, ge=0)
-    stage_timeout_s: float = Field(900.0, gt=0, description="A stage that yields nothing this long fails.")
+    wait_timeout_s: float = Field(900.0, gt=0, description="A remote wait (an actor call; a Ray Data step between "
+                                  "two results) that gets nothing this long fails.")
     placement: dict[Literal["generator", "scorer", "train", "serve"], dict[str, float]] = Field(
         default_factory=dict, description="Custom Ray resources each kind of actor asks for, to pin it to the "
         "nodes that offer them (`ray start --resources`), e.g. {generator: {gen_pool: 1}}; default none.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "stage_timeout_s" in data:
+            raise ValueError("stage_timeout_s is now wait_timeout_s (the same bound, on every remote wait)")
+        return data
 
     def custom(self, kind: str) -> dict[str, float]:
         """The custom resources of actors of ``kind`` (a copy; empty when not pinned)."""

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import json
 from contextlib import contextmanager
-from itertools import islice
 from dataclasses import asdict, dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any, Collection, Iterator
 

@@ -21,7 +21,6 @@ from typing import Any
 from prefloop.core.openai_api import RequestError
 from prefloop.core.openai_responses import served_model_id
 
-
 log = logging.getLogger(__name__)
 API_KEY_ENV = "PREFLOOP_API_KEY"
 

@@ -12,7 +12,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from prefloop.core.methods import METHODS, method as method_of
+from prefloop.core.methods import METHODS
+from prefloop.core.methods import method as method_of
 from prefloop.core.strict import StrictModel
 
 Method = Literal[tuple(METHODS)]  # type: ignore[valid-type]  # the registered methods (core/methods.py)

@@ -1,5 +1,5 @@
 """A committed run directory written by hand for report and status tests: manifests with the eval metrics'
-keys (win_rate, judge_win_rate, lc_win_rate, base_* ...) and answers.parquet files, in ``app/storage/rundir.py``'s layout."""
+keys (win_rate, scorer_win_rate, lc_win_rate, base_* ...) and answers.parquet files, in ``app/storage/rundir.py``'s layout."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ PROMPTS = [f"Tell me about {t}." for t in ("rivers", "cats", "bread", "trains", 
 
 def eval_manifest(r: int) -> dict:
     return {"stage": "eval", "round": r, "pairs": 40 + r, "method": "dpo", "n": len(PROMPTS),
-            "win_rate": 0.5 + 0.1 * r, "win_rate_stderr": 0.05, "judge_win_rate": 0.6 + 0.1 * r,
+            "win_rate": 0.5 + 0.1 * r, "win_rate_stderr": 0.05, "scorer_win_rate": 0.6 + 0.1 * r,
             "lc_win_rate": 0.45 + 0.1 * r, "lc_unstable": False, "mean_score": 0.1 * r, "mean_length": 20.0 + r,
             "mean_base_length": 18.0, "base_mean_length": 18.0, "truncation_rate": 0.0,
             "repetition_rate": 0.2 - 0.05 * r, "base_repetition_rate": 0.25, "distinct_2": 0.7,

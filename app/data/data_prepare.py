@@ -35,10 +35,10 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from prefloop.app.data import ifeval_prompts
 from prefloop.app.data.data_source import Source, open_source
 from prefloop.core import data_archangel as arch
 from prefloop.core import data_sources as ds
-from prefloop.app.data import ifeval_prompts
 from prefloop.core.partition import select_first, split
 from prefloop.core.prompts import InputError
 

@@ -37,10 +37,10 @@ from prefloop.app.front import cli_parser
 from prefloop.app.front.preflight import PreflightError, require
 from prefloop.app.front.recipes import placeholders, resolve_recipe
 from prefloop.app.storage.runlock import RecipeChangedError, RunLockedError, RunLockLostError
-from prefloop.core.serve_guard import ServeConfigError
 from prefloop.app.watch import console
 from prefloop.core.config import Recipe, RecipeError, dump_recipe, load_recipe
 from prefloop.core.prompts import InputError
+from prefloop.core.serve_guard import ServeConfigError
 
 log = logging.getLogger("prefloop")
 USER_ERRORS = (RecipeError, InputError, FileNotFoundError, NotADirectoryError, RunLockedError, RunLockLostError,

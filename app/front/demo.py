@@ -32,8 +32,8 @@ def show_one_answer(run_dir: str, prompt: str, temperature: float, port: int) ->
 
 
 def run_demo(overrides: list[str], allow_recipe_change: bool = False) -> int:
-    from prefloop.app.front.recipes import resolve_recipe
     from prefloop.app.front.preflight import require
+    from prefloop.app.front.recipes import resolve_recipe
     from prefloop.app.watch import console
 
     started = time.perf_counter()
@@ -43,13 +43,13 @@ def run_demo(overrides: list[str], allow_recipe_change: bool = False) -> int:
 
     rows = run_loop(recipe, allow_recipe_change)
     con = console.get()
-    con.stage("serve")
+    con.activity("serve")
     prompt = "Write a short note about rivers."
     # sampled as the demo's evaluation samples (loop.eval_temperature): the tiny model's greedy answers fall into
     # loops that no graded answer shows (README, "The two commands")
     temperature = recipe.loop.eval_temperature
     answer = show_one_answer(recipe.run_dir, prompt, temperature, recipe.loop.serve_port)
-    con.end_stage()
+    con.end_activity()
     con.line(f"\nserved round {rows[-1]['round']} model on Ray Serve, asked {prompt!r} "
              f"(temperature {temperature:g}):\n  {answer}")
     con.summary(rows, Path(recipe.run_dir).resolve(), time.perf_counter() - started)

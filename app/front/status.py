@@ -20,6 +20,7 @@ from typing import Any
 
 from prefloop.app.storage.heartbeat import HEARTBEAT, STALE_S, liveness, read_heartbeat
 from prefloop.app.storage.run_mirror import MANIFEST, is_uri
+from prefloop.app.storage.rundir import upgrade_manifest
 from prefloop.core.prompts import InputError
 
 ROUND_DIR = re.compile(r"^round_(\d+)$")
@@ -83,8 +84,8 @@ def read_status(run_dir: str, now: float | None = None) -> dict[str, Any]:
                   and filesystem.get_file_info(f"{st.path}/{MANIFEST}").type == fs.FileType.File]
         committed[int(match.group(1))] = sorted(stages, key=lambda s: (STAGE_ORDER + (s,)).index(s))
     rounds_done = sorted(r for r, stages in committed.items() if "eval" in stages)
-    last = json.loads(_read(filesystem, f"{base}/round_{rounds_done[-1]}/eval/{MANIFEST}") or "{}") \
-        if rounds_done else None
+    last_text = _read(filesystem, f"{base}/round_{rounds_done[-1]}/eval/{MANIFEST}") if rounds_done else None
+    last = upgrade_manifest(json.loads(last_text or "{}")) if rounds_done else None
     hb_text = _read(filesystem, f"{base}/{HEARTBEAT}")
     hb = read_heartbeat(hb_text)
     state, age = liveness(hb, now) if hb else ("corrupt" if hb_text else "unknown", None)
@@ -126,7 +127,7 @@ def _figures(m: dict[str, Any]) -> str:
     if m.get("win_rate") is not None:
         parts.append(f"win rate {m['win_rate']:.3f} ± {m.get('win_rate_stderr') or 0:.3f}"
                      + (f" (eval judge: {m['judge']})" if m.get("judge") else ""))
-    for key, name in (("judge_win_rate", "training judge"), ("lc_win_rate", "length-controlled")):
+    for key, name in (("scorer_win_rate", "training judge"), ("lc_win_rate", "length-controlled")):
         if m.get(key) is not None:
             parts.append(f"{name} {m[key]:.3f}")
     if m.get("mean_length") is not None:

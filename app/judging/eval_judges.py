@@ -17,10 +17,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from prefloop.app.dataflow.pipeline import pooled_generator_stage, run_stages, scorer_stage
+from prefloop.app.dataflow.pipeline import pooled_generator_step, run_steps, scorer_step
 from prefloop.core.config import Recipe
-from prefloop.core.judge_config import JudgeConfig, ScorerConfig
 from prefloop.core.eval_metrics import preference
+from prefloop.core.judge_config import JudgeConfig, ScorerConfig
 from prefloop.core.judges import check_judge, judge_kind
 from prefloop.core.round_settings import sampling
 
@@ -59,7 +59,7 @@ def scalar_verdicts(recipe: Recipe, answers: list[dict], base: list[dict], what:
     base_by_id = {b["prompt_id"]: b["answer"] for b in base}
     rows = [{"prompt_id": a["prompt_id"], "prompt": a["prompt"], "messages": a["messages"],
              "candidates": [a["answer"], base_by_id[a["prompt_id"]]]} for a in answers]
-    out = run_stages(rows, [scorer_stage(recipe)], recipe.resources.stage_timeout_s, f"eval: {what}")
+    out = run_steps(rows, [scorer_step(recipe)], recipe.resources.wait_timeout_s, f"eval: {what}")
     by_id = {r["prompt_id"]: r["scores"] for r in out}
     missing = [a["prompt_id"] for a in answers if a["prompt_id"] not in by_id]
     if missing:
@@ -132,8 +132,8 @@ def best_of_answers(recipe: Recipe, rows: list[dict], pool: Any) -> list[dict]:
     kept (ties go to the earlier sample), with every sample's PairRM score."""
     spec = sampling(recipe, "best_of")
     n = spec.n
-    stages = [pooled_generator_stage(recipe, pool, spec), scorer_stage(_with_scorer(recipe, reranker(recipe)))]
-    out = {r["prompt_id"]: r for r in run_stages(rows, stages, recipe.resources.stage_timeout_s,
+    stages = [pooled_generator_step(recipe, pool, spec), scorer_step(_with_scorer(recipe, reranker(recipe)))]
+    out = {r["prompt_id"]: r for r in run_steps(rows, stages, recipe.resources.wait_timeout_s,
                                                  f"eval: best-of-{n}")}
     answers = []
     for row in rows:

@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from prefloop.core import ifeval
-from prefloop.core.judge_config import JudgeConfig
 from prefloop.core.eval_metrics import preference
+from prefloop.core.judge_config import JudgeConfig
 
 
 def ifeval_verdicts(judge: JudgeConfig, answers: list[dict], base: list[dict]) -> list[dict[str, Any]]:

@@ -12,7 +12,7 @@ Outputs in ``round_R/eval/``: ``answers.parquet`` (both answers, lengths, finish
 preferences, who won), ``alpaca_eval.json`` (AlpacaEval's ``instruction/output/generator`` format, to judge
 elsewhere), ``best_of.parquet`` (with ``eval.best_of``), ``rejected_inputs.jsonl`` (held-out records refused, with
 the reason; the manifest's ``eval_prompts`` has the counts) and ``manifest.json`` with the fixed keys
-``win_rate``, ``win_rate_stderr`` (eval judge), ``judge_win_rate`` (training scorer), ``lc_win_rate``,
+``win_rate``, ``win_rate_stderr`` (eval judge), ``scorer_win_rate`` (training scorer), ``lc_win_rate``,
 ``lc_unstable``, ``mean_length``, ``truncation_rate``, ``repetition_rate``, ``distinct_2``, the ``base_*`` of the
 same four, ``judge`` (the eval judge's kind) and ``judge_independent``; with best-of-N also ``best_of_n``,
 ``best_of_win_rate``, ``best_of_win_rate_stderr``; with the ``ifeval`` eval judge also IFEval's four figures
@@ -28,12 +28,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from prefloop.app.dataflow.pipeline import pooled_generator_step, run_steps
 from prefloop.app.judging import eval_judges
-from prefloop.app.dataflow.pipeline import pooled_generator_stage, run_stages
 from prefloop.app.rounds.rollout import PreparedPrompts, prepare_prompts
 from prefloop.app.rounds.round import Round
-from prefloop.app.storage.rundir import BASE_ANSWERS, EVAL, RunDir, write_manifest
 from prefloop.app.storage.model_files import rows_for_model
+from prefloop.app.storage.rundir import BASE_ANSWERS, EVAL, RunDir, write_manifest
 from prefloop.app.storage.tables import read_parquet_rows, write_parquet
 from prefloop.core.config import Recipe
 from prefloop.core.eval_metrics import answer_metrics, lc_win_rate, win_rate
@@ -76,7 +76,7 @@ def eval_prompts(recipe: Recipe, tokenizer: Any) -> PreparedPrompts:
 def generate_answers(recipe: Recipe, rows: list[dict], pool: Any) -> list[dict]:
     """One answer per held-out prompt from the model the pool holds now, with its length and finish reason."""
     rows = rows_for_model(rows, pool.model, recipe.policy.chat_template)  # a cSFT model's control token
-    out = run_stages(rows, [pooled_generator_stage(recipe, pool, sampling(recipe, "eval"))], recipe.resources.stage_timeout_s,
+    out = run_steps(rows, [pooled_generator_step(recipe, pool, sampling(recipe, "eval"))], recipe.resources.wait_timeout_s,
                      "eval: answers")
     by_id = {r["prompt_id"]: r for r in out}
     return [{"prompt_id": row["prompt_id"], "prompt": row["prompt"], "messages": row["messages"],
@@ -134,7 +134,7 @@ def judged_summary(recipe: Recipe, answers: list[dict], base: list[dict], traini
     out: dict[str, Any] = {
         **train, **comparison(answers, paired_base, verdicts),
         "wins": sum(p > 0.5 for p in prefs), "ties": sum(p == 0.5 for p in prefs), "losses": sum(p < 0.5 for p in prefs),
-        "judge_win_rate": train["win_rate"], "judge_win_rate_stderr": train["win_rate_stderr"],
+        "scorer_win_rate": train["win_rate"], "scorer_win_rate_stderr": train["win_rate_stderr"],
         "judge": eval_judges.eval_judge_name(recipe), "judge_independent": eval_judges.judge_independent(recipe),
         "training_judge": recipe.scorer.kind,
         **side_metrics(answers), **side_metrics(paired_base, "base_"),

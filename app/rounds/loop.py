@@ -16,19 +16,18 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from prefloop.app.watch import console
-from prefloop.app.rounds import evaluate
-from prefloop.app.watch import report
 from prefloop.app.dataflow.pipeline import keep_scorers
+from prefloop.app.dataflow.runtime import init_ray
+from prefloop.app.rounds import evaluate
 from prefloop.app.rounds.remax import run_remax
 from prefloop.app.rounds.rollout import run_rollout
 from prefloop.app.rounds.round import Round
 from prefloop.app.rounds.round_summary import round_summary
-from prefloop.app.storage.rundir import EVAL, RunDir
-from prefloop.app.dataflow.runtime import init_ray
-from prefloop.app.watch.telemetry import Telemetry
 from prefloop.app.rounds.train import run_train
+from prefloop.app.storage.rundir import EVAL, RunDir
 from prefloop.app.storage.runlock import hold_run
+from prefloop.app.watch import console, report
+from prefloop.app.watch.telemetry import Telemetry
 from prefloop.core.config import Recipe, RecipeError, dump_recipe
 from prefloop.core.round_settings import EngineSettings, sampling
 
@@ -46,7 +45,7 @@ def start_pool(recipe: Recipe, model: str) -> GeneratorPool:
     res = recipe.resources
     return GeneratorPool.start(ship(model), sampling(recipe, "rollout"), EngineSettings.of(recipe).as_dict(),
                                recipe.rollout.num_generators, res.generator_cpus, res.generator_gpus,
-                               res.stage_timeout_s, resources=res.custom("generator"))
+                               res.wait_timeout_s, resources=res.custom("generator"))
 
 
 def ensure_model(pool: GeneratorPool, model: str) -> float:
@@ -93,10 +92,10 @@ def swap_into_serve(recipe: Recipe, model_dir: str, round_idx: int, serving: Fut
     return publish(model_dir, round_idx, step=checkpoint_step(model_dir))["publish_s"]  # a ReMax step: its own id
 
 
-def enter_stage(tel: Telemetry, name: str, round_idx: int | None) -> None:
+def enter_activity(tel: Telemetry, name: str, round_idx: int | None) -> None:
     """The gauges (telemetry) and the console / heartbeat follow the stage the driver is in."""
-    tel.stage(name)
-    console.get().stage(name, round_idx)
+    tel.activity(name)
+    console.get().activity(name, round_idx)
 
 
 def run_round(recipe: Recipe, run: RunDir, r: int, pool: GeneratorPool, eval_rows: list[dict], base: list[dict],
@@ -108,18 +107,18 @@ def run_round(recipe: Recipe, run: RunDir, r: int, pool: GeneratorPool, eval_row
     rnd = Round.build(recipe, run, r, pool)
     swap_in = ensure_model(pool, rnd.models.start)
     if rnd.recipe.train.data is None and not rnd.method.on_policy:
-        enter_stage(tel, "rollout", r)
+        enter_activity(tel, "rollout", r)
         run_rollout(rnd)
     t_rollout = time.perf_counter() - started
-    enter_stage(tel, "train", r)
+    enter_activity(tel, "train", r)
     model_dir = str(train_round(rnd, serving, tel))
     t_train = time.perf_counter() - started - t_rollout
-    enter_stage(tel, "swap", r)
+    enter_activity(tel, "swap", r)
     swap_s = ensure_model(pool, model_dir)
     serve_swap_s = swap_into_serve(rnd.recipe, model_dir, r, serving)
     summary = round_summary(rnd, swap_s=swap_s or swap_in, serve_swap_s=serve_swap_s,
                             timings_s={"rollout": t_rollout, "train": t_train})
-    enter_stage(tel, "eval", r)
+    enter_activity(tel, "eval", r)
     return evaluate.evaluate_round(rnd, eval_rows, base, summary, started)
 
 
@@ -154,7 +153,7 @@ def _run_rounds(recipe: Recipe, run: RunDir) -> list[dict]:
         log.info("all %d rounds already committed", len(rounds))
         return report.write_report(recipe, run)
     con = console.get().attach(run.root, recipe.name, run.mirror.push_file if run.mirror else None)
-    con.stage("setup", None)  # Ray, the generators' engines (and Serve) come up
+    con.activity("setup", None)  # Ray, the generators' engines (and Serve) come up
     init_ray(recipe.resources)
     tel = Telemetry.start(recipe, run.root)  # Ray gauges + tracking
     eval_rows = evaluate.eval_prompts(recipe, AutoTokenizer.from_pretrained(recipe.policy.model)).rows
@@ -162,7 +161,7 @@ def _run_rounds(recipe: Recipe, run: RunDir) -> list[dict]:
     pool = start_pool(recipe, recipe.policy.model)
     try:
         with keep_scorers():  # scorer actors load once and serve every stage of every round
-            enter_stage(tel, "base_answers", None)
+            enter_activity(tel, "base_answers", None)
             base = evaluate.base_answers(recipe, run, eval_rows, pool)
             for r in rounds:
                 if run.is_committed(r, EVAL):
@@ -172,7 +171,7 @@ def _run_rounds(recipe: Recipe, run: RunDir) -> list[dict]:
                 m = run_round(recipe, run, r, pool, eval_rows, base, tel, serving)
                 log.info("round %d: %d pairs, win rate vs base %.3f (+-%.3f) by the eval judge (%s), %.3f by the "
                          "training scorer, mean length %.1f, swap %.3f s", r, m["pairs"], m["win_rate"],
-                         m["win_rate_stderr"], m["judge"], m["judge_win_rate"], m["mean_length"], m["swap_s"])
+                         m["win_rate_stderr"], m["judge"], m["scorer_win_rate"], m["mean_length"], m["swap_s"])
                 tel.round_done(r, m)
                 report.write_report(recipe, run)
                 con.round_done(m)

@@ -26,12 +26,12 @@ from typing import Any, Callable
 
 from prefloop.actors.common import actor_name
 from prefloop.actors.model_cache import ship
-from prefloop.app.dataflow.pipeline import kept_scorer_names, own_scorer_stage
-from prefloop.app.rounds.rollout import prepare_prompts, preflight
+from prefloop.app.dataflow.pipeline import kept_scorer_names, own_scorer_step
 from prefloop.app.rounds.model_stage import commit_model
+from prefloop.app.rounds.rollout import preflight, prepare_prompts
 from prefloop.app.rounds.round import Round
-from prefloop.app.storage.rundir import MODEL, REMAX_WORK
 from prefloop.app.rounds.train import fit
+from prefloop.app.storage.rundir import MODEL, REMAX_WORK
 from prefloop.core.config import Recipe, RecipeError
 from prefloop.core.remax import remax_total_steps
 from prefloop.core.worker_config import RemaxWorkerConfig
@@ -97,8 +97,8 @@ def run_remax(rnd: Round, on_checkpoint: Callable[[str], Any] | None = None,
     import ray
     from transformers import AutoTokenizer
 
-    from prefloop.actors.scorer_pool import start_scorer
     from prefloop.actors.remax_worker import remax_loop
+    from prefloop.actors.scorer_pool import start_scorer
 
     recipe, run, round_idx, pool = rnd.recipe, rnd.run, rnd.index, rnd.pool
     cfg = recipe.train
@@ -117,13 +117,13 @@ def run_remax(rnd: Round, on_checkpoint: Callable[[str], Any] | None = None,
     work.mkdir(parents=True, exist_ok=True)
     if pool.model != model_dir:
         pool.reload(ship(model_dir))
-    timeout = recipe.resources.stage_timeout_s
+    timeout = recipe.resources.wait_timeout_s
     kept = kept_scorer_names(recipe)  # the round loop's kept scorer actors, else one of this round's own
     scorer = None
     if kept:
         scorer_name = kept[0]
     else:
-        stage = own_scorer_stage(recipe)
+        stage = own_scorer_step(recipe)
         scorer_name = actor_name("prefloop-remax-scorer")
         scorer = start_scorer(stage.cls, stage.kwargs, stage.num_cpus, stage.num_gpus, scorer_name, timeout,
                               stage.resources)

@@ -26,15 +26,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from prefloop.core.model_dirs import check_model_dir
 from prefloop.actors.generator_pool import check_sampled_from
-from prefloop.app.storage.rundir import ROLLOUT, write_manifest
-from prefloop.app.dataflow.pipeline import generator_stage, scorer_stage
-from prefloop.app.rounds.round import Round
-from prefloop.app.rounds.rollout_stream import Totals, index_prompts, stream_rollout
+from prefloop.app.dataflow.pipeline import generator_step, scorer_step
 from prefloop.app.dataflow.runtime import init_ray
+from prefloop.app.rounds.rollout_stream import Totals, index_prompts, stream_rollout
+from prefloop.app.rounds.round import Round
+from prefloop.app.storage.rundir import ROLLOUT, write_manifest
 from prefloop.core.config import Recipe
 from prefloop.core.judges import check_judge
+from prefloop.core.model_dirs import check_model_dir
 from prefloop.core.model_info import control_token_of
 from prefloop.core.partition import RoundPart
 from prefloop.core.prompt_blocks import TokenBudget
@@ -98,7 +98,7 @@ def run_rollout(rnd: Round) -> Path:
     with rnd.run.commit(rnd.index, ROLLOUT) as out:
         decision = choose_prompts(recipe, part, sources, pieces, reader, out)
         t_read = time.perf_counter() - started
-        steps = [generator_stage(recipe, policy_dir, rnd.pool, rnd.sampling("rollout")), scorer_stage(recipe)]
+        steps = [generator_step(recipe, policy_dir, rnd.pool, rnd.sampling("rollout")), scorer_step(recipe)]
         what = f"round {rnd.index} {ROLLOUT}"
         totals = stream_rollout(recipe, sources, pieces, decision, reader, steps, out,
                                 lambda rows: check_sampled_from(rows, policy_dir, what))
@@ -124,7 +124,7 @@ def choose_prompts(recipe: Recipe, part: RoundPart, sources: list[Source], piece
     with open(out / "rejected_inputs.jsonl", "w", encoding="utf-8") as rejected:
         decision, first_reason = index_prompts(sources, pieces, reader,
                                                lambda rows: part.select(rows, key=lambda r: r[2]),
-                                               recipe.data.limit, recipe.resources.stage_timeout_s, rejected)
+                                               recipe.data.limit, recipe.resources.wait_timeout_s, rejected)
     log.info("prompts: %d read, %d accepted, %d rejected", decision.read, decision.accepted, decision.rejected)
     if not decision.used_ids:
         raise RuntimeError(f"{part.path}: no usable prompts ({decision.rejected} rejected; "

@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, TextIO
 
-from prefloop.app.watch import console
-from prefloop.app.dataflow.pipeline import add_stages
+from prefloop.app.dataflow.pipeline import add_steps
 from prefloop.app.dataflow.runtime import iterate_with_timeout
 from prefloop.app.storage.tables import ParquetAppender
+from prefloop.app.watch import console
 from prefloop.core.config import Recipe
 from prefloop.core.prompt_files import Fields, Piece, Source
 from prefloop.core.prompt_index import Decision, ExactlyOnce, PromptIndex
@@ -139,10 +139,10 @@ def stream_rollout(recipe: Recipe, sources: list[Source], pieces: list[Piece], d
     ds = reader_dataset(items, {**reader_kwargs, "mode": "rows"})
     # One block per generator call: a pool of generators shares the work, and results come back batch by batch
     # (the timeout is between results).
-    ds = add_stages(ds.repartition(target_num_rows_per_block=recipe.rollout.batch_size), stages)
+    ds = add_steps(ds.repartition(target_num_rows_per_block=recipe.rollout.batch_size), stages)
     once, totals = ExactlyOnce(decision.used_ids, recipe.rollout.num_samples), Totals()
     desc = "rollout: prompts"
-    rows = console.track(iterate_with_timeout(ds.iter_rows(), recipe.resources.stage_timeout_s, desc),
+    rows = console.track(iterate_with_timeout(ds.iter_rows(), recipe.resources.wait_timeout_s, desc),
                          len(decision.used_ids), desc)
     writers = {name: ParquetAppender(out / name, schema) for name, schema in output_schemas().items()}
     try:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefloop.app.storage.rundir import EVAL, MODEL, ROLLOUT, RunDir
 from prefloop.app.rounds.round import Round
+from prefloop.app.storage.rundir import EVAL, MODEL, ROLLOUT, RunDir
 
 
 def round_prompts(run: RunDir, round_idx: int) -> int:

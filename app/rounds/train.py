@@ -25,18 +25,26 @@ import time
 from pathlib import Path
 from typing import Any
 
-from prefloop.core.model_dirs import check_model_dir
 from prefloop.actors.model_cache import ship
+from prefloop.app.dataflow.runtime import init_ray, iterate_with_timeout, wait_for
 from prefloop.app.rounds.model_stage import commit_model
 from prefloop.app.rounds.round import Round
 from prefloop.app.storage.rundir import MODEL, ROLLOUT, TRAIN_WORK
-from prefloop.app.dataflow.runtime import init_ray, iterate_with_timeout, wait_for
 from prefloop.core.methods import method
+from prefloop.core.model_dirs import check_model_dir
 from prefloop.core.partition import round_path
 from prefloop.core.templates import render_prompt
 from prefloop.core.train_config import TrainConfig
-from prefloop.core.train_data import (CONTROL_TOKENS, TrainDataError, TrainRows, add_kl_completions,
-                                      add_prompt_text, read_train_rows, shuffled, to_examples)
+from prefloop.core.train_data import (
+    CONTROL_TOKENS,
+    TrainDataError,
+    TrainRows,
+    add_kl_completions,
+    add_prompt_text,
+    read_train_rows,
+    shuffled,
+    to_examples,
+)
 from prefloop.core.worker_config import TrainWorkerConfig
 
 log = logging.getLogger(__name__)
@@ -91,6 +99,7 @@ def reference_pass(examples: list[dict], ref_dir: Any, tokenizer_dir: Any, cfg: 
                    dtype: str = "float32", placement: dict[str, float] | None = None) -> list[dict]:
     """Reference log-probs of every example, computed once, by a Ray Data actor pool (no grad)."""
     import ray
+
     from prefloop.actors.train_model import ReferenceLogps
 
     ds = ray.data.from_items(examples)
@@ -179,7 +188,7 @@ def run_train(rnd: Round, *, kill_at_step: int | None = None) -> Path:
     init_ray(recipe.resources)
     t_prepare = time.perf_counter() - started
     if ref_dir is not None and cfg.reference_mode == "precomputed":
-        examples = reference_pass(examples, ship(ref_dir), ship(model_dir), cfg, recipe.resources.stage_timeout_s,
+        examples = reference_pass(examples, ship(ref_dir), ship(model_dir), cfg, recipe.resources.wait_timeout_s,
                                   recipe.policy.dtype, recipe.resources.custom("train"))
     t_reference = time.perf_counter() - started - t_prepare
     worker = TrainWorkerConfig(train=cfg, model_dir=ship(model_dir), dtype=recipe.policy.dtype, seed=rnd.seed,

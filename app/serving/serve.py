@@ -27,11 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from prefloop.actors.model_cache import shipping_store
+from prefloop.app.dataflow.runtime import wait_for
 from prefloop.core.judges import judge_kind
 from prefloop.core.model_dirs import check_model_dir
 from prefloop.core.round_settings import EngineSettings
-from prefloop.actors.model_cache import shipping_store
-from prefloop.app.dataflow.runtime import wait_for
 from prefloop.core.serve_guard import api_key_digest, check_exposure
 
 log = logging.getLogger(__name__)
@@ -312,9 +312,8 @@ def resolve_served_model(run_dir: str | Path, round_idx: int | None = None) -> t
 def serve_run_dir(run_dir: str | Path, round_idx: int | None = None, **kwargs: Any) -> Served:
     """Serve one round of a run (see ``resolve_served_model``) with the run's chat template, ranker and sizes."""
     from prefloop.app.dataflow.runtime import init_ray
-    from prefloop.core.config import load_recipe
-
     from prefloop.app.storage.rundir import RECIPE_FILE, RunDir
+    from prefloop.core.config import load_recipe
 
     model_dir, round_idx = resolve_served_model(run_dir, round_idx)
     recipe_path = RunDir(run_dir).root / RECIPE_FILE  # the local copy when run_dir is a URI

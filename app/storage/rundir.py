@@ -44,6 +44,9 @@ TRAIN_WORK, REMAX_WORK = "train", "remax"  # a running round's scratch (checkpoi
 # Files at the top of a run directory.
 RECIPE_FILE = "recipe.yaml"  # the resolved recipe
 METRICS_FILE = "metrics.jsonl"  # per-step training metrics of every round
+# Manifest keys renamed since runs were first written, old -> new; a manifest is read through upgrade_manifest, so
+# an old run resumes, reports and serves with the keys the code uses now.
+RENAMED_KEYS = {"judge_win_rate": "scorer_win_rate", "judge_win_rate_stderr": "scorer_win_rate_stderr"}
 ROUNDS_FILE = "rounds.jsonl"  # one line per committed round (its eval manifest)
 REPORT_MD, REPORT_PNG = "report.md", "report.png"
 
@@ -83,7 +86,7 @@ class RunDir:
         return (self.stage_dir(round_idx, stage) / MANIFEST).is_file()
 
     def manifest(self, round_idx: int, stage: str) -> dict[str, Any]:
-        return json.loads((self.stage_dir(round_idx, stage) / MANIFEST).read_text())
+        return upgrade_manifest(json.loads((self.stage_dir(round_idx, stage) / MANIFEST).read_text()))
 
     def rebuild_metrics(self) -> None:
         """``RUN_DIR/metrics.jsonl``: every committed round's per-step metrics, one JSON object a line.
@@ -190,3 +193,8 @@ def _fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def upgrade_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
+    """A manifest with the keys ``RENAMED_KEYS`` gives under their current names (the file is not rewritten)."""
+    return {RENAMED_KEYS.get(k, k) if RENAMED_KEYS.get(k) not in manifest else k: v for k, v in manifest.items()}

@@ -30,10 +30,16 @@ from typing import Any, Callable, Iterable, Iterator
 
 from tqdm import tqdm
 
-from prefloop.app.watch.console_logging import (FORMAT, PLAIN_EVERY_S, ConsoleStream, QuietFilter, QuietFormatter,
-                                               route_library_logs)
-from prefloop.app.watch.console_streams import NativeStderr, route_raylet_notices
 from prefloop.app.storage.heartbeat import HEARTBEAT, Heartbeat
+from prefloop.app.watch.console_logging import (
+    FORMAT,
+    PLAIN_EVERY_S,
+    ConsoleStream,
+    QuietFilter,
+    QuietFormatter,
+    route_library_logs,
+)
+from prefloop.app.watch.console_streams import NativeStderr, route_raylet_notices
 
 log = logging.getLogger(__name__)
 class Console:
@@ -47,9 +53,9 @@ class Console:
         self.round: int | None = None
         self._file: logging.Handler | None = None
         self._bar: Any = None
-        self._bar_is_stage = False
-        self._stage_name: str | None = None
-        self._stage_t0 = time.monotonic()
+        self._bar_is_activity = False
+        self._activity: str | None = None
+        self._activity_t0 = time.monotonic()
         self._table_shown = False
         self._lock = threading.RLock()
         self._ticker: threading.Thread | None = None
@@ -135,7 +141,7 @@ class Console:
 
     def detach(self, error: BaseException | None = None) -> None:
         """The run ends (an error: the heartbeat says failed); idempotent."""
-        self.end_stage()
+        self.end_activity()
         if error is None:
             error = sys.exc_info()[1]
         if self.heartbeat is not None:
@@ -151,11 +157,12 @@ class Console:
             self._file.close()
             self._file = None
 
-    def stage(self, name: str, round_idx: int | None = None) -> None:
-        """The run entered a stage (base_answers, rollout, train, swap, eval)."""
+    def activity(self, name: str, round_idx: int | None = None) -> None:
+        """The driver started an activity: setup, base_answers, rollout, train, swap, eval or serve (the
+        heartbeat's ``stage`` field, which ``prefloop status`` reads)."""
         with self._lock:
-            self.end_stage()
-            self.round, self._stage_name, self._stage_t0 = round_idx, name, time.monotonic()
+            self.end_activity()
+            self.round, self._activity, self._activity_t0 = round_idx, name, time.monotonic()
             if not self.verbose:
                 route_library_logs()  # Serve and Ray Data set their handlers up late
             if self.heartbeat is not None:
@@ -164,17 +171,17 @@ class Console:
             label = self._label(name)
             if self.tty:
                 self._bar = tqdm(total=None, desc=label, bar_format="{desc}  {elapsed}", file=self.out, leave=True)
-                self._bar_is_stage = True
+                self._bar_is_activity = True
             else:
                 self.line(f"{label} ...")
 
-    def end_stage(self) -> None:
-        """The current stage is over: its bar stays with its time (a plain line without a TTY)."""
+    def end_activity(self) -> None:
+        """The current activity is over: its bar stays with its time (a plain line without a TTY)."""
         with self._lock:
             self._finish_bar()
-            if self._stage_name is not None and not self.tty:
-                self.line(f"{self._label(self._stage_name)} done in {time.monotonic() - self._stage_t0:.0f} s")
-            self._stage_name = None
+            if self._activity is not None and not self.tty:
+                self.line(f"{self._label(self._activity)} done in {time.monotonic() - self._activity_t0:.0f} s")
+            self._activity = None
 
     def track(self, rows: Iterable[Any], total: int, desc: str, unit: str = "prompt") -> Iterator[Any]:
         """Yield ``rows``, showing done/total, tokens/s (rows with ``num_tokens``), elapsed and ETA.
@@ -182,13 +189,13 @@ class Console:
         Inside a stage the label is the stage's and the part of ``desc`` after its ``name: `` prefix
         (``round 0 eval: judge``, ``base_answers: answers``)."""
         part = desc.split(": ", 1)[-1]
-        label = f"{self._label(self._stage_name)}: {part}" if self._stage_name else desc
+        label = f"{self._label(self._activity)}: {part}" if self._activity else desc
         with self._lock:
             if self._bar is not None:
-                self._finish_bar(keep=not self._bar_is_stage)
+                self._finish_bar(keep=not self._bar_is_activity)
             if self.tty:
                 self._bar = tqdm(total=total, desc=label, unit=unit, file=self.out, leave=True, dynamic_ncols=True)
-                self._bar_is_stage = False
+                self._bar_is_activity = False
         t0, last_line, done, tokens = time.monotonic(), time.monotonic(), 0, 0
         for row in rows:
             done += 1
@@ -217,7 +224,7 @@ class Console:
         from prefloop.app.watch.report import format_table
 
         with self._lock:
-            self.end_stage()
+            self.end_activity()
             if self.heartbeat is not None:
                 self.heartbeat.update(last_round=manifest.get("round"), stage=None, done=None, total=None)
             if not self.tty and not self.verbose:
@@ -317,5 +324,5 @@ def install(verbose: bool, out: Any = None, tty: bool | None = None) -> Console:
 
 
 def track(rows: Iterable[Any], total: int, desc: str, unit: str = "prompt") -> Iterator[Any]:
-    """Progress over ``rows`` on this process's console (what ``run_stages`` calls)."""
+    """Progress over ``rows`` on this process's console (what ``run_steps`` calls)."""
     return _active.track(rows, total, desc, unit)

@@ -11,8 +11,8 @@ import json
 import logging
 from typing import Any
 
-from prefloop.app.watch import report_html
 from prefloop.app.storage.rundir import EVAL, REPORT_MD, REPORT_PNG, ROUNDS_FILE, RunDir
+from prefloop.app.watch import report_html
 from prefloop.core.config import Recipe
 
 log = logging.getLogger(__name__)
@@ -36,9 +36,9 @@ def diverging_rounds(rows: list[dict[str, Any]]) -> list[int]:
     the signature of the policy exploiting its training signal (reward hacking)."""
     out = []
     for prev, cur in zip(rows, rows[1:]):
-        if None in (prev.get("judge_win_rate"), cur.get("judge_win_rate")):
+        if None in (prev.get("scorer_win_rate"), cur.get("scorer_win_rate")):
             continue
-        if cur["judge_win_rate"] > prev["judge_win_rate"] and cur["win_rate"] <= prev["win_rate"]:
+        if cur["scorer_win_rate"] > prev["scorer_win_rate"] and cur["win_rate"] <= prev["win_rate"]:
             out.append(cur["round"])
     return out
 
@@ -57,7 +57,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         lc = _num(m, "lc_win_rate") + (" (unstable)" if m.get("lc_unstable") else "")
         cells = [f"{m['round']}{' (!)' if m['round'] in flagged else ''}", str(m["pairs"]),
                  f"{m['win_rate']:.3f} ± {m['win_rate_stderr']:.3f}",
-                 _num(m, "judge_win_rate", ".3f"), lc,
+                 _num(m, "scorer_win_rate", ".3f"), lc,
                  f"{m['mean_length']:.1f} ({m.get('base_mean_length', m.get('mean_base_length', 0)):.1f})",
                  f"{_num(m, 'repetition_rate', '.2f')} ({_num(m, 'base_repetition_rate', '.2f')})",
                  f"{_num(m, 'truncation_rate', '.2f')} ({_num(m, 'base_truncation_rate', '.2f')})",
@@ -104,7 +104,7 @@ def plot(rows: list[dict[str, Any]], path: Any) -> bool:
         return False
     rounds = [m["round"] for m in rows]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
-    panels = (("win rate vs base", (("win_rate", "eval judge"), ("judge_win_rate", "training judge"),
+    panels = (("win rate vs base", (("win_rate", "eval judge"), ("scorer_win_rate", "training judge"),
                                     ("lc_win_rate", "LC (eval judge)"))),
               ("mean answer length (tokens)", (("mean_length", "round"), ("base_mean_length", "base"))),
               ("repeated sentences (share)", (("repetition_rate", "round"), ("base_repetition_rate", "base"))))

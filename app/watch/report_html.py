@@ -22,7 +22,7 @@ SAMPLE = 24
 BASE_STAGE, EVAL_STAGE = "base_answers", "eval"
 COLUMNS = (  # (header, manifest key, format); win_rate also shows its standard error
     ("round", "round", "{}"), ("method", "method", "{}"), ("pairs", "pairs", "{}"),
-    ("win rate (eval judge)", "win_rate", "{:.3f}"), ("win rate (training judge)", "judge_win_rate", "{:.3f}"),
+    ("win rate (eval judge)", "win_rate", "{:.3f}"), ("win rate (training judge)", "scorer_win_rate", "{:.3f}"),
     ("LC win rate", "lc_win_rate", "{:.3f}"), ("mean length", "mean_length", "{:.1f}"),
     ("base length", "base_mean_length", "{:.1f}"), ("repetition", "repetition_rate", "{:.3f}"),
     ("truncated", "truncation_rate", "{:.3f}"), ("distinct-2", "distinct_2", "{:.3f}"),
@@ -79,7 +79,7 @@ def charts(rows: list[dict[str, Any]]) -> str:
     judge = rows[-1].get("judge") if rows else None
     return "".join([
         line_chart("win rate vs base", xs, [(f"eval judge{f' ({judge})' if judge else ''}", col("win_rate")),
-                                            ("training judge", col("judge_win_rate")),
+                                            ("training judge", col("scorer_win_rate")),
                                             ("length-controlled", col("lc_win_rate"))], (0.0, 1.0), ref=0.5),
         line_chart("mean answer length (tokens)", xs, [("round", col("mean_length")),
                                                        ("base", col("base_mean_length", "mean_base_length"))]),

@@ -22,7 +22,7 @@ Two outlets, both fed by the same few calls from the round loop (and from the Re
   Gauges are only recorded while Ray is initialised (the loop calls ``Telemetry.start`` after ``init_ray``).
 - The recipe's ``tracking`` section (``app/watch/tracking.py``): TensorBoard, MLflow or wandb.
 
-The API: ``tel = Telemetry.start(recipe, run_root)``, ``tel.stage(name)``, ``tel.round_done(r, summary)``,
+The API: ``tel = Telemetry.start(recipe, run_root)``, ``tel.activity(name)``, ``tel.round_done(r, summary)``,
 ``tel.remax_step(step, metrics)``, ``tel.close()``. The loop owns the one instance and hands its methods to
 whoever needs them (the ReMax driver gets ``tel.remax_step`` as its step callback); there is no global.
 """
@@ -80,8 +80,9 @@ class Telemetry:
         if self.gauges is not None and v is not None:
             self.gauges[name].set(v, tags=tags or None)
 
-    def stage(self, name: str) -> None:
-        """The run entered stage ``name`` (rollout, train, swap, eval, ...): its gauge is 1, the previous one 0."""
+    def activity(self, name: str) -> None:
+        """The driver started activity ``name`` (rollout, train, swap, eval, ...): its ``prefloop_stage`` gauge is
+        1, the previous one's 0."""
         if self.current_stage is not None and self.current_stage != name:
             self._set("prefloop_stage", 0, stage=self.current_stage)
         self.current_stage = name

@@ -13,8 +13,8 @@ import torch
 
 from prefloop.actors.blender_compat import import_llm_blender, load_pairrm
 from prefloop.tinyworld import topics as T
-from prefloop.tinyworld.gold import gold_score
 from prefloop.tinyworld.assets import FORMAT_VERSION, build_assets, read_marker
+from prefloop.tinyworld.gold import gold_score
 from prefloop.tinyworld.judges import make_pairs
 
 HELDOUT = [json.loads(line)["prompt"] for line in T.HELDOUT_FILE.read_text().splitlines()]

@@ -16,8 +16,8 @@ import subprocess
 import pytest
 from report_fixtures import PROMPTS, make_run
 
-from prefloop.app.watch.report_html import write_html
 from prefloop.app.storage.rundir import RunDir
+from prefloop.app.watch.report_html import write_html
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # CI (``CI=true``, which .ci/run sets) must run these: there a missing browser fails them instead of skipping

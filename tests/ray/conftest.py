@@ -68,7 +68,7 @@ def tiny_llama(tmp_path_factory) -> Path:
     return build_tiny_llama(tmp_path_factory.mktemp("tiny") / "llama")
 
 
-EVAL_KEYS = {"win_rate", "win_rate_stderr", "judge_win_rate", "lc_win_rate", "lc_unstable", "mean_length",
+EVAL_KEYS = {"win_rate", "win_rate_stderr", "scorer_win_rate", "lc_win_rate", "lc_unstable", "mean_length",
              "truncation_rate", "repetition_rate", "distinct_2", "base_mean_length", "base_truncation_rate",
              "base_repetition_rate", "base_distinct_2", "judge", "judge_independent"}
 
@@ -78,8 +78,8 @@ def check_graded_by_gold(run_dir: Path, m: dict) -> None:
     (recomputed here, independent of the loop's code): the round was graded by a judge that did not train it."""
     import pyarrow.parquet as pq
 
-    from prefloop.tinyworld.gold import gold_score as preference_score  # the tiny world's gold preference
     from prefloop.core.eval_metrics import preference
+    from prefloop.tinyworld.gold import gold_score as preference_score  # the tiny world's gold preference
 
     assert EVAL_KEYS <= set(m), EVAL_KEYS - set(m)
     assert m["judge"] == "function" and m["judge_independent"] is True
@@ -89,7 +89,7 @@ def check_graded_by_gold(run_dir: Path, m: dict) -> None:
     assert [r["eval_preference"] for r in rows] == gold
     assert m["win_rate"] == pytest.approx(sum(gold) / len(gold))
     training = [r["judge_preference"] for r in rows]
-    assert m["judge_win_rate"] == pytest.approx(sum(training) / len(training))
+    assert m["scorer_win_rate"] == pytest.approx(sum(training) / len(training))
     assert m["truncation_rate"] == pytest.approx(sum(r["finish_reason"] == "length" for r in rows) / len(rows))
 
 

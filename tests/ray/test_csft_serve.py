@@ -9,9 +9,9 @@ import shutil
 
 import pytest
 
+from prefloop.app.serving.serve import serve_run_dir, stop_serving
 from prefloop.app.storage.model_files import stamp_model
 from prefloop.app.storage.rundir import RunDir, write_manifest
-from prefloop.app.serving.serve import serve_run_dir, stop_serving
 from prefloop.core.config import dump_recipe, parse_recipe
 from prefloop.core.templates import render_prompt
 

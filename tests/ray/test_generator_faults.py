@@ -8,13 +8,13 @@ import time
 
 import pyarrow.parquet as pq
 import pytest
-
-from prefloop.actors.generator_pool import GeneratorPool, check_sampled_from
-from prefloop.core.round_settings import EngineSettings, sampling
-from prefloop.app.rounds.rollout import run_rollout
-from prefloop.app.rounds.round import Round
 from test_rollout import make_recipe
 from test_serve import model_copy
+
+from prefloop.actors.generator_pool import GeneratorPool, check_sampled_from
+from prefloop.app.rounds.rollout import run_rollout
+from prefloop.app.rounds.round import Round
+from prefloop.core.round_settings import EngineSettings, sampling
 
 pytestmark = pytest.mark.ray
 

@@ -163,7 +163,7 @@ def test_job_submit_runs_the_demo_graded_by_gold_then_resumes(job_cluster, tiny_
           f"gauges seen: {sorted(gauges)}")
 
     print(f"final round: win rate {win:.3f} ± {se:.3f} over {final['n']} held-out prompts by the gold judge, "
-          f"{final['judge_win_rate']:.3f} by the training PairRM")
+          f"{final['scorer_win_rate']:.3f} by the training PairRM")
     eval_mtime = (run_dir / f"round_{ROUNDS - 1}" / "eval" / "manifest.json").stat().st_mtime_ns
     started = time.monotonic()
     done = subprocess.run([str(BIN / "serve"), "shutdown", "--address", url, "--yes"], env=env,

@@ -111,5 +111,5 @@ def test_the_eval_stage_takes_an_llm_judge(judge_url):
     training = [{"score": 1.0, "base_score": 0.0, "preference": 1.0}] * 3  # as if the training scorer loved them
     m = judged_summary(recipe, answers, base, training, verdicts)
     assert judge_independent(recipe) and m["judge"] == "llm_judge" and m["judge_independent"] is True
-    assert m["judge_win_rate"] == 1.0 and abs(m["win_rate"] - 0.5) < 0.1
+    assert m["scorer_win_rate"] == 1.0 and abs(m["win_rate"] - 0.5) < 0.1
     assert m["base_truncation_rate"] == 1.0 and m["truncation_rate"] == 0.0 and "warning" not in m

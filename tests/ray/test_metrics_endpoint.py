@@ -33,8 +33,8 @@ def test_gauges_reach_the_nodes_metrics_endpoint(ray_cluster, tmp_path):
     port = ray_cluster._private.worker.global_worker.node.metrics_export_port
     tel = Telemetry.start(parse_recipe({**RECIPE, "run_dir": str(tmp_path)}, "t.yaml"), tmp_path)
     try:
-        tel.stage("rollout")
-        tel.stage("train")
+        tel.activity("rollout")
+        tel.activity("train")
         tel.round_done(2, {"pairs": 28, "mean_score": -0.5, "win_rate": 0.625, "train_loss": 0.69, "swap_s": 0.02,
                            "prompts_done": 96, "tokens_per_s": {"rollout": 1234.5, "train": 321.0}})
         tel.remax_step(7, {"reward_sample": 0.4, "reward_greedy": 0.3, "kl": 0.05, "generate_s": 1.5,

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from prefloop.app.rounds.round import Round
-from prefloop.app.storage.rundir import RunDir
 from prefloop.app.front.cli import cmd_one_round
 from prefloop.app.front.recipes import resolve_recipe
+from prefloop.app.rounds.round import Round
+from prefloop.app.storage.rundir import RunDir
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"

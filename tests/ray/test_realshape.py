@@ -82,7 +82,7 @@ def test_mistral_bf16_dpo_fsdp_then_vllm_reload(ray_cluster, tmp_path):
 
 def test_ultrarm_shape_in_the_scorer_stage(ray_cluster, tmp_path):
     from prefloop.actors.scorers import RewardModelScorer
-    from prefloop.app.dataflow.pipeline import run_stages, scorer_stage
+    from prefloop.app.dataflow.pipeline import run_steps, scorer_step
 
     rm = ultrarm(tmp_path / "UltraRM-13b")
     recipe = parse_recipe({"name": "rm", "run_dir": str(tmp_path / "run"), "policy": {"model": "unused"},
@@ -92,7 +92,7 @@ def test_ultrarm_shape_in_the_scorer_stage(ray_cluster, tmp_path):
     rows = [{"prompt_id": f"p{i}", "prompt": f"tell me about {t}",
              "messages": json.dumps([{"role": "user", "content": f"tell me about {t}"}]),
              "candidates": [f"{t} is good", "no", f"very warm {t} and tea please"]} for i, t in enumerate(TOPICS)]
-    out = {r["prompt_id"]: list(r["scores"]) for r in run_stages(rows, [scorer_stage(recipe)], 300, "rm stage")}
+    out = {r["prompt_id"]: list(r["scores"]) for r in run_steps(rows, [scorer_step(recipe)], 300, "rm stage")}
     direct = RewardModelScorer(str(rm), chat_template="ultrarm", batch_size=3, device="cpu")
     for r in rows:
         want = direct.score([json.loads(r["messages"])], [r["candidates"]])[0]

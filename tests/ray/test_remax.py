@@ -61,8 +61,8 @@ def test_remax_learns_a_reward_and_survives_worker_and_generator_deaths(tmp_path
 def test_remax_recipe_tiny_in_the_loop_with_serve_on_a_uri_run_dir(tmp_path, tiny_env, ray_cluster, monkeypatch,
                                                                    graded_by_gold):
     """Also the run directory on shared storage: a ``file://`` URI (the same pyarrow path as s3:// or gs://)."""
-    from prefloop.app.storage.rundir import RunDir
     from prefloop.app.serving.serve import replica_states, stop_serving
+    from prefloop.app.storage.rundir import RunDir
 
     monkeypatch.setenv("PREFLOOP_RUNS_CACHE", str(tmp_path / "cache"))
     uri, remote = f"file://{tmp_path}/bucket/run", tmp_path / "bucket" / "run"

@@ -110,7 +110,7 @@ def test_kept_scorer_actor_serves_every_stage_and_is_restarted_after_a_kill(roll
     tests/ray/test_generator_faults.py); every score equals the own-pool stage's."""
     import ray
 
-    from prefloop.app.dataflow.pipeline import keep_scorers, kept_scorer_names, run_stages, scorer_stage
+    from prefloop.app.dataflow.pipeline import keep_scorers, kept_scorer_names, run_steps, scorer_step
 
     recipe, folder = rollout
     rows = pq.read_table(folder / "candidates.parquet").to_pylist()[:12]
@@ -119,7 +119,7 @@ def test_kept_scorer_actor_serves_every_stage_and_is_restarted_after_a_kill(roll
     inputs = [{k: r[k] for k in keys} for r in rows]
 
     def scores() -> np.ndarray:
-        out = {r["prompt_id"]: r["scores"] for r in run_stages(inputs, [scorer_stage(recipe)], 300, "kept")}
+        out = {r["prompt_id"]: r["scores"] for r in run_steps(inputs, [scorer_step(recipe)], 300, "kept")}
         return np.asarray([out[r["prompt_id"]] for r in rows])
 
     def pid(name: str) -> int:
@@ -188,14 +188,14 @@ class _Same:
 
 
 def test_every_stage_keeps_its_placement_resources(ray_cluster):
-    """Both the rollout's stream and ``run_stages`` build their stages with ``add_stages``: a stage pinned by
+    """Both the rollout's stream and ``run_steps`` build their stages with ``add_steps``: a stage pinned by
     ``resources.placement`` keeps its custom resource (the stream path once dropped it)."""
     import ray
 
-    from prefloop.app.dataflow.pipeline import Stage, add_stages
+    from prefloop.app.dataflow.pipeline import PoolStep, add_steps
 
-    ds = add_stages(ray.data.range(4), [Stage(_Same, {}, 1, 2, 0.5, 0.0, {"pf_gen": 1.0}),
-                                        Stage(_Same, {}, 1, 2, 0.0)])
+    ds = add_steps(ray.data.range(4), [PoolStep(_Same, {}, 1, 2, 0.5, 0.0, {"pf_gen": 1.0}),
+                                        PoolStep(_Same, {}, 1, 2, 0.0)])
     last = ds._logical_plan.dag
     assert "resources" not in last.ray_remote_args
     assert last.input_dependencies[0].ray_remote_args["resources"] == {"pf_gen": 1.0}

@@ -17,10 +17,16 @@ import urllib.request
 import pytest
 
 from prefloop.actors.serve import reloadable_in_place
-from prefloop.app.storage.rundir import RunDir, write_manifest
 from prefloop.app.serving.serve import (
-    ask, is_serving, publish, replica_states, resolve_served_model, serve_run_dir, stop_serving,
+    ask,
+    is_serving,
+    publish,
+    replica_states,
+    resolve_served_model,
+    serve_run_dir,
+    stop_serving,
 )
+from prefloop.app.storage.rundir import RunDir, write_manifest
 from prefloop.core.config import dump_recipe, parse_recipe
 
 pytestmark = pytest.mark.ray

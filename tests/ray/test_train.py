@@ -12,10 +12,10 @@ import textwrap
 import pytest
 import torch
 
-from prefloop.app.storage.rundir import RunDir, write_manifest
-from prefloop.app.storage.tables import write_parquet
 from prefloop.app.rounds.round import Round
 from prefloop.app.rounds.train import run_train
+from prefloop.app.storage.rundir import RunDir, write_manifest
+from prefloop.app.storage.tables import write_parquet
 from prefloop.core.config import parse_recipe
 from prefloop.core.train_data import BAD, GOOD, TrainDataError
 

@@ -8,9 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 import card_fixtures as fx
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO, SNORKEL = str(ROOT / "recipes" / "demo.yaml"), str(ROOT / "recipes" / "snorkel-pairrm-dpo.yaml")

@@ -371,8 +371,8 @@ def test_rayjob_structure():
 def test_rayjob_entrypoint_runs_an_existing_recipe():
     from ray.runtime_env import RuntimeEnv
 
-    from prefloop.app.front.cli import build_parser
     from prefloop.app.dataflow.runtime import WORKER_ENV
+    from prefloop.app.front.cli import build_parser
     from prefloop.core.config import load_recipe
 
     spec = load_yaml(KUBERAY / "rayjob.yaml")["spec"]

@@ -30,7 +30,7 @@ def test_plain_console_prints_one_line_per_event_and_beats(tmp_path, clean_root)
     out = io.StringIO()
     con = Console(verbose=False, out=out, tty=False)
     con.attach(tmp_path, "demo")
-    con.stage("rollout", 0)
+    con.activity("rollout", 0)
     seen = []
     for row in con.track(rows(5, 3), 5, "rollout: prompts"):
         seen.append(row["prompt_id"])
@@ -60,7 +60,7 @@ def test_tty_console_draws_a_bar_with_tokens_per_s(tmp_path, clean_root):
     out = io.StringIO()
     con = Console(verbose=False, out=out, tty=True)
     con.attach(tmp_path, "demo")
-    con.stage("eval", 1)
+    con.activity("eval", 1)
     list(con.track(rows(4, 10), 4, "eval: answers"))
     con.detach(RuntimeError("boom"))
     text = out.getvalue()

@@ -4,12 +4,12 @@ disjoint, cover the kept rows and do not depend on the source's order."""
 
 import json
 
+import card_fixtures as fx
 import pyarrow.parquet as pq
 import pytest
 
-import card_fixtures as fx
-from prefloop.app.front.cli import main
 from prefloop.app.data.data_prepare import prepare
+from prefloop.app.front.cli import main
 from prefloop.core.prompts import InputError, read_prompts
 from prefloop.core.train_data import read_train_rows
 

@@ -4,9 +4,9 @@ is refused without --force, which replaces it whole; the manifest lists every fi
 import json
 import os
 
+import card_fixtures as fx
 import pytest
 
-import card_fixtures as fx
 from prefloop.app.data import data_prepare
 from prefloop.app.front.cli import main
 

@@ -5,8 +5,16 @@ import math
 import pytest
 
 from prefloop.core.eval_metrics import (
-    MIN_LC_PROMPTS, answer_metrics, distinct_2, lc_win_rate, preference, repetition_rate, sentences,
-    truncation_rate, win_rate)
+    MIN_LC_PROMPTS,
+    answer_metrics,
+    distinct_2,
+    lc_win_rate,
+    preference,
+    repetition_rate,
+    sentences,
+    truncation_rate,
+    win_rate,
+)
 
 
 def test_win_rate_counts_ties_half_and_its_stderr_is_that_of_the_mean():

@@ -24,7 +24,7 @@ def test_independent_judge_summary():
     training = [{"score": s, "base_score": 0.0, "preference": p} for s, p in ((1, 1.0), (1, 1.0), (1, 1.0), (0, 0.5))]
     verdicts = [{"score": s, "base_score": 0.0, "preference": p} for s, p in ((1, 1.0), (-1, 0.0), (0, 0.5), (0, 0.5))]
     m = judged_summary(recipe, answers, base, training, verdicts)
-    assert m["win_rate"] == 0.5 and m["judge_win_rate"] == pytest.approx(3.5 / 4)
+    assert m["win_rate"] == 0.5 and m["scorer_win_rate"] == pytest.approx(3.5 / 4)
     assert (m["wins"], m["ties"], m["losses"]) == (1, 2, 1)
     assert m["judge"] == "function" and m["judge_independent"] is True and "warning" not in m
     assert m["mean_length"] == 5.5 and m["base_mean_length"] == 5.0 and m["truncation_rate"] == 0.25
@@ -43,7 +43,7 @@ def test_no_eval_judge_means_the_training_scorer_with_a_warning():
     training = [{"score": 1.0, "base_score": 0.0, "preference": 1.0}] * 4
     m = judged_summary(recipe, answers, base, training, training)
     assert m["judge"] == "pairrm" and m["judge_independent"] is False and m["warning"] == NOT_INDEPENDENT
-    assert m["win_rate"] == m["judge_win_rate"] == 1.0
+    assert m["win_rate"] == m["scorer_win_rate"] == 1.0
     same = parse_recipe({**RAW, "eval": {"judge": {"kind": "pairrm", "model": "/r"}}}, "r")
     assert judged_summary(same, answers, base, training, training)["judge_independent"] is False
 

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.mark.parametrize("module, name, file", [
     ("prefloop.app.rounds.rollout", "run_rollout", "app/rounds/rollout.py"),
-    ("prefloop.app.dataflow.pipeline", "run_stages", "app/dataflow/pipeline.py"),
+    ("prefloop.app.dataflow.pipeline", "run_steps", "app/dataflow/pipeline.py"),
     ("prefloop.actors.vllm_engine", "build_llm", "actors/vllm_engine.py"),
     ("prefloop.core.losses", "dpo_loss", "core/losses.py"),
 ])

@@ -6,8 +6,17 @@ import math
 import pytest
 
 from prefloop.core.llm_judge import (
-    FIRST, SECOND, Verdict, VerdictError, build_messages, combine, read_verdict, request_body,
-    second_from_logprobs, second_from_text)
+    FIRST,
+    SECOND,
+    Verdict,
+    VerdictError,
+    build_messages,
+    combine,
+    read_verdict,
+    request_body,
+    second_from_logprobs,
+    second_from_text,
+)
 
 
 def test_messages_label_the_two_answers_m_and_M_in_order():

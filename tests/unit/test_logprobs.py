@@ -5,7 +5,6 @@ import math
 import pytest
 import torch
 
-from prefloop.core.packing import pack_sequences
 from prefloop.core.logprobs import (
     build_response_mask,
     full_kl,
@@ -15,6 +14,7 @@ from prefloop.core.logprobs import (
     sequence_logps,
     token_logps,
 )
+from prefloop.core.packing import pack_sequences
 
 
 def log_softmax_py(row, index):

@@ -6,8 +6,18 @@ import json
 import pytest
 
 from prefloop.core.openai_api import Limits, RequestError, check_length, parse_chat_request, parse_json_body
-from prefloop.core.openai_responses import (Candidate, ModelNotServed, best_indices, chat_completion, check_served,
-                                            error_body, models_list, requested_model, served_model_id, stream_events)
+from prefloop.core.openai_responses import (
+    Candidate,
+    ModelNotServed,
+    best_indices,
+    chat_completion,
+    check_served,
+    error_body,
+    models_list,
+    requested_model,
+    served_model_id,
+    stream_events,
+)
 
 USER = [{"role": "user", "content": "Tell me about cats."}]
 

@@ -110,8 +110,8 @@ def test_plan_cli_prints_every_actor(capsys):
 
 
 def test_prefloop_run_refuses_before_starting_anything(capsys, monkeypatch):
-    from prefloop.app.rounds import loop
     from prefloop.app.front.cli import main
+    from prefloop.app.rounds import loop
 
     monkeypatch.setattr(loop, "run_loop", lambda recipe: pytest.fail("the loop must not start"))
     rc = main(["run", str(ROOT / "recipes" / "remax-ultrarm.yaml"),

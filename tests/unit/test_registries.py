@@ -102,3 +102,15 @@ def test_retry_retries_transient_errors_and_gives_up_with_the_cause():
         retry(lambda: {}["k"], attempts=5, transient=(ConnectionError,), before_retry=lambda n, e: 1 / 0,
               give_up=lambda n, e: RuntimeError())
     assert [backoff_s(a, 1.0, 30.0) for a in (1, 2, 3, 6, 7)] == [1.0, 2.0, 4.0, 30.0, 30.0]
+
+
+def test_renamed_words_read_old_recipes_and_manifests():
+    from prefloop.app.storage.rundir import upgrade_manifest
+
+    with pytest.raises(RecipeError, match="stage_timeout_s is now wait_timeout_s"):
+        recipe(resources={"stage_timeout_s": 5})
+    assert recipe(resources={"wait_timeout_s": 5}).resources.wait_timeout_s == 5
+    old = {"win_rate": 0.7, "judge_win_rate": 0.6, "judge_win_rate_stderr": 0.1}
+    assert upgrade_manifest(old) == {"win_rate": 0.7, "scorer_win_rate": 0.6, "scorer_win_rate_stderr": 0.1}
+    both = {"judge_win_rate": 0.1, "scorer_win_rate": 0.6}  # a key under its new name wins
+    assert upgrade_manifest(both)["scorer_win_rate"] == 0.6

@@ -1,8 +1,8 @@
 """The report from committed eval manifests: both judges side by side, the independence warning, the flag on a
 round where the training judge's win rate rises while the eval judge's does not."""
 
-from prefloop.app.watch.report import diverging_rounds, format_table, write_report
 from prefloop.app.storage.rundir import RunDir, write_manifest
+from prefloop.app.watch.report import diverging_rounds, format_table, write_report
 from prefloop.core.config import parse_recipe
 
 RAW = {"name": "t", "run_dir": "x", "policy": {"model": "/p"}, "data": {"train": "/d"},
@@ -10,7 +10,7 @@ RAW = {"name": "t", "run_dir": "x", "policy": {"model": "/p"}, "data": {"train":
 
 
 def manifest(r, win, judge_win, independent=True, **extra):
-    return {"round": r, "pairs": 10, "win_rate": win, "win_rate_stderr": 0.05, "judge_win_rate": judge_win,
+    return {"round": r, "pairs": 10, "win_rate": win, "win_rate_stderr": 0.05, "scorer_win_rate": judge_win,
             "lc_win_rate": win - 0.1, "lc_unstable": r == 0, "lc_unstable_reason": "only 12 prompts (< 30)" if r == 0
             else None, "mean_length": 20.0 + r, "base_mean_length": 18.0, "repetition_rate": 0.1 * r,
             "base_repetition_rate": 0.0, "truncation_rate": 0.0, "base_truncation_rate": 0.25, "distinct_2": 0.5,

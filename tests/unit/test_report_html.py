@@ -4,8 +4,8 @@ import re
 
 from report_fixtures import PROMPTS, make_run
 
-from prefloop.app.watch.report_html import render, round_table, sample_ids, verdict, write_html
 from prefloop.app.storage.rundir import RunDir
+from prefloop.app.watch.report_html import render, round_table, sample_ids, verdict, write_html
 from prefloop.core import svg_chart
 from prefloop.core.svg_chart import line_chart
 

@@ -7,8 +7,15 @@ import pytest
 
 from prefloop.core.openai_api import Limits, RequestError, parse_chat_request
 from prefloop.core.openai_responses import error_body
-from prefloop.core.serve_guard import (TooLarge, Unauthorized, check_api_key, check_body_size, key_digest,
-                                       public_health, server_error)
+from prefloop.core.serve_guard import (
+    TooLarge,
+    Unauthorized,
+    check_api_key,
+    check_body_size,
+    key_digest,
+    public_health,
+    server_error,
+)
 
 USER = [{"role": "user", "content": "hi"}]
 

@@ -10,8 +10,8 @@ import time
 from report_fixtures import make_run, write_stage
 
 from prefloop.app.front.cli import main
-from prefloop.app.storage.heartbeat import STALE_S, Heartbeat, liveness
 from prefloop.app.front.status import format_status, read_status
+from prefloop.app.storage.heartbeat import STALE_S, Heartbeat, liveness
 
 
 def beat(root, **fields):

@@ -48,7 +48,7 @@ def read_tensorboard(logdir):
 
 def test_tensorboard_event_files_read_back(tmp_path):
     tel = Telemetry.start(recipe(tmp_path, backend="tensorboard"), tmp_path / "run")
-    tel.stage("rollout")  # gauges too when Ray is initialised (the whole suite), a no-op otherwise
+    tel.activity("rollout")  # gauges too when Ray is initialised (the whole suite), a no-op otherwise
     tel.round_done(0, {"pairs": 10, "win_rate": 0.5, "mean_score": -0.25, "tokens_per_s": {"rollout": 900.0},
                        "timings_s": {"train": 3.0}, "method": "dpo", "serve_swap_s": None})
     tel.round_done(1, {"pairs": 12, "win_rate": 0.75, "mean_score": 0.5, "tokens_per_s": {"rollout": 1000.0}})

@@ -6,10 +6,10 @@ import json
 
 import pyarrow.parquet as pq
 
-from prefloop.app.front.recipes import DATA_DIR, resolve_recipe
 from prefloop.app.data.tiny_snorkel import prepare_snorkel_tiny
-from prefloop.tinyworld.tiny_cards import SNORKEL_TINY, SNORKEL_TINY_PREPARED
+from prefloop.app.front.recipes import DATA_DIR, resolve_recipe
 from prefloop.core.train_data import read_train_rows
+from prefloop.tinyworld.tiny_cards import SNORKEL_TINY, SNORKEL_TINY_PREPARED
 
 RECIPES = DATA_DIR.parent.parent / "recipes"
 DROP = ("source_row",)

@@ -5,7 +5,6 @@ import json
 import random
 import re
 
-
 from prefloop.tinyworld import topics as T
 from prefloop.tinyworld.gold import gold_score
 

@@ -6,9 +6,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from prefloop.core.train_data import (BAD, GOOD, TrainDataError, add_kl_completions, add_prompt_text, check_row,
-                                      detect_kind, generation_prompt, kl_partners, read_train_rows, shuffled,
-                                      to_examples)
+from prefloop.core.train_data import (
+    BAD,
+    GOOD,
+    TrainDataError,
+    add_kl_completions,
+    add_prompt_text,
+    check_row,
+    detect_kind,
+    generation_prompt,
+    kl_partners,
+    read_train_rows,
+    shuffled,
+    to_examples,
+)
 
 
 def write_jsonl(path, rows):
