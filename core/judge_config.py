@@ -20,17 +20,23 @@ class RewardHeadConfig(StrictModel):
     bias: bool = Field(False, description="Whether the head has a bias (NAME.bias).")
 
 
-class ScorerConfig(StrictModel):
-    """Who judges the candidates: PairRM, a scalar reward model, or a user function."""
+class JudgeTarget(StrictModel):
+    """What a judge of any kind grades with; each kind requires its own of these (``core/judges.py``)."""
 
-    kind: Literal[SCORER_KINDS] = "pairrm"  # type: ignore[valid-type]
-    model: str | None = Field(None, description="Ranker dir (pairrm) or HF dir (reward_model).")
-    function: str | None = Field(None, description="'module:function' taking (prompt, completion) -> float.")
+    model: str | None = Field(None, description="Ranker dir (pairrm) or HF dir (reward_model); default null.")
+    function: str | None = Field(None, description="'module:function' taking (prompt, completion) -> float "
+                                 "(function); default null.")
     instructions: str | None = Field(None, description="ifeval only: JSONL table of each prompt's IFEval instructions "
                                      "({prompt_id, instruction_id_list, kwargs}; prefloop data prepare ifeval-synth).")
     instruction_ids: list[str] | None = Field(None, description="ifeval only: the instruction ids graded; null = "
                                               "every id whose checker runs here. One that cannot run is refused.")
     chat_template: ChatTemplate = Field("tokenizer", description="Reward model's rendering of (prompt, answer).")
+
+
+class ScorerConfig(JudgeTarget):
+    """Who judges the candidates: PairRM, a scalar reward model, or a user function."""
+
+    kind: Literal[SCORER_KINDS] = "pairrm"  # type: ignore[valid-type]
     num_scorers: int = Field(1, ge=1)
     batch_size: int = Field(16, ge=1, description="Prompts per scorer call.")
     comparisons: Literal["full", "pivots"] = Field(
@@ -50,7 +56,7 @@ class ScorerConfig(StrictModel):
         return self
 
 
-class JudgeConfig(StrictModel):
+class JudgeConfig(JudgeTarget):
     """The eval judge (``eval.judge``): who grades the held-out answers, independent of the training scorer.
 
     ``pairrm`` / ``reward_model`` / ``function`` run as the scorer stages do (their fields mean the same as in
@@ -61,13 +67,6 @@ class JudgeConfig(StrictModel):
         description="pairrm (llm-blender ranker dir), reward_model (HF sequence classifier), function "
         "('module:function(prompt, completion) -> float'), llm_judge (an OpenAI-compatible endpoint), or ifeval "
         "(IFEval's instruction checkers, core/ifeval.py).")
-    model: str | None = Field(None, description="Ranker dir (pairrm) or HF dir (reward_model); default null.")
-    function: str | None = Field(None, description="'module:function' (function); default null.")
-    instructions: str | None = Field(None, description="ifeval only: JSONL table of each prompt's IFEval instructions "
-                                     "({prompt_id, instruction_id_list, kwargs}; prefloop data prepare ifeval-synth).")
-    instruction_ids: list[str] | None = Field(None, description="ifeval only: the instruction ids graded; null = "
-                                              "every id whose checker runs here. One that cannot run is refused.")
-    chat_template: ChatTemplate = Field("tokenizer", description="Reward model's rendering of (prompt, answer).")
     batch_size: int = Field(16, ge=1, description="Prompts per scorer call (pairrm, reward_model, function).")
     base_url: str | None = Field(None, description="llm_judge: the endpoint's base URL, up to and including "
                                  "'/v1' (e.g. http://host:8000/v1); default null.")

@@ -37,6 +37,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+import yaml
+
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".prefloop-lock"
@@ -319,7 +321,8 @@ def check_recipe(run: Any, resolved: str, allow_change: bool) -> None:
     """Save the resolved recipe; on a resume refuse a different one (or, allowed, record the change)."""
     path = run.root / RECIPE_NAME
     saved = path.read_text(encoding="utf-8") if path.is_file() else None
-    if saved is not None and saved != resolved:
+    # the same values in another key order (a newer prefloop dumps sections differently) are the same recipe
+    if saved is not None and yaml.safe_load(saved) != yaml.safe_load(resolved):
         diff = recipe_diff(saved, resolved, str(run.uri))
         if not allow_change:
             raise RecipeChangedError(f"{run.uri}: this run was started with another recipe; resuming it with "

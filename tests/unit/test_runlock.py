@@ -228,3 +228,13 @@ def test_a_uri_run_is_locked_before_anything_is_pulled(tmp_path, monkeypatch):
             with hold_run(b, "name: x\n"):
                 pass
         assert not (b.root / "round_0").exists() and not (b.root / "recipe.yaml").exists()
+
+
+def test_the_same_recipe_in_another_key_order_is_not_a_change(tmp_path):
+    from prefloop.app.storage.rundir import RunDir
+
+    run = RunDir(tmp_path / "run")
+    runlock.check_recipe(run, "name: x\nseed: 1\n", False)
+    runlock.check_recipe(run, "seed: 1\nname: x\n", False)  # the same values, dumped in another order
+    with pytest.raises(runlock.RecipeChangedError, match="seed"):
+        runlock.check_recipe(run, "name: x\nseed: 2\n", False)
