@@ -72,7 +72,8 @@ def cmd_one_round(args: argparse.Namespace) -> int:
     from prefloop.tinyworld.assets import default_assets_dir
 
     recipe = resolve_recipe(args.recipe, args.set, args.tiny)
-    require(recipe, args.command, [args.round], None, default_assets_dir())  # before the run dir is written
+    # before the run dir is written; the plan against $PREFLOOP_CLUSTER, as `run` checks it
+    require(recipe, args.command, [args.round], cluster_file(None), default_assets_dir())
     with save_resolved(recipe, args.allow_recipe_change):
         folder = (rollout_one if args.command == "rollout" else train_one)(recipe, args.round)
     print(f"{args.command} committed: {folder}")

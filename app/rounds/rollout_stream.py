@@ -35,6 +35,7 @@ from prefloop.app.watch import console
 from prefloop.core.config import Recipe
 from prefloop.core.prompt_files import Fields, Piece, Source
 from prefloop.core.prompt_index import Decision, ExactlyOnce, PromptIndex
+from prefloop.core.round_settings import sampling
 from prefloop.core.selection import PAIRED, choose_pair, dpo_pair, kto_examples
 
 log = logging.getLogger(__name__)
@@ -140,7 +141,7 @@ def stream_rollout(recipe: Recipe, sources: list[Source], pieces: list[Piece], d
     # One block per generator call: a pool of generators shares the work, and results come back batch by batch
     # (the timeout is between results).
     ds = add_steps(ds.repartition(target_num_rows_per_block=recipe.rollout.batch_size), stages)
-    once, totals = ExactlyOnce(decision.used_ids, recipe.rollout.num_samples), Totals()
+    once, totals = ExactlyOnce(decision.used_ids, sampling(recipe, "rollout").n), Totals()
     desc = "rollout: prompts"
     rows = console.track(iterate_with_timeout(ds.iter_rows(), recipe.resources.wait_timeout_s, desc),
                          len(decision.used_ids), desc)
