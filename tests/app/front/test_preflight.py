@@ -6,12 +6,13 @@ import shutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from test_cli_mistakes import DEMO, ROOT, prefloop
+from test_cli_mistakes import DEMO, prefloop
 
 from prefloop.app.front.preflight import preflight
 from prefloop.core.config import load_recipe
 from prefloop.tinyworld.assets import default_assets_dir
 from prefloop.tinyworld.topics import DATA_DIR
+from tests.paths import ROOT
 
 ASSETS = default_assets_dir()
 needs_assets = pytest.mark.skipif(not (ASSETS / "policy" / "config.json").is_file() or
