@@ -41,8 +41,9 @@ demo:
 test: setup
 	$(PY) -m pytest -q
 
+# The tests that need neither Ray nor a model loaded in-process (markers in pyproject.toml); `make test` runs all.
 test-fast: setup
-	$(PY) -m pytest -q tests/unit
+	$(PY) -m pytest -q -m "not ray and not models"
 
 bench: setup
 	$(PY) bench/rollout.py

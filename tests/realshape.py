@@ -22,7 +22,9 @@ import json
 import random
 from pathlib import Path
 
-CONFIGS = Path(__file__).resolve().parents[1] / "recipes" / "model_configs"
+from tests.paths import RECIPES
+
+CONFIGS = RECIPES / "model_configs"
 WORDS = ["tell", "me", "about", "cats", "rivers", "bread", "trains", "music", "gardens", "stars", "boats", "tea",
          "maps", "birds", "snow", "clocks", "shoes", "lamps", "books", "is", "good", "and", "kind", "bad", "no",
          "please", "the", "a", "very", "warm", "cold"]

@@ -1,7 +1,7 @@
 """The ``prefloop`` argument parser: every subcommand with its options, their defaults and two or three examples.
 
 Kept apart from ``cli.py`` (what each command does) so the README's command table can be tested against it
-(``tests/unit/test_cli_mistakes.py``). ``-v`` is accepted before or after the subcommand.
+(``tests/app/front/test_cli_mistakes.py``). ``-v`` is accepted before or after the subcommand.
 """
 
 from __future__ import annotations
