@@ -15,9 +15,8 @@ from prefloop.tinyworld.topics import DATA_DIR
 from tests.paths import ROOT
 
 ASSETS = default_assets_dir()
-needs_assets = pytest.mark.skipif(not (ASSETS / "policy" / "config.json").is_file() or
-                                  not (ASSETS / "pairrm" / "config.json").is_file(),
-                                  reason="the tiny assets are built by `prefloop assets build` (make setup)")
+# the demo's tiny policy and PairRM, built into ASSETS once per session (tests/conftest.py), never skipped
+needs_assets = pytest.mark.usefixtures("tiny_assets")
 
 
 def demo(*sets: str, recipe: str = DEMO, tiny: bool = False):
