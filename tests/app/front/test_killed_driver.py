@@ -63,7 +63,8 @@ def test_killed_driver_status_then_resume_without_redoing_committed_work(tmp_pat
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "prefloop.app.front.cli", "run", str(RECIPE), "--tiny", "--set", f"run_dir={run_dir}",
            "--set", "loop.rounds=1", "--set", "train.data=null",  # the online variant: a rollout, then training
-           "--set", "train.checkpoint_every_steps=1"]  # a checkpoint after the first step: the kill comes after it
+           "--set", "train.checkpoint_every_steps=1",  # a checkpoint after the first step: the kill comes after it
+           "--set", "train.epochs=4"]  # steps enough that the watcher sees a checkpoint and status sees training
     with open(tmp_path / "console.txt", "w") as console:
         proc = subprocess.Popen(cmd, env=env, stdout=console, stderr=subprocess.STDOUT, start_new_session=True)
         try:
