@@ -113,7 +113,11 @@ async def streamed_response(server: Any, body: Any) -> Any:
     pipe = EventPipe(asyncio.get_running_loop())
     threading.Thread(target=produce, args=(server, prepared, pipe), daemon=True, name="prefloop-stream").start()
     timeout_s = server.spec["request_timeout_s"]
-    first = await pipe.get(timeout_s + 5.0)  # the producer's own lock timeout answers first
+    try:
+        first = await pipe.get(timeout_s + 5.0)  # the producer's own lock timeout answers first
+    except BaseException:
+        pipe.closed.set()  # nobody will read it: the producer stops at its first step
+        raise
     if isinstance(first, Exception):
         raise first
     _, round_idx, step = first
