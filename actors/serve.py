@@ -13,11 +13,11 @@ failure is never its batch-mates'. A 500 says only an error id, which the log ha
 Switching rounds: Serve calls ``reconfigure(user_config)`` with ``{"model_dir", "round", "step"}`` on every
 replica in place (``step``: a ReMax step checkpoint of a round not yet committed, served as
 ``prefloop-round-R-step-K``). The new weights replace the old inside the running engine
-(``collective_rpc("reload_weights")``) while holding the engine lock, so a request runs wholly on the old or
-wholly on the new weights and none fails: those arriving meanwhile wait for the lock. Tied input/output
-embeddings reload in place too (the head is re-tied and repacked, ``actors/vllm_reload.py``). A model whose
-config differs (say cSFT grew the vocabulary) is not reloaded in place: a new engine is built first, outside
-the lock, then switched to (no pause; the load takes an engine's start-up). Each response says which weights produced it (round and step), read under the same lock as
+(``reload_in_place``) while holding the engine lock, so a request runs wholly on the old or wholly on the new
+weights and none fails: those arriving meanwhile wait for the lock. Tied input/output embeddings reload in
+place too (the head is re-tied and repacked, ``actors/vllm_reload.py``). A model whose config differs (say cSFT
+grew the vocabulary) is not reloaded in place: a new engine is built first, outside the lock, then switched to
+(no pause; the load takes an engine's start-up). Each response says which weights produced it (round and step), read under the same lock as
 the generation; a request that names a model id is checked against them there too, and refused (404) if they
 differ.
 """
