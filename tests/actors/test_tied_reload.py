@@ -26,8 +26,10 @@ SCRIPT = textwrap.dedent("""
         from prefloop.actors.vllm_engine import build_llm, reload_in_place
         from prefloop.core.round_settings import EngineSettings
         old, new, max_tokens, prompts = sys.argv[1], sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4])
+        started = time.perf_counter()
         llm = build_llm(old, EngineSettings(dtype="float32", max_model_len=256, kv_cache_gb=1 / 16),
                         seeded_requests=False, in_process=True)
+        build_s = time.perf_counter() - started
         tok = llm.get_tokenizer()
         texts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
                  for p in prompts]
@@ -41,7 +43,7 @@ SCRIPT = textwrap.dedent("""
             started = time.perf_counter()
             out["reports"] = reload_in_place(llm, weights)
             out["reload_s"].append(time.perf_counter() - started)
-        out["new"] = answers()
+        out["new"], out["build_s"] = answers(), build_s
         print("RESULT " + json.dumps(out))
 """)
 
@@ -98,7 +100,8 @@ def swap_and_compare(old, new, prompts, max_tokens):
     assert got["naive"] != want_new, "vLLM's reload alone already answers right: nothing to re-tie"
     assert got["new"] == want_new  # the swapped engine answers exactly as transformers does with the new weights
     assert all(r["tied"] for r in got["reports"]) and max(r["head_error"] for r in got["reports"]) < 1e-4
-    print(f"\nin-place swaps of a tied model: {['%.3f' % s for s in got['reload_s']]} s")
+    print(f"\nin-place swaps of a tied model: {['%.3f' % s for s in got['reload_s']]} s; engine start "
+          f"{got['build_s']:.1f} s")
     return got
 
 
@@ -110,12 +113,13 @@ def test_tied_tiny_llama_swaps_in_place_and_answers_with_the_new_weights(tiny_as
 
 
 @pytest.mark.slow
-def test_smollm2_swaps_in_place_within_budget_and_answers_with_the_new_weights(tmp_path):
+def test_smollm2_swaps_in_place_fast_and_answers_with_the_new_weights(tmp_path):
     from prefloop.app.models.catalog import ensure_models, model_placeholders
 
     smollm2 = model_placeholders()["smollm2"]
     ensure_models({"policy": {"model": smollm2}})
     new = tied_copy(smollm2, tmp_path / "new", noise=0.05, relative=True)
     got = swap_and_compare(smollm2, new, ["Name a colour.", "What is the capital of France?"], max_tokens=16)
-    # the goal is 0.5 s on an idle machine (bench/results.json); this bound leaves room for a loaded one
-    assert min(got["reload_s"]) < 2.0, got["reload_s"]
+    # The goal, 0.5 s on an idle machine, is measured by bench/serve_stream.py. Here the bound is relative, so that a
+    # loaded machine slows both sides alike: a swap that built a new engine would take about the engine's start.
+    assert min(got["reload_s"]) < got["build_s"] / 5, (got["reload_s"], got["build_s"])
