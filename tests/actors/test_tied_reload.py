@@ -17,6 +17,8 @@ import textwrap
 
 import pytest
 
+from tests.model_copies import tied_copy
+
 pytestmark = pytest.mark.models
 
 SCRIPT = textwrap.dedent("""
@@ -46,27 +48,6 @@ SCRIPT = textwrap.dedent("""
         out["new"], out["build_s"] = answers(), build_s
         print("RESULT " + json.dumps(out))
 """)
-
-
-def tied_copy(src, out, noise, seed=1, relative=False):
-    """``src`` saved tied, with Gaussian noise on every weight (``relative``: scaled by each tensor's std).
-    An untied source keeps its trained LM head as the shared matrix (tying to its input embeddings instead
-    leaves a model that answers every prompt with near-ties)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
-    if model.lm_head.weight is not model.get_input_embeddings().weight:
-        model.config.tie_word_embeddings = True
-        model.get_input_embeddings().weight = model.lm_head.weight
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * noise * (p.std() if relative else 1.0))
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(src).save_pretrained(out)
-    assert json.loads((out / "config.json").read_text())["tie_word_embeddings"] is True
-    return out
 
 
 def hf_greedy(model_dir, prompts, max_tokens):
@@ -107,8 +88,9 @@ def swap_and_compare(old, new, prompts, max_tokens):
 
 def test_tied_tiny_llama_swaps_in_place_and_answers_with_the_new_weights(tiny_assets, tmp_path):
     prompts = [f"Tell me about {t}." for t in ("rivers", "cats", "butterflies", "cheese", "stars", "tea")]
-    old = tied_copy(tiny_assets.policy, tmp_path / "old", noise=0.0)
-    new = tied_copy(tiny_assets.policy, tmp_path / "new", noise=0.02)
+    # noise large enough for varied answers; these two have no near-ties (top-2 logit gaps >= 0.05)
+    old = tied_copy(tiny_assets.policy, tmp_path / "old", noise=0.2, seed=2)
+    new = tied_copy(tiny_assets.policy, tmp_path / "new", noise=0.5, seed=1)
     swap_and_compare(old, new, prompts, max_tokens=8)
 
 
