@@ -73,8 +73,8 @@ class VLLMGenerator:
     def reload_weights(self, model: str | ModelRef) -> float:
         """Load new weights into the running engine; returns the seconds it took (the node-cache copy included).
 
-        In place (no restart) when the architectures match and the embeddings are untied; otherwise vLLM's
-        reload would leave a tied LM head on the old weights, so a new engine is built instead (slower, right).
+        In place (no restart, a tied LM head re-tied: ``actors/vllm_reload.py``) when the configs match;
+        otherwise (say cSFT grew the vocabulary) a new engine is built instead (slower, right).
         """
         started = time.perf_counter()
         local = local_model(model, "generator")
@@ -82,8 +82,8 @@ class VLLMGenerator:
         if reloadable_in_place(self.local, local):
             reload_in_place(self.llm, local)
         else:
-            log.warning("%s cannot take new weights in place (tied embeddings or another shape): rebuilding "
-                        "the engine", model_name(model))
+            log.warning("%s cannot take new weights in place (another shape or config): rebuilding the engine",
+                        model_name(model))
             self.shutdown()
             self.llm = self._build(local, self.spec)
         self.model, self.local = model_name(model), local

@@ -3,7 +3,8 @@
 One ``PolicyServer`` replica holds one ``vllm.LLM`` engine (CPU settings as in ``VLLMGenerator``) and, loaded on
 first use, a PairRM ranker for best-of-N. Request parsing lives in ``core/openai_api.py``, response shapes and model ids in ``core/openai_responses.py``.
 
-Routes: ``POST /v1/chat/completions`` (``"stream": true`` gets server-sent events), ``GET /v1/models``,
+Routes: ``POST /v1/chat/completions`` (``"stream": true`` gets server-sent events as the engine makes the
+tokens: ``actors/serve_stream.py``), ``GET /v1/models``,
 ``GET /health``. Each request is checked alone first (API key, body size, parsing, chat template, tokens,
 sampling values: its own 4xx), outside the engine lock; the accepted ones are batched (``serve.batch``) into
 one ``LLM.generate`` call, and a batch that still fails is retried request by request, so one request's
@@ -12,11 +13,11 @@ failure is never its batch-mates'. A 500 says only an error id, which the log ha
 Switching rounds: Serve calls ``reconfigure(user_config)`` with ``{"model_dir", "round", "step"}`` on every
 replica in place (``step``: a ReMax step checkpoint of a round not yet committed, served as
 ``prefloop-round-R-step-K``). The new weights replace the old inside the running engine
-(``collective_rpc("reload_weights")``) while holding the engine lock, so a request runs wholly on the old or
-wholly on the new weights and none fails: those arriving meanwhile wait for the lock. A model whose config differs (say cSFT grew
-the vocabulary), or one with tied input/output embeddings (vLLM's reload misses the tied LM head), is not
-reloaded in place: a new engine is built first, outside the lock, then switched to (no pause; the load takes an
-engine's start-up). Each response says which weights produced it (round and step), read under the same lock as
+(``reload_in_place``) while holding the engine lock, so a request runs wholly on the old or wholly on the new
+weights and none fails: those arriving meanwhile wait for the lock. Tied input/output embeddings reload in
+place too (the head is re-tied and repacked, ``actors/vllm_reload.py``). A model whose config differs (say cSFT
+grew the vocabulary) is not reloaded in place: a new engine is built first, outside the lock, then switched to
+(no pause; the load takes an engine's start-up). Each response says which weights produced it (round and step), read under the same lock as
 the generation; a request that names a model id is checked against them there too, and refused (404) if they
 differ.
 """
@@ -35,6 +36,7 @@ import ray
 from ray import serve
 
 from prefloop.actors.model_cache import fetch_model
+from prefloop.actors.serve_stream import streamed_response
 from prefloop.actors.vllm_engine import build_llm, reload_in_place, reloadable_in_place, shutdown_llm
 from prefloop.core import openai_api as api
 from prefloop.core import openai_responses as resp
@@ -297,7 +299,7 @@ class PolicyServer:
         return b"".join(chunks)
 
     async def __call__(self, request: Any) -> Any:
-        from starlette.responses import JSONResponse, StreamingResponse
+        from starlette.responses import JSONResponse
 
         path, method = request.url.path.rstrip("/"), request.method
         routes = {"/v1/chat/completions": "POST", "/v1/models": "GET", "/health": "GET"}
@@ -312,6 +314,8 @@ class PolicyServer:
             if path == "/v1/models":
                 return JSONResponse(resp.models_list(self.name, self.round, self.created, self.step))
             body = api.parse_json_body(await self._read_body(request))
+            if isinstance(body, dict) and body.get("stream") is True:  # events as the engine makes tokens
+                return await streamed_response(self, body)
             completion = await self.complete(body)
         except api.RequestError as err:
             return JSONResponse(resp.error_body(err), status_code=err.status)
@@ -319,6 +323,4 @@ class PolicyServer:
             error_id = uuid.uuid4().hex[:12]
             log.exception("chat completion failed [error id %s]", error_id)
             return JSONResponse(guard.server_error(error_id), status_code=500)
-        if body.get("stream") is True:  # validated by complete()
-            return StreamingResponse(iter(resp.stream_events(completion)), media_type="text/event-stream")
         return JSONResponse(completion)

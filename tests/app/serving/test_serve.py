@@ -2,7 +2,8 @@
 
 One app is started for the module with ``serve_run_dir`` on a run directory whose latest committed round (0)
 holds the tiny policy (LM head untied); the last tests publish, under concurrent load, a perturbed "round 1"
-(reloaded in place) and then the tied tiny policy as "round 2" (a new engine, loaded before the switch).
+(reloaded in place), then the tied tiny policy as "round 2" (a new engine, loaded before the switch: the config
+changes) and another tied one as "round 3" (in place, its LM head re-tied).
 Served greedy answers are checked against transformers' greedy answers for the same weights.
 """
 
@@ -28,6 +29,7 @@ from prefloop.app.serving.serve import (
 )
 from prefloop.app.storage.rundir import RunDir, write_manifest
 from prefloop.core.config import dump_recipe, parse_recipe
+from tests.model_copies import tied_copy
 
 pytestmark = pytest.mark.ray
 # Prompts whose greedy answers have a top-2 logit gap >= 0.03 for every model the tests serve (no near-ties).
@@ -275,8 +277,8 @@ def test_switch_in_place_under_load_without_failures(served, tiny_assets, tmp_pa
           f"requests paused {info['swap_s'] * 1000:.1f} ms")
 
 
-def test_tied_embeddings_switch_to_a_new_engine_under_load(served, tiny_assets, tmp_path):
-    # A model that ties its LM head to the input embeddings: vLLM's in-place reload would miss the head.
+def test_tied_embeddings_switch_to_a_new_engine_then_swap_in_place_under_load(served, tiny_assets, tmp_path):
+    # Untied -> tied changes the config: a new engine, loaded before the switch.
     tied = model_copy(tiny_assets.policy, tmp_path / "tied", noise=0.02, tied=True)
     assert json.loads((tmp_path / "tied" / "config.json").read_text())["tie_word_embeddings"] is True
     expected = {1: hf_greedy(next(iter(replica_states(served.name, want=1).values()))["model_dir"]),
@@ -286,6 +288,15 @@ def test_tied_embeddings_switch_to_a_new_engine_under_load(served, tiny_assets, 
     check_switch(results, t_publish, t_done, 1, 2, expected)
     assert {p: greedy(served, p) for p in PROMPTS} == {p: (2, t) for p, t in expected[2].items()}
     print(f"\nnew-engine switch under load: {len(results)} requests, 0 failed, publish {info['publish_s']:.1f} s")
+    # Tied -> tied: in place, the LM head re-tied to the new embeddings (actors/vllm_reload.py).
+    # varied answers in whole characters (vLLM and transformers decode a cut UTF-8 byte apart), top-2 gaps >= 0.09
+    tied3 = tied_copy(tiny_assets.policy, tmp_path / "tied3", noise=0.2, seed=3)
+    expected[3] = hf_greedy(tied3)
+    assert expected[3] != expected[2]
+    info, results, t_publish, t_done = switch_under_load(served, tied3, 3)
+    assert info["round"] == 3 and info["in_place"] and info["swap_s"] < 1.0
+    check_switch(results, t_publish, t_done, 2, 3, expected)
+    assert {p: greedy(served, p) for p in PROMPTS} == {p: (3, t) for p, t in expected[3].items()}
 
 
 def test_reloadable_in_place(tmp_path):
@@ -298,7 +309,9 @@ def test_reloadable_in_place(tmp_path):
     a, b = cfg("a"), cfg("b")
     assert reloadable_in_place(a, b)
     assert not reloadable_in_place(a, cfg("bigger", vocab_size=12))
-    assert not reloadable_in_place(a, cfg("tied", tie_word_embeddings=True))
+    assert not reloadable_in_place(a, cfg("tied", tie_word_embeddings=True))  # untied -> tied: a new engine
+    assert reloadable_in_place(cfg("tied2", tie_word_embeddings=True), cfg("tied3", tie_word_embeddings=True))
+    assert not reloadable_in_place(a, cfg("quantized", quantization_config={"quant_method": "gguf"}))
 
 
 def test_a_batch_the_engine_fails_is_retried_one_request_at_a_time_on_the_engine(served):
