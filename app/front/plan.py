@@ -167,7 +167,8 @@ def gpu_holders(recipe: Recipe) -> list[Holder]:
         out.append(Holder("generators", recipe.rollout.num_generators, res.generator_gpus, PHASES,
                           ("rollout.num_generators", "resources.generator_gpus")))
         if recipe.loop.serve:  # one replica, on the generators' GPU setting (its re-ranker in the same process)
-            out.append(Holder("serve replica", 1, res.generator_gpus, PHASES, ("loop.serve", "resources.generator_gpus")))
+            out.append(Holder("serve replica", 1, res.generator_gpus, PHASES,
+                              ("loop.serve", "resources.generator_gpus")))
     if res.scorer_gpus > 0 and judge_kind(recipe.scorer.kind).gpu:
         out.append(Holder("scorers", recipe.scorer.num_scorers, res.scorer_gpus, _alive_from(scored_from, later),
                           ("scorer.num_scorers", "resources.scorer_gpus")))
