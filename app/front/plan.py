@@ -13,6 +13,7 @@ recipe that asks for no GPU (the ``--tiny`` and demo recipes) has nothing to che
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -192,11 +193,28 @@ def _alive_from(first: str, later_rounds: bool) -> tuple[str, ...]:
     return PHASES if later_rounds else PHASES[PHASES.index(first):]
 
 
-def count_check(recipe: Recipe, cluster: str) -> tuple[list[PhaseNeed], int, list[str]]:
-    """(GPUs per phase, GPUs the cluster scales to, one error per phase that does not fit)."""
+# What a one-round command starts (no Serve; the rollout's own pools; ReMax's training samples and scores)
+ONE_ROUND = {"rollout": (("rollout",), {"generators", "scorers"}),
+             "train": (("reference pass", "training"), {"training workers", "reference pass"})}
+
+
+def command_holders(recipe: Recipe, command: str = "run") -> list[Holder]:
+    """``gpu_holders`` of the round loop (``run``), or of a one-round command: its actors in its phases."""
+    holders = gpu_holders(recipe)
+    if command not in ONE_ROUND:
+        return holders
+    phases, actors = ONE_ROUND[command]
+    if command == "train" and recipe.train is not None and method(recipe.train.method).on_policy:
+        actors = actors | {"generators", "scorers"}
+    return [dataclasses.replace(h, phases=phases if h.actor in {"generators", "scorers"} else h.phases)
+            for h in holders if h.actor in actors]
+
+
+def count_check(recipe: Recipe, cluster: str, command: str = "run") -> tuple[list[PhaseNeed], int, list[str]]:
+    """(GPUs per phase, GPUs the cluster scales to, one error per phase that does not fit), for ``command``."""
     nodes = gpu_nodes(cluster)
     capacity = scalable_gpus([(n.gpus, n.max_nodes) for n in nodes], gpu_node_cap(cluster))
-    needs = phase_needs(gpu_holders(recipe))
+    needs = phase_needs(command_holders(recipe, command))
     return needs, capacity, count_shortfalls(needs, capacity, cluster)
 
 
@@ -261,7 +279,8 @@ def _sentence(v: Verdict) -> str:
             f"has {P.fmt_gb(v.budget)} GB: short by {P.fmt_gb(v.need - v.budget)} GB")
 
 
-def shortfalls(recipe: Recipe, cluster: str, configs: Path = MODEL_CONFIGS) -> tuple[list[str], list[str]]:
+def shortfalls(recipe: Recipe, cluster: str, configs: Path = MODEL_CONFIGS,
+               command: str = "run") -> tuple[list[str], list[str]]:
     """(errors, risks): an actor that fits no node type able to host it is an error; one that fits some but not
     all is a risk (Ray may place it on the small one unless the cluster keeps it off), both naming the actor,
     the node type and the shortfall. A phase of the round that holds more GPUs at once than the cluster scales
@@ -272,16 +291,17 @@ def shortfalls(recipe: Recipe, cluster: str, configs: Path = MODEL_CONFIGS) -> t
         mine = [v for v in vs if v.actor == actor]
         short = [_sentence(v) for v in mine if not v.fits]
         (errors if len(short) == len(mine) else risks).extend(short)
-    return errors + count_check(recipe, cluster)[2], risks
+    return errors + count_check(recipe, cluster, command)[2], risks
 
 
-def check_plan(recipe: Recipe, cluster: str | None) -> None:
-    """``prefloop run``'s guard: a RecipeError naming each actor that fits no node type, its node types and the
-    shortfall; risks (fits only some node types) are logged as warnings."""
+def check_plan(recipe: Recipe, cluster: str | None, command: str = "run") -> None:
+    """``prefloop run``'s guard (and ``rollout`` / ``train``'s, counting what that command starts): a RecipeError
+    naming each actor that fits no node type, its node types and the shortfall, and each phase with more GPUs
+    at once than the cluster has; risks (fits only some node types) are logged as warnings."""
     if cluster is None or not uses_gpu(recipe):
         log.info("plan check skipped: %s", "no --cluster file" if cluster is None else "the recipe asks for no GPU")
         return
-    errors, risks = shortfalls(recipe, cluster)
+    errors, risks = shortfalls(recipe, cluster, command=command)
     for risk in risks:
         log.warning("plan: %s (fits another node type: keep it there)", risk)
     if errors:

@@ -168,3 +168,21 @@ def test_a_later_round_keeps_its_scorers_through_training_and_a_one_round_offlin
     assert scorers.phases == ("eval",)  # first used by the eval, after the training
     again = offline.model_copy(update={"loop": offline.loop.model_copy(update={"rounds": 2})})
     assert "training" in next(h for h in gpu_holders(again) if h.actor == "scorers").phases
+
+
+def test_a_one_round_command_counts_only_what_it_starts(tmp_path):
+    """`prefloop rollout --round R` starts its generators and scorers (6 GPUs: no Serve replica), `train --round
+    R` the training workers (8): each fits the one 8-GPU node that `run` does not."""
+    from prefloop.app.front.plan import check_plan, count_check
+    from prefloop.core.config import RecipeError, load_recipe
+
+    recipe = load_recipe(ROOT / "recipes" / "snorkel-pairrm-dpo.yaml")
+    small = tmp_path / "one-node.yaml"
+    small.write_text(ONE_8_GPU_NODE)
+    needs, _, errors = count_check(recipe, str(small), "rollout")
+    assert [(n.phase, n.gpus) for n in needs] == [("rollout", 6)] and errors == []
+    needs, _, errors = count_check(recipe, str(small), "train")
+    assert [(n.phase, n.gpus) for n in needs] == [("reference pass", 8), ("training", 8)] and errors == []
+    check_plan(recipe, str(small), "train")
+    with pytest.raises(RecipeError, match="training: 15 GPUs at once"):
+        check_plan(recipe, str(small))
