@@ -92,3 +92,11 @@ def test_the_checkpoint_holds_optimizer_state_unless_sharded(sharded):
     w = worker(sharded)
     w.make_optimizer(None)
     assert (w.optim_to_save() is None) == sharded
+
+
+def test_the_driver_says_so_when_a_round_resumed_without_optimizer_state():
+    from prefloop.app.rounds.model_stage import optimizer_reset_warning
+
+    said = optimizer_reset_warning(2, {"done": 8, "restored_from": [3], "optimizer_reset_at": [3]})
+    assert said.startswith("round 2: training resumed WITHOUT optimizer state at step(s) [3]")
+    assert optimizer_reset_warning(2, {"done": 8, "restored_from": [3], "optimizer_reset_at": []}) is None
