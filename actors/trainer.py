@@ -100,6 +100,10 @@ class Worker:
         live = self.cfg.reference_mode == "live" and job.ref_dir
         self.ref_model = load_reference(local_model(job.ref_dir, "reference"), self.device, self.cfg,
                                         job.dtype, self.world, self.sharded) if live else None
+        self.make_optimizer(optim_state)
+
+    def make_optimizer(self, optim_state: dict[str, Any] | None) -> None:
+        """AdamW and its schedule over the trainable parameters, from a checkpoint's state when there is one."""
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         warm, total, schedule = warmup_steps(self.cfg, self.total_steps), self.total_steps, self.cfg.schedule
@@ -268,6 +272,13 @@ class Worker:
                         else "the checkpoint has no optim.pt")
         return saved.optim
 
+    def optim_to_save(self) -> dict[str, Any] | None:
+        """The optimizer and scheduler state a checkpoint holds; None under FSDP, whose optimizer state is sharded
+        (its resume says so and restarts the moments)."""
+        if self.sharded:
+            return None
+        return {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict()}
+
     def report(self, metrics: dict[str, Any], checkpoint: bool = False, final: bool = False) -> None:
         """``ray.train.report`` on every worker (a barrier); rank 0 attaches the checkpoint."""
         import ray.train
@@ -278,9 +289,7 @@ class Worker:
             return
         with tempfile.TemporaryDirectory(prefix="prefloop-ckpt-") as tmp:
             folder = Path(tmp)
-            # FSDP optimizer state is sharded: not saved (a resume says so and restarts the moments)
-            optim = None if self.sharded else {"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict()}
-            write_state(folder, Saved(weights, self.state, self.history, self.trained, optim))
+            write_state(folder, Saved(weights, self.state, self.history, self.trained, self.optim_to_save()))
             if final:
                 self._save_model(folder / "model", weights)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))

@@ -44,14 +44,15 @@ class GpuNode:
     gpus: int
     gpu_model: str
     gpu_bytes: int       # per GPU
+    max_nodes: int = 1   # the most nodes of this type the cluster scales to
 
 
-def _lookup(node: str, instance: str | None, source: str) -> GpuNode:
+def _lookup(node: str, instance: str | None, source: str, max_nodes: int = 1) -> GpuNode:
     if instance not in GPU_INSTANCES:
         raise ValueError(f"{source}: node type {node!r}: instance type {instance!r} is not in prefloop's GPU table "
                          f"(core/cluster_gpus.py GPU_INSTANCES); add it with its GPU memory")
     gpus, model, mib = GPU_INSTANCES[instance]
-    return GpuNode(node, instance, gpus, model, mib * MIB)
+    return GpuNode(node, instance, gpus, model, mib * MIB, int(max_nodes))
 
 
 def _launcher_nodes(doc: dict[str, Any], source: str) -> list[GpuNode]:
@@ -61,7 +62,9 @@ def _launcher_nodes(doc: dict[str, Any], source: str) -> list[GpuNode]:
         instance = cfg.get("InstanceType") or cfg.get("machineType")
         gpus = (spec.get("resources") or {}).get("GPU")
         if instance in GPU_INSTANCES or gpus:
-            nodes.append(_lookup(name, instance, source))
+            # a node type without max_workers may take the whole cluster's (Ray's default: 2)
+            most = spec.get("max_workers", doc.get("max_workers", 2))
+            nodes.append(_lookup(name, instance, source, most))
     return nodes
 
 
@@ -90,17 +93,35 @@ def _kuberay_nodes(docs: list[dict[str, Any]], source: str) -> list[GpuNode]:
                                  f"nodeSelector node.kubernetes.io/instance-type nor a pod annotation {ANNOTATION}: "
                                  "the plan cannot know its GPU memory")
             node = _lookup(str(group.get("groupName")), instance, source)
-            nodes.append(GpuNode(node.name, node.instance, gpus, node.gpu_model, node.gpu_bytes))
+            most = group.get("maxReplicas", group.get("replicas", 1))
+            nodes.append(GpuNode(node.name, node.instance, gpus, node.gpu_model, node.gpu_bytes, int(most)))
     return nodes
+
+
+def _read(path: Path) -> list[dict[str, Any]]:
+    try:
+        return [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if isinstance(d, dict)]
+    except (OSError, yaml.YAMLError) as err:
+        raise ValueError(f"{path}: cannot read the cluster file: {err}") from None
+
+
+def gpu_node_cap(path: str | Path) -> int | None:
+    """The most GPU nodes a cluster launcher file lets run at once: its ``max_workers`` less the nodes its
+    other (CPU) node types must keep (``min_workers``); None for KubeRay files (no overall cap)."""
+    docs = [d for d in _read(Path(path)) if "available_node_types" in d]
+    if not docs:
+        return None
+    gpu = {n.name for n in _launcher_nodes(docs[0], str(path))}
+    types = docs[0]["available_node_types"] or {}
+    head = docs[0].get("head_node_type")
+    kept = sum(int(spec.get("min_workers", 0)) for name, spec in types.items() if name not in gpu and name != head)
+    return int(docs[0].get("max_workers", 2)) - kept
 
 
 def gpu_nodes(path: str | Path) -> list[GpuNode]:
     """The GPU node types of a cluster launcher or KubeRay file; a file with none is an error naming it."""
     path = Path(path)
-    try:
-        docs = [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if isinstance(d, dict)]
-    except (OSError, yaml.YAMLError) as err:
-        raise ValueError(f"{path}: cannot read the cluster file: {err}") from None
+    docs = _read(path)
     if any("available_node_types" in d for d in docs):
         nodes = [n for d in docs for n in _launcher_nodes(d, str(path))]
     else:

@@ -10,7 +10,7 @@
     prefloop recipe check RECIPE [--set key=value ...]          validate a recipe, print it resolved, run the preflight
     prefloop data prepare KIND --source SRC --out DIR [...]     the cards' datasets -> prefloop's partitions
     prefloop model import SOURCE [--out DIR]                    a GGUF file (or a package shipping one) -> HF dir
-    prefloop plan RECIPE [--cluster FILE]                       every actor's GPU memory against the cluster
+    prefloop plan RECIPE [--cluster FILE]                       GPU memory per actor, GPUs per phase, against the cluster
 
 Every command that starts Ray runs the preflight first (``app/front/preflight.py``): a missing file, model,
 judge or a plan that does not fit stops it before anything starts. Exit status: 0 ok, 1 ran and found a problem
@@ -145,18 +145,23 @@ def cmd_recipe_check(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from prefloop.app.front.plan import default_cluster, format_plan, plan_needs, read_cluster, shortfalls, uses_gpu
+    from prefloop.app.front.plan import (count_check, default_cluster, format_counts, format_plan, plan_needs,
+                                         read_cluster, shortfalls, uses_gpu)
 
     recipe = load_recipe(args.recipe, args.set, placeholders(), tiny=args.tiny)
     if not uses_gpu(recipe):
         print(f"{recipe.name}: the recipe asks for no GPU: nothing to plan")
         return 0
     cluster = cluster_file(args.cluster) or default_cluster()
-    print(format_plan(recipe, plan_needs(recipe), read_cluster(cluster), cluster))
+    nodes = read_cluster(cluster)
+    print(format_plan(recipe, plan_needs(recipe), nodes, cluster))
+    needs, capacity, _ = count_check(recipe, cluster)
+    print("\n" + format_counts(needs, capacity, nodes))
     errors, risks = shortfalls(recipe, cluster)
     if risks:
         print("\nfits only some node types (Ray may place it on the small one; keep it off):\n  " + "\n  ".join(risks))
-    print("\n" + ("does NOT fit:\n  " + "\n  ".join(errors) if errors else "every actor fits a node type"))
+    fits = "every actor fits a node type and every phase the cluster's GPUs"
+    print("\n" + ("does NOT fit:\n  " + "\n  ".join(errors) if errors else fits))
     return 1 if errors else 0
 
 

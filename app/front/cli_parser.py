@@ -91,7 +91,7 @@ def build_parser(commands: dict[str, Callable]) -> argparse.ArgumentParser:
 
     p = _add(sub, "run", "the round loop: rollout -> train -> swap -> evaluate, every round")
     with_recipe(p)
-    _cluster(p, "refuse to start when an actor cannot fit its GPUs", "no plan check")
+    _cluster(p, "refuse to start when an actor or a phase cannot fit its GPUs", "no plan check")
 
     for name, what in (("rollout", "sample, score and select one round's preference data"),
                        ("train", "train one round's model on Ray Train (DPO / KTO / SFT / cSFT)")):
@@ -139,7 +139,7 @@ def build_parser(commands: dict[str, Callable]) -> argparse.ArgumentParser:
     model_arguments(_add(model, "import", "a GGUF file, or an installed package that ships one, -> a checked HF "
                          "directory (its own tokenizer, chat template and generation config)", "model import"))
 
-    p = _add(sub, "plan", "GPU memory of every actor from the models' config.json, against a cluster")
+    p = _add(sub, "plan", "GPU memory of every actor from the models' config.json and GPUs per phase, against a cluster")
     with_recipe(p, resumes=False)
     _cluster(p, "the GPU node types to plan against", "the ray-cluster.yaml of prefloop's checkout")
 

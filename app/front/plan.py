@@ -1,16 +1,19 @@
-"""``prefloop plan RECIPE [--cluster FILE]``: every actor's GPU memory against the cluster's GPU node types.
+"""``prefloop plan RECIPE [--cluster FILE]``: every actor's GPU memory against the cluster's GPU node types, and
+the GPUs each phase of a round holds at once against the GPUs the cluster scales to (``core/gpu_count.py``).
 
 The figures come from ``core/plan.py`` (config.json alone: no weights, no GPU); the node types from
 ``core/cluster_gpus.py``. A model's ``config.json`` is read from its directory when that exists (on the cluster)
 and otherwise from ``recipes/model_configs/<last path component>/`` (the real models' published configs shipped
 with prefloop), so the plan runs on a laptop. ``prefloop run --cluster FILE`` calls ``check_plan`` first and
-refuses a recipe with an actor that fits none of the node types that could host it; an actor that fits only
+refuses a recipe with an actor that fits none of the node types that could host it, or with a phase that
+needs more GPUs at once than the cluster has; an actor that fits only
 some of them is a warning (Ray may place it on any of them unless the cluster keeps it off the small one). A
 recipe that asks for no GPU (the ``--tiny`` and demo recipes) has nothing to check.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -18,7 +21,8 @@ from importlib.resources import files
 from pathlib import Path
 
 from prefloop.core import plan as P
-from prefloop.core.cluster_gpus import GpuNode, gpu_nodes
+from prefloop.core.cluster_gpus import GpuNode, gpu_node_cap, gpu_nodes
+from prefloop.core.gpu_count import PHASES, Holder, PhaseNeed, count_shortfalls, phase_needs, scalable_gpus
 from prefloop.core.config import Recipe, RecipeError, response_tokens
 from prefloop.core.judges import judge_kind
 from prefloop.core.methods import method
@@ -148,6 +152,82 @@ def plan_needs(recipe: Recipe, configs: Path = MODEL_CONFIGS) -> list[tuple[P.Ne
     return out
 
 
+def gpu_holders(recipe: Recipe) -> list[Holder]:
+    """Every kind of actor that holds GPUs in the round loop, with the phases it is alive in
+    (``core/gpu_count.py``): the generators and the Serve replica for the whole run; a scorer configuration
+    from its first use on (the rollout; ReMax's training; else the eval, so the training of later rounds);
+    the reference pass's actors and the training workers in their own phase."""
+    from prefloop.app.judging.eval_judges import judge_independent
+
+    res, t, later = recipe.resources, recipe.train, recipe.loop.rounds > 1
+    on_policy = t is not None and method(t.method).on_policy
+    scored_from = ("rollout" if (t is None or t.data is None) and not on_policy
+                   else "training" if on_policy else "eval")
+    out = []
+    if res.generator_gpus > 0:
+        out.append(Holder("generators", recipe.rollout.num_generators, res.generator_gpus, PHASES,
+                          ("rollout.num_generators", "resources.generator_gpus")))
+        if recipe.loop.serve:  # one replica, on the generators' GPU setting (its re-ranker in the same process)
+            out.append(Holder("serve replica", 1, res.generator_gpus, PHASES,
+                              ("loop.serve", "resources.generator_gpus")))
+    if res.scorer_gpus > 0 and judge_kind(recipe.scorer.kind).gpu:
+        out.append(Holder("scorers", recipe.scorer.num_scorers, res.scorer_gpus, _alive_from(scored_from, later),
+                          ("scorer.num_scorers", "resources.scorer_gpus")))
+    judge = recipe.eval.judge
+    if res.scorer_gpus > 0 and judge is not None and judge_kind(judge.kind).gpu and judge_independent(recipe):
+        out.append(Holder("eval judge", 1, res.scorer_gpus, _alive_from("eval", later),
+                          ("eval.judge", "resources.scorer_gpus")))
+    if t is not None and t.use_gpu:
+        keys = ("train.num_workers", "train.use_gpu")
+        out.append(Holder("training workers", t.num_workers, 1, ("training",), keys))
+        m = method(t.method)
+        live = on_policy or (t.reference_mode == "live" and m.needs_reference)
+        if not live and any(method(name).needs_reference for name in recipe.loop.methods or [t.method]):
+            out.append(Holder("reference pass", t.num_workers, 1, ("reference pass",), keys))
+    return out
+
+
+def _alive_from(first: str, later_rounds: bool) -> tuple[str, ...]:
+    """The phases an actor kept from ``first`` on is alive in: from there to the round's end, and in every
+    phase when later rounds follow."""
+    return PHASES if later_rounds else PHASES[PHASES.index(first):]
+
+
+# What a one-round command starts (no Serve; the rollout's own pools; ReMax's training samples and scores)
+ONE_ROUND = {"rollout": (("rollout",), {"generators", "scorers"}),
+             "train": (("reference pass", "training"), {"training workers", "reference pass"})}
+
+
+def command_holders(recipe: Recipe, command: str = "run") -> list[Holder]:
+    """``gpu_holders`` of the round loop (``run``), or of a one-round command: its actors in its phases."""
+    holders = gpu_holders(recipe)
+    if command not in ONE_ROUND:
+        return holders
+    phases, actors = ONE_ROUND[command]
+    if command == "train" and recipe.train is not None and method(recipe.train.method).on_policy:
+        actors = actors | {"generators", "scorers"}
+    return [dataclasses.replace(h, phases=phases if h.actor in {"generators", "scorers"} else h.phases)
+            for h in holders if h.actor in actors]
+
+
+def count_check(recipe: Recipe, cluster: str, command: str = "run") -> tuple[list[PhaseNeed], int, list[str]]:
+    """(GPUs per phase, GPUs the cluster scales to, one error per phase that does not fit), for ``command``."""
+    nodes = gpu_nodes(cluster)
+    capacity = scalable_gpus([(n.gpus, n.max_nodes) for n in nodes], gpu_node_cap(cluster))
+    needs = phase_needs(command_holders(recipe, command))
+    return needs, capacity, count_shortfalls(needs, capacity, cluster)
+
+
+def format_counts(needs: list[PhaseNeed], capacity: int, nodes: list[GpuNode]) -> str:
+    scale = ", ".join(f"{n.name} up to {n.max_nodes} x {n.gpus}" for n in nodes)
+    lines = [f"GPUs at once per phase of a round (the cluster scales to {capacity}: {scale})"]
+    for need in needs:
+        mark = "ok" if need.gpus <= capacity else "DOES NOT FIT"
+        lines.append(f"  {need.phase:<15} {need.gpus:>5g}  {mark:<12} "
+                     + ", ".join(f"{h.actor} {h.count} x {h.gpus:g}" for h in need.holders))
+    return "\n".join(lines)
+
+
 @dataclass
 class Verdict:
     actor: str
@@ -199,26 +279,29 @@ def _sentence(v: Verdict) -> str:
             f"has {P.fmt_gb(v.budget)} GB: short by {P.fmt_gb(v.need - v.budget)} GB")
 
 
-def shortfalls(recipe: Recipe, cluster: str, configs: Path = MODEL_CONFIGS) -> tuple[list[str], list[str]]:
+def shortfalls(recipe: Recipe, cluster: str, configs: Path = MODEL_CONFIGS,
+               command: str = "run") -> tuple[list[str], list[str]]:
     """(errors, risks): an actor that fits no node type able to host it is an error; one that fits some but not
     all is a risk (Ray may place it on the small one unless the cluster keeps it off), both naming the actor,
-    the node type and the shortfall."""
+    the node type and the shortfall. A phase of the round that holds more GPUs at once than the cluster scales
+    to is an error too, naming the phase, its actors and the recipe keys that set their counts."""
     vs = verdicts(plan_needs(recipe, configs), gpu_nodes(cluster))
     errors, risks = [], []
     for actor in dict.fromkeys(v.actor for v in vs):
         mine = [v for v in vs if v.actor == actor]
         short = [_sentence(v) for v in mine if not v.fits]
         (errors if len(short) == len(mine) else risks).extend(short)
-    return errors, risks
+    return errors + count_check(recipe, cluster, command)[2], risks
 
 
-def check_plan(recipe: Recipe, cluster: str | None) -> None:
-    """``prefloop run``'s guard: a RecipeError naming each actor that fits no node type, its node types and the
-    shortfall; risks (fits only some node types) are logged as warnings."""
+def check_plan(recipe: Recipe, cluster: str | None, command: str = "run") -> None:
+    """``prefloop run``'s guard (and ``rollout`` / ``train``'s, counting what that command starts): a RecipeError
+    naming each actor that fits no node type, its node types and the shortfall, and each phase with more GPUs
+    at once than the cluster has; risks (fits only some node types) are logged as warnings."""
     if cluster is None or not uses_gpu(recipe):
         log.info("plan check skipped: %s", "no --cluster file" if cluster is None else "the recipe asks for no GPU")
         return
-    errors, risks = shortfalls(recipe, cluster)
+    errors, risks = shortfalls(recipe, cluster, command=command)
     for risk in risks:
         log.warning("plan: %s (fits another node type: keep it there)", risk)
     if errors:

@@ -134,7 +134,7 @@ def preflight(recipe: Recipe, command: str = "run", rounds: Iterable[int] | None
             problems.append(str(err))
     problems += data_checks(recipe, rounds, stages) + model_checks(recipe, stages, assets_dir)
     try:
-        check_plan(recipe, cluster)
+        check_plan(recipe, cluster, command)
     except (RecipeError, ValueError) as err:
         problems.append(str(err))
     return problems

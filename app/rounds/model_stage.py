@@ -8,6 +8,7 @@ manifest, committed atomically as ``round_R/model``; the metrics also go to ``RU
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Any, Callable
@@ -15,6 +16,8 @@ from typing import Any, Callable
 from prefloop.app.storage.model_files import stamp_model
 from prefloop.app.storage.rundir import MODEL, RunDir, write_manifest
 from prefloop.app.storage.tables import write_jsonl
+
+log = logging.getLogger(__name__)
 
 
 def commit_model(run: RunDir, round_idx: int, checkpoint: Any, *, chat_template: str,
@@ -46,7 +49,20 @@ def commit_model(run: RunDir, round_idx: int, checkpoint: Any, *, chat_template:
                 shutil.copy(ckpt / "trained_examples.jsonl", out / "trained_examples.jsonl")
             write_manifest(out, manifest)
     run.rebuild_metrics()
+    warning = optimizer_reset_warning(round_idx, manifest["steps"])
+    if warning:
+        log.warning(warning)
     return manifest
+
+
+def optimizer_reset_warning(round_idx: int, steps: dict[str, Any]) -> str | None:
+    """What the driver says when the round's training resumed without its optimizer state (an FSDP
+    checkpoint): the workers' log says it too, but the driver's console is what a user reads."""
+    if not steps.get("optimizer_reset_at"):
+        return None
+    return (f"round {round_idx}: training resumed WITHOUT optimizer state at step(s) {steps['optimizer_reset_at']}: "
+            "AdamW's moments and the schedule restarted there (FSDP checkpoints do not hold the sharded optimizer "
+            "state); the model manifest records steps.optimizer_reset_at")
 
 
 def mean_of(history: list[dict[str, Any]], key: str) -> float | None:

@@ -117,3 +117,72 @@ def test_prefloop_run_refuses_before_starting_anything(capsys, monkeypatch):
     err = capsys.readouterr().err
     # exit 1: the preflight ran and found problems (the plan's shortfall among them)
     assert rc == 1 and "trainer (gpu-1x, g5.2xlarge, A10G)" in err and "short by" in err
+
+
+ONE_8_GPU_NODE = """max_workers: 2
+available_node_types:
+  head: {resources: {CPU: 0}, node_config: {InstanceType: m6i.2xlarge}}
+  driver: {min_workers: 1, max_workers: 1, resources: {prefloop_driver: 1}, node_config: {InstanceType: m6i.4xlarge}}
+  gpu_8x: {min_workers: 0, max_workers: 1, resources: {}, node_config: {InstanceType: p4de.24xlarge}}
+head_node_type: head
+"""
+
+
+def test_plan_counts_the_gpus_of_each_phase_against_what_the_cluster_scales_to(tmp_path, capsys):
+    """The Snorkel recipe keeps 4 generators, 2 scorers and a Serve replica alive beside 8 training workers:
+    15 GPUs, which one 8-GPU node cannot hold (80 GB A100s: every actor's memory fits, the count does not);
+    the 16 GPUs of ray-cluster.yaml (8 x 1 + 1 x 8) can."""
+    from prefloop.app.front.cli import main
+    from prefloop.app.front.plan import count_check, gpu_holders
+    from prefloop.app.front.preflight import preflight
+    from prefloop.core.config import load_recipe
+
+    recipe = load_recipe(ROOT / "recipes" / "snorkel-pairrm-dpo.yaml")
+    got = {(h.actor, h.count, h.gpus) for h in gpu_holders(recipe)}
+    assert got == {("generators", 4, 1), ("scorers", 2, 1), ("serve replica", 1, 1), ("training workers", 8, 1),
+                   ("reference pass", 8, 1)}
+    small = tmp_path / "one-node.yaml"
+    small.write_text(ONE_8_GPU_NODE)
+    needs, capacity, errors = count_check(recipe, str(small))
+    assert capacity == 8 and [(n.phase, n.gpus) for n in needs] == [("rollout", 7), ("reference pass", 15),
+                                                                     ("training", 15), ("eval", 7)]
+    assert [e.split(":")[0] for e in errors] == ["reference pass", "training"]
+    assert "train.num_workers" in errors[1] and "rollout.num_generators" in errors[1] and "loop.serve" in errors[1]
+    assert count_check(recipe, str(ROOT / "ray-cluster.yaml"))[1:] == (16, [])
+
+    assert main(["plan", str(ROOT / "recipes" / "snorkel-pairrm-dpo.yaml"), "--cluster", str(small)]) == 1
+    out = capsys.readouterr().out
+    assert "training           15  DOES NOT FIT" in out and "training: 15 GPUs at once" in out
+    problems = preflight(recipe, "run", cluster=str(small))  # `prefloop run` refuses it before anything starts
+    assert any(p.startswith(f"{recipe.name}: the plan does not fit") and "training: 15 GPUs" in p for p in problems)
+
+
+def test_a_later_round_keeps_its_scorers_through_training_and_a_one_round_offline_run_does_not():
+    from prefloop.app.front.plan import gpu_holders
+    from prefloop.core.config import load_recipe
+
+    recipe = load_recipe(ROOT / "recipes" / "snorkel-pairrm-dpo.yaml")
+    offline = recipe.model_copy(update={"train": recipe.train.model_copy(update={"data": "/d/pairs.parquet"}),
+                                        "loop": recipe.loop.model_copy(update={"rounds": 1})})
+    scorers = next(h for h in gpu_holders(offline) if h.actor == "scorers")
+    assert scorers.phases == ("eval",)  # first used by the eval, after the training
+    again = offline.model_copy(update={"loop": offline.loop.model_copy(update={"rounds": 2})})
+    assert "training" in next(h for h in gpu_holders(again) if h.actor == "scorers").phases
+
+
+def test_a_one_round_command_counts_only_what_it_starts(tmp_path):
+    """`prefloop rollout --round R` starts its generators and scorers (6 GPUs: no Serve replica), `train --round
+    R` the training workers (8): each fits the one 8-GPU node that `run` does not."""
+    from prefloop.app.front.plan import check_plan, count_check
+    from prefloop.core.config import RecipeError, load_recipe
+
+    recipe = load_recipe(ROOT / "recipes" / "snorkel-pairrm-dpo.yaml")
+    small = tmp_path / "one-node.yaml"
+    small.write_text(ONE_8_GPU_NODE)
+    needs, _, errors = count_check(recipe, str(small), "rollout")
+    assert [(n.phase, n.gpus) for n in needs] == [("rollout", 6)] and errors == []
+    needs, _, errors = count_check(recipe, str(small), "train")
+    assert [(n.phase, n.gpus) for n in needs] == [("reference pass", 8), ("training", 8)] and errors == []
+    check_plan(recipe, str(small), "train")
+    with pytest.raises(RecipeError, match="training: 15 GPUs at once"):
+        check_plan(recipe, str(small))
