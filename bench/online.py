@@ -30,12 +30,12 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]  # bench/select-like names shadow stdlib
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
+import argparse
+import json
+import os
+import subprocess
+import tempfile
+import time
 
 ROOT = HERE.parent
 DATA = ROOT / "tinyworld" / "data" / "ifeval_synth"
@@ -64,7 +64,7 @@ def run_prefloop(out: Path, args: argparse.Namespace) -> dict:
             f"train.beta={BETA}"]
     cmd = [sys.executable, "-m", "prefloop", "run", str(RECIPE), *[a for s in sets for a in ("--set", s)]]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=3600)
+    proc = subprocess.run(cmd, cwd=ROOT, check=False, capture_output=True, text=True, timeout=3600)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         sys.exit(f"prefloop run failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -82,7 +82,7 @@ def run_trl(model_dir: str, out: Path, steps: int, args: argparse.Namespace, vll
     spec = {"model": model_dir, "out": str(out), "steps": steps, "rounds": args.rounds, "prompts": args.prompts,
             "max_tokens": args.max_tokens, "vllm": vllm}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--trl-arm", json.dumps(spec)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=5400,
+    proc = subprocess.run(cmd, cwd=ROOT, check=False, capture_output=True, text=True, timeout=5400,
                           env={**os.environ, "TRL_EXPERIMENTAL_SILENCE": "1"})
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("TRL-RESULT ")]
     if proc.returncode != 0 or not lines:
@@ -135,27 +135,40 @@ def trl_arm(spec: dict) -> None:
 
 
 def grade_models(models: dict[str, str], heldout: int, max_tokens: int) -> dict[str, dict]:
-    """Greedy held-out answers of each model (vLLM, the model's chat template), graded by IFEval's checkers."""
+    """Each model graded in its own process (this script with --grade-arm), so each vLLM engine is gone after."""
+    out = {}
+    for name, path in models.items():
+        spec = json.dumps({"model": path, "heldout": heldout, "max_tokens": max_tokens})
+        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--grade-arm", spec], cwd=ROOT,
+                              check=False, capture_output=True, text=True, timeout=1800)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("GRADE-RESULT ")]
+        if proc.returncode != 0 or not lines:
+            sys.exit(f"grading {name} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        out[name] = json.loads(lines[-1].removeprefix("GRADE-RESULT "))
+        print(f"{name}: {out[name]}", flush=True)
+    return out
+
+
+def grade_arm(spec: dict) -> None:
+    """Greedy held-out answers of one model (vLLM, the model's chat template), graded by IFEval's checkers."""
     from transformers import AutoTokenizer
     from vllm import LLM, SamplingParams
 
     from prefloop.core import ifeval
 
-    rows = read_jsonl(DATA / "heldout.jsonl", heldout)
+    rows = read_jsonl(DATA / "heldout.jsonl", spec["heldout"])
     table = ifeval.read_instructions(DATA / "instructions.jsonl", ifeval.runnable_ids())
-    out = {}
-    for name, path in models.items():
-        tok = AutoTokenizer.from_pretrained(path)
-        texts = [tok.apply_chat_template([{"role": "user", "content": r["prompt"]}], tokenize=False,
-                                         add_generation_prompt=True) for r in rows]
-        llm = LLM(model=path, dtype="float32", max_model_len=512, seed=0, enforce_eager=True)
-        answers = [o.outputs[0] for o in llm.generate(texts, SamplingParams(temperature=0.0, max_tokens=max_tokens))]
-        grades = [ifeval.grade(r["prompt"], a.text, table[r["prompt_id"]]) for r, a in zip(rows, answers)]
-        out[name] = {**{k: round(v, 3) for k, v in ifeval.figures(grades).items()},
-                     "mean_tokens": round(sum(len(a.token_ids) for a in answers) / len(answers), 1)}
-        del llm
-        print(f"{name}: {out[name]}")
-    return out
+    tok = AutoTokenizer.from_pretrained(spec["model"])
+    texts = [tok.apply_chat_template([{"role": "user", "content": r["prompt"]}], tokenize=False,
+                                     add_generation_prompt=True) for r in rows]
+    llm = LLM(model=spec["model"], dtype="float32", max_model_len=512, seed=0, enforce_eager=True,
+              kv_cache_memory_bytes=512 * 1024**2)
+    params = SamplingParams(temperature=0.0, max_tokens=spec["max_tokens"])
+    answers = [o.outputs[0] for o in llm.generate(texts, params)]
+    grades = [ifeval.grade(r["prompt"], a.text, table[r["prompt_id"]]) for r, a in zip(rows, answers)]
+    result = {**{k: round(v, 3) for k, v in ifeval.figures(grades).items()},
+              "mean_tokens": round(sum(len(a.token_ids) for a in answers) / len(answers), 1)}
+    print("GRADE-RESULT " + json.dumps(result), flush=True)
 
 
 def main() -> None:
@@ -166,9 +179,12 @@ def main() -> None:
     p.add_argument("--heldout", type=int, default=64)
     p.add_argument("--trl-generation", choices=["auto", "vllm", "transformers"], default="auto")
     p.add_argument("--trl-arm", help=argparse.SUPPRESS)
+    p.add_argument("--grade-arm", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.trl_arm:
         return trl_arm(json.loads(args.trl_arm))
+    if args.grade_arm:
+        return grade_arm(json.loads(args.grade_arm))
     sys.path.insert(0, str(ROOT))
     from prefloop.app.models.catalog import model_dir
 
