@@ -169,7 +169,7 @@ _JINJA = {"tulu": _TULU_JINJA, "mistral": _MISTRAL_JINJA, "ultrarm": _ULTRARM_JI
 
 
 def _control_suffix(token: str, guarded: bool = True) -> str:
-    guard = f" and not {NO_CONTROL}" if guarded else ""  # unguarded: how models saved before the guard end
+    guard = f" and not {NO_CONTROL}" if guarded else ""  # unguarded: a suffix that always appends the token
     return "{%- if add_generation_prompt" + guard + " -%}{{ " + repr(token) + " }}{%- endif -%}"
 
 
