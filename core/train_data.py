@@ -31,10 +31,9 @@ from typing import Any, Callable, Iterable, Sequence
 
 from prefloop.core.methods import method as method_of
 from prefloop.core.prompts import Fields, InputError, Rejected, _iter_source, derive_prompt_id
-from prefloop.core.templates import validate_messages
+from prefloop.core.templates import CONTROL_TOKENS, validate_messages
 
-GOOD, BAD = "<|good|>", "<|bad|>"
-CONTROL_TOKENS = (GOOD, BAD)
+GOOD, BAD = CONTROL_TOKENS
 KIND_COLUMNS = {"prefs": ("chosen", "rejected"), "kto": ("completion", "label"), "sft": ("completion",)}
 
 

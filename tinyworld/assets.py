@@ -38,7 +38,7 @@ from typing import Any, Iterable, Iterator
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 4  # bump when what a build produces changes; older caches are then rebuilt
+FORMAT_VERSION = 5  # bump when what a build produces changes; older caches are then rebuilt
 MARKER = "prefloop-assets.json"
 PARTS = ("policy", "pairrm", "reward")
 # Torch threads per builder, fixed so the numbers do not depend on the machine. The policy's pre-training gives

@@ -10,8 +10,17 @@ CHAT = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hel
 
 def test_tulu():
     assert render_prompt([{"role": "user", "content": "Hi"}], "tulu") == "<|user|>\nHi\n<|assistant|>\n"
-    assert render_prompt(CHAT, "tulu") == ("<|user|>\nHi\n<|assistant|>\nHello</s>\n"
-                                           "<|user|>\nName a fruit.\n<|assistant|>\n")
+
+
+def test_tulu_multi_turn_has_no_eos():
+    """The Contextual KTO card's own example, "No end-of-sequence (EOS) token is added to the prompt", and HALOs'
+    HH / OASST prompts (assistant_suffix "") carry no EOS after an earlier assistant turn."""
+    card = [{"role": "user", "content": "Hi! I'm looking for a cake recipe."},
+            {"role": "assistant", "content": "What kind of cake?"}, {"role": "user", "content": "Chocolate cake."}]
+    expected = ("<|user|>\nHi! I'm looking for a cake recipe.\n<|assistant|>\nWhat kind of cake?\n"
+                "<|user|>\nChocolate cake.\n<|assistant|>\n")
+    assert render_prompt(card, "tulu") == expected
+    assert render_prompt(card, "tulu", FakeTokenizer()) == expected  # whatever the tokenizer's EOS
 
 
 def test_mistral():
@@ -33,8 +42,10 @@ class FakeTokenizer:
     bos_token, bos_token_id, eos_token, chat_template = "<s>", 1, "</s>", "x"
     adds_bos = True
 
-    def apply_chat_template(self, messages, tokenize, add_generation_prompt):
-        return "<s>" + "".join(m["content"] for m in messages) + ("|gen|" if add_generation_prompt else "")
+    suffix = ""  # what the template writes after the generation prompt whatever it is asked
+
+    def apply_chat_template(self, messages, tokenize, add_generation_prompt, **variables):
+        return "<s>" + "".join(m["content"] for m in messages) + ("|gen|" + self.suffix if add_generation_prompt else "")
 
     def __call__(self, text, add_special_tokens=True):
         return {"input_ids": ([1] if add_special_tokens and self.adds_bos else []) + [ord(c) for c in text]}
@@ -50,6 +61,14 @@ def test_tokenizer_template_keeps_a_bos_the_tokenizer_does_not_add():
     tok = FakeTokenizer()
     tok.adds_bos = False
     assert render_prompt([{"role": "user", "content": "Hi"}], "tokenizer", tok) == "<s>Hi|gen|"
+
+
+def test_a_template_that_always_appends_a_control_token_is_refused():
+    """Such a template (saved before the NO_CONTROL guard) and generation_text would ask for <|good|><|good|>."""
+    tok = FakeTokenizer()
+    tok.suffix = "<|good|>"
+    with pytest.raises(ValueError, match="appends the control token <\\|good\\|> itself"):
+        render_prompt([{"role": "user", "content": "Hi"}], "tokenizer", tok)
 
 
 def test_tokenizer_template_needs_a_template():

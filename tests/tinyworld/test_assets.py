@@ -67,7 +67,7 @@ def test_chat_template_is_tulu(policy):
     assert tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) == \
         "<s><|user|>\nExplain bees.\n<|assistant|>\n"
     done = tok.apply_chat_template(msgs + [{"role": "assistant", "content": "Hi."}], tokenize=False)
-    assert done == "<s><|user|>\nExplain bees.\n<|assistant|>\nHi.</s>\n"
+    assert done == "<s><|user|>\nExplain bees.\n<|assistant|>\nHi.\n"  # TuluV2: no EOS inside a prompt
     assert tok.padding_side == "right" and tok.pad_token == "<pad>"
     assert tok("x")["input_ids"][0] == tok.bos_token_id  # BOS comes from tokenisation, once
     assert tok.convert_tokens_to_ids("<|assistant|>") != tok.unk_token_id
