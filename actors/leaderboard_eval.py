@@ -32,7 +32,7 @@ def load_model(spec: dict[str, Any], model_dir: str) -> Any:
 
 def evaluate(spec: dict[str, Any], model_dir: str, log_samples: bool = False) -> dict[str, Any]:
     """Run ``spec["tasks"]`` (name -> few-shot count) on ``model_dir``; lm_eval's ``results``, ``n-shot``,
-    ``n-samples``, ``versions`` and ``higher_is_better`` merged over the tasks (and ``samples`` with
+    ``n-samples``, ``versions``, ``higher_is_better`` and ``group_subtasks`` merged over the tasks (and ``samples`` with
     ``log_samples``), plus ``lm_eval_version``."""
     import lm_eval
     from lm_eval.tasks import TaskManager
@@ -40,7 +40,7 @@ def evaluate(spec: dict[str, Any], model_dir: str, log_samples: bool = False) ->
     manager = TaskManager(include_path=spec["include_path"]) if spec["include_path"] else TaskManager()
     lm = load_model(spec, model_dir)
     merged: dict[str, Any] = {"results": {}, "n-shot": {}, "n-samples": {}, "versions": {}, "higher_is_better": {},
-                              "samples": {}, "lm_eval_version": getattr(lm_eval, "__version__", None)}
+                              "group_subtasks": {}, "samples": {}, "lm_eval_version": getattr(lm_eval, "__version__", None)}
     for name, shots in spec["tasks"].items():
         log.info("lm_eval: %s, %d-shot, limit %s, on %s", name, shots, spec["limit"], model_dir)
         out = lm_eval.simple_evaluate(model=lm, tasks=[name], num_fewshot=shots, limit=spec["limit"],
@@ -48,7 +48,7 @@ def evaluate(spec: dict[str, Any], model_dir: str, log_samples: bool = False) ->
                                       bootstrap_iters=spec.get("bootstrap_iters", 100000))
         if out is None:  # lm_eval returns None on ranks other than 0; this task runs one process
             raise RuntimeError(f"lm_eval returned no results for task {name}")
-        for key in ("results", "n-shot", "n-samples", "versions", "higher_is_better"):
+        for key in ("results", "n-shot", "n-samples", "versions", "higher_is_better", "group_subtasks"):
             merged[key].update(out.get(key) or {})
         if log_samples:
             merged["samples"].update(out.get("samples") or {})

@@ -96,9 +96,16 @@ def task_label(name: str) -> str:
     return CARD_TASKS[name].label if name in CARD_TASKS else name
 
 
+def subtasks(name: str, groups: dict[str, list[str]]) -> list[str]:
+    """The tasks lm_eval ran for ``name``: itself, or a group's tasks (lm_eval's ``group_subtasks``), recursively."""
+    if not groups.get(name):
+        return [name]
+    return [leaf for sub in groups[name] for leaf in subtasks(sub, groups)]
+
+
 def figures(cfg: LeaderboardConfig, results: dict[str, Any]) -> dict[str, Any]:
     """The eval manifest's ``leaderboard`` and ``leaderboard_average`` from lm_eval's merged output
-    (``results``, ``n-shot``, ``n-samples``; see the module docstring). Scores are percent, as on the cards."""
+    (``results``, ``n-shot``, ``n-samples``, ``group_subtasks``; see the module docstring). Scores are percent, as on the cards."""
     per_task: dict[str, Any] = {}
     for name, task in cfg.tasks.items():
         metric = cfg.metric(name)
@@ -106,17 +113,20 @@ def figures(cfg: LeaderboardConfig, results: dict[str, Any]) -> dict[str, Any]:
         if got is None or metric not in got:
             have = sorted(k for k in (got or {}) if "," in k)
             raise ValueError(f"lm_eval's results for task {name} have no {metric!r} (they have: {have})")
-        shots = results.get("n-shot", {}).get(name)
-        if shots is not None and int(shots) != task.num_fewshot:
-            raise ValueError(f"lm_eval ran task {name} {shots}-shot, not {task.num_fewshot}-shot as "
-                             f"eval.leaderboard.tasks.{name} asks (its task YAML fixes the count)")
+        leaves = subtasks(name, results.get("group_subtasks") or {})
+        for leaf in leaves:  # a group (mmlu): each of its tasks
+            shots = results.get("n-shot", {}).get(leaf)
+            if shots is not None and int(shots) != task.num_fewshot:
+                of = f" (of {name})" if leaf != name else ""
+                raise ValueError(f"lm_eval ran task {leaf}{of} {shots}-shot, not {task.num_fewshot}-shot as "
+                                 f"eval.leaderboard.tasks.{name} asks (its task YAML fixes the count)")
         name_m, _, filt = metric.partition(",")
         stderr = got.get(f"{name_m}_stderr,{filt}")
-        samples = results.get("n-samples", {}).get(name, {})
+        counts = [results.get("n-samples", {}).get(leaf, {}).get("effective") for leaf in leaves]
         per_task[name] = {
             "metric": metric, "num_fewshot": task.num_fewshot, "score": 100.0 * float(got[metric]),
             "stderr": None if not isinstance(stderr, (int, float)) else 100.0 * float(stderr),
-            "card": task.card, "items": samples.get("effective"), "limit": cfg.limit,
+            "card": task.card, "items": None if None in counts else sum(counts), "limit": cfg.limit,
         }
     scores = [t["score"] for t in per_task.values()]
     return {"leaderboard": per_task, "leaderboard_average": sum(scores) / len(scores)}

@@ -70,6 +70,21 @@ def test_figures_are_the_metric_in_percent_with_the_card_beside_it():
     assert out["leaderboard_average"] == pytest.approx((56.14 + 16.83) / 2)
 
 
+def test_a_group_is_checked_and_counted_over_its_tasks():
+    out = {"results": {"mmlu": {"acc,none": 0.4784, "acc_stderr,none": 0.004}},
+           "group_subtasks": {"mmlu": ["mmlu_stem", "mmlu_other"], "mmlu_stem": ["mmlu_algebra", "mmlu_physics"],
+                              "mmlu_other": ["mmlu_nutrition"]},
+           "n-shot": {"mmlu_algebra": 5, "mmlu_physics": 5, "mmlu_nutrition": 5},
+           "n-samples": {"mmlu_algebra": {"effective": 100}, "mmlu_physics": {"effective": 102},
+                         "mmlu_nutrition": {"effective": 306}}}
+    cfg = LeaderboardConfig.model_validate({"tasks": {"mmlu": 5}})
+    mmlu = figures(cfg, out)["leaderboard"]["mmlu"]
+    assert mmlu["score"] == pytest.approx(47.84) and mmlu["items"] == 508
+    out["n-shot"]["mmlu_physics"] = 0
+    with pytest.raises(ValueError, match=r"ran task mmlu_physics \(of mmlu\) 0-shot, not 5-shot"):
+        figures(cfg, out)
+
+
 def test_figures_fail_on_another_few_shot_count_or_a_missing_metric():
     cfg = LeaderboardConfig.model_validate({"tasks": {"arc_challenge": 25}})
     with pytest.raises(ValueError, match="ran task arc_challenge 0-shot, not 25-shot"):
