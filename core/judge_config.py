@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from prefloop.core.judges import JUDGE_KINDS, SCORER_KINDS, judge_kind, missing_fields
+from prefloop.core.leaderboard import LeaderboardConfig
 from prefloop.core.strict import ChatTemplate, StrictModel
 
 
@@ -106,6 +107,8 @@ class EvalConfig(StrictModel):
     best_of: int | None = Field(None, ge=2, description="Also evaluate best-of-N: N samples per held-out prompt, "
                                 "reranked by PairRM (the eval judge if pairrm, else the training scorer, which "
                                 "must then be pairrm), the top one judged like the greedy answer. Default null.")
+    leaderboard: LeaderboardConfig | None = Field(None, description="lm_eval tasks (the Open LLM Leaderboard's) run "
+                                                  "on each round's model (app/rounds/leaderboard.py). Default null.")
 
 
 def _require_fields(cfg: "ScorerConfig | JudgeConfig", key: str) -> None:

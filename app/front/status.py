@@ -24,7 +24,7 @@ from prefloop.app.storage.rundir import upgrade_manifest
 from prefloop.core.prompts import InputError
 
 ROUND_DIR = re.compile(r"^round_(\d+)$")
-STAGE_ORDER = ("base_answers", "rollout", "model", "eval")
+STAGE_ORDER = ("base_answers", "rollout", "model", "leaderboard", "eval")
 
 
 def _open(run_dir: str) -> tuple[Any, str]:

@@ -3,8 +3,9 @@
 For round r: the generators hold the round's starting policy (base, or round r-1's model); rollout samples
 and judges; training makes ``round_r/model`` against the previous round as reference; the new weights are
 swapped into the same vLLM engines (no restart; the swap time is reported) and, when ``loop.serve`` is on,
-into the Ray Serve app; the held-out prompts are answered and judged against the base model; the round's
-``eval`` stage commits last. Every stage commits atomically, so running the same command again after a crash
+into the Ray Serve app; with ``eval.leaderboard``, lm_eval's tasks run on the new model
+(``app/rounds/leaderboard.py``); the held-out prompts are answered and judged against the base model; the
+round's ``eval`` stage commits last. Every stage commits atomically, so running the same command again after a crash
 continues from the last committed stage: no round is lost, none is trained twice.
 """
 
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from prefloop.app.dataflow.pipeline import keep_scorers
 from prefloop.app.dataflow.runtime import init_ray
-from prefloop.app.rounds import evaluate
+from prefloop.app.rounds import evaluate, leaderboard
 from prefloop.app.rounds.remax import run_remax
 from prefloop.app.rounds.rollout import run_rollout
 from prefloop.app.rounds.round import Round
@@ -118,6 +119,9 @@ def run_round(recipe: Recipe, run: RunDir, r: int, pool: GeneratorPool, eval_row
     serve_swap_s = swap_into_serve(rnd.recipe, model_dir, r, serving)
     summary = round_summary(rnd, swap_s=swap_s or swap_in, serve_swap_s=serve_swap_s,
                             timings_s={"rollout": t_rollout, "train": t_train})
+    if rnd.recipe.eval.leaderboard is not None:  # lm_eval's tasks on the committed model, into the eval manifest
+        enter_activity(tel, "leaderboard", r)
+        summary.update(leaderboard.round_figures(rnd, model_dir))
     enter_activity(tel, "eval", r)
     return evaluate.evaluate_round(rnd, eval_rows, base, summary, started)
 

@@ -39,6 +39,7 @@ ROLLOUT = "rollout"  # samples, scores, pairs and KTO examples
 MODEL = "model"  # the round's trained model (an HF directory) and its manifest
 EVAL = "eval"  # the held-out answers judged against the base model's
 BASE_ANSWERS = "base_answers"  # round_0 only: the base model's held-out answers, generated once per run
+LEADERBOARD = "leaderboard"  # lm_eval's results on the round's model (eval.leaderboard), read into its eval manifest
 TRAIN_WORK, REMAX_WORK = "train", "remax"  # a running round's scratch (checkpoints); removed once committed
 
 # Files at the top of a run directory.

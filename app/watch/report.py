@@ -13,6 +13,7 @@ from typing import Any
 
 from prefloop.app.storage.rundir import EVAL, REPORT_MD, REPORT_PNG, ROUNDS_FILE, RunDir
 from prefloop.app.watch import report_html
+from prefloop.app.watch.report_leaderboard import report_section
 from prefloop.core.config import Recipe
 
 log = logging.getLogger(__name__)
@@ -137,6 +138,7 @@ def write_report(recipe: Recipe, run: RunDir) -> list[dict[str, Any]]:
     from prefloop.app.judging.ifeval_judge import report_tables
 
     text += report_tables(rows)  # the ifeval judge's figures and instruction table (none for other judges)
+    text += report_section(rows)  # eval.leaderboard: lm_eval's scores beside the card's (none without it)
     if has_plot:
         text += ["![per-round metrics](report.png)", ""]
     text += ["Per round: `round_R/rollout/` (candidates, pairs, KTO examples), `round_R/model/` (the model), "

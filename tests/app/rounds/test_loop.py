@@ -5,7 +5,7 @@
   then the same command again is a no-op.
 - Contextual KTO (its online variant): a driver killed mid-round resumes without redoing committed work, in
   tests/app/front/test_killed_driver.py.
-- Archangel (offline SFT then KTO on a preference file, no rollout).
+- Archangel (offline SFT then KTO on a preference file, no rollout), with lm_eval's leaderboard step per round.
 """
 
 import json
@@ -96,3 +96,8 @@ def test_archangel_tiny_offline_sft_then_kto(tmp_path, tiny_env, ray_cluster, gr
     assert info == {"chat_template": "tokenizer", "method": "kto", "control_token": None}
     for m in rows:  # the eval manifest's keys, graded by the tiny world's preference
         graded_by_gold(tmp_path / "run", m)
+    for m in rows:  # eval.leaderboard (--tiny: the local ARC-style task): lm_eval's score in every round's manifest
+        arc = m["leaderboard"]["tiny_arc"]
+        assert arc["num_fewshot"] == 2 and arc["items"] == 10 and 0 <= arc["score"] <= 100
+        assert (tmp_path / "run" / f"round_{m['round']}" / "leaderboard" / "results.json").is_file()
+    assert "## Open LLM Leaderboard tasks" in (tmp_path / "run" / "report.md").read_text()
