@@ -172,6 +172,11 @@ class Recipe(StrictModel):
         if need > self.rollout.max_model_len:
             raise ValueError(f"data.max_prompt_tokens + rollout.max_tokens = {need} exceeds "
                              f"rollout.max_model_len = {self.rollout.max_model_len}")
+        if self.eval.max_tokens is not None and self.data.max_prompt_tokens + self.eval.max_tokens > \
+                self.rollout.max_model_len:
+            raise ValueError(f"data.max_prompt_tokens + eval.max_tokens = "
+                             f"{self.data.max_prompt_tokens + self.eval.max_tokens} exceeds rollout.max_model_len = "
+                             f"{self.rollout.max_model_len}")
         return self
 
 

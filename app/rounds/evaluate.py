@@ -36,6 +36,8 @@ from prefloop.app.storage.model_files import rows_for_model
 from prefloop.app.storage.rundir import BASE_ANSWERS, EVAL, RunDir, write_manifest
 from prefloop.app.storage.tables import read_parquet_rows, write_parquet
 from prefloop.core.config import Recipe
+from prefloop.core.eval_reference import read_references
+from prefloop.core.prompts import Fields
 from prefloop.core.eval_metrics import answer_metrics, lc_win_rate, win_rate
 from prefloop.core.metrics import summarize_comparison
 from prefloop.core.round_settings import sampling
@@ -51,6 +53,7 @@ class EvalRows(list):
 
     rejected: list[dict[str, str]]
     counts: dict[str, int]
+    references: dict[str, dict[str, Any]] | None = None  # eval.baseline reference: prompt_id -> answer, length
 
 
 def eval_prompts(recipe: Recipe, tokenizer: Any) -> PreparedPrompts:
@@ -69,8 +72,23 @@ def eval_prompts(recipe: Recipe, tokenizer: Any) -> PreparedPrompts:
     if rows.rejected:
         log.warning("held-out prompts %s: %d rejected (first: %s)", recipe.data.eval, len(rows.rejected),
                     rows.rejected[0]["reason"])
+    if recipe.eval.baseline == "reference":
+        rows.references = reference_rows(recipe, rows, tokenizer)
     prepared.rows = rows
     return prepared
+
+
+def reference_rows(recipe: Recipe, rows: list[dict], tokenizer: Any) -> dict[str, dict[str, Any]]:
+    """``eval.baseline: reference``: each used prompt's reference output and its length in the policy's tokens
+    (the length signals compare like with like); a row without one stops here, naming the file and row."""
+    d = recipe.data
+    refs = read_references(d.eval, Fields(d.prompt_field, d.messages_field, d.id_field), recipe.eval.reference_field)
+    out = {}
+    for row in rows:
+        text = refs[row["prompt_id"]]
+        out[row["prompt_id"]] = {"answer": text, "finish_reason": "reference",
+                                 "num_tokens": len(tokenizer(text, add_special_tokens=False)["input_ids"])}
+    return out
 
 
 def generate_answers(recipe: Recipe, rows: list[dict], pool: Any) -> list[dict]:
@@ -86,12 +104,27 @@ def generate_answers(recipe: Recipe, rows: list[dict], pool: Any) -> list[dict]:
 
 
 def base_answers(recipe: Recipe, run: RunDir, rows: list[dict], pool: Any) -> list[dict]:
-    """The base model's held-out answers, generated once per run (the pool must hold the base model)."""
+    """The baseline's held-out answers, committed once per run: the base model's (the pool must hold it), or
+    with ``eval.baseline: reference`` the held-out file's reference outputs (``rows.references``)."""
+    baseline = recipe.eval.baseline
     if not run.is_committed(0, BASE_ANSWERS):
-        answers = generate_answers(recipe, rows, pool)
+        if baseline == "reference":
+            refs = getattr(rows, "references", None)
+            if refs is None:
+                raise ValueError("eval.baseline 'reference': the held-out rows carry no reference outputs")
+            answers = [{"prompt_id": r["prompt_id"], "prompt": r["prompt"], "messages": r["messages"],
+                        **refs[r["prompt_id"]]} for r in rows]
+            model = f"reference outputs ({recipe.data.eval}: {recipe.eval.reference_field})"
+        else:
+            answers, model = generate_answers(recipe, rows, pool), pool.model
         with run.commit(0, BASE_ANSWERS) as out:
             write_parquet(out / "answers.parquet", answers)
-            write_manifest(out, {"stage": BASE_ANSWERS, "model": pool.model, "prompts": len(answers)})
+            write_manifest(out, {"stage": BASE_ANSWERS, "model": model, "prompts": len(answers),
+                                 "baseline": baseline})
+    committed = run.manifest(0, BASE_ANSWERS).get("baseline", "base")
+    if committed != baseline:
+        raise RuntimeError(f"{run.stage_dir(0, BASE_ANSWERS)}: this run's baseline is {committed!r}, the recipe's "
+                           f"eval.baseline is {baseline!r}. Start a new run directory, or set it back.")
     base = read_parquet_rows(run.stage_dir(0, BASE_ANSWERS) / "answers.parquet")
     missing = {r["prompt_id"] for r in rows} - {b["prompt_id"] for b in base}
     if missing:  # e.g. a run whose held-out set was cut by data.limit before the eval set was kept whole
@@ -136,7 +169,7 @@ def judged_summary(recipe: Recipe, answers: list[dict], base: list[dict], traini
         "wins": sum(p > 0.5 for p in prefs), "ties": sum(p == 0.5 for p in prefs), "losses": sum(p < 0.5 for p in prefs),
         "scorer_win_rate": train["win_rate"], "scorer_win_rate_stderr": train["win_rate_stderr"],
         "judge": eval_judges.eval_judge_name(recipe), "judge_independent": eval_judges.judge_independent(recipe),
-        "training_judge": recipe.scorer.kind,
+        "training_judge": recipe.scorer.kind, "baseline": recipe.eval.baseline,
         **side_metrics(answers), **side_metrics(paired_base, "base_"),
     }
     if all("score" in v for v in verdicts):
@@ -146,6 +179,14 @@ def judged_summary(recipe: Recipe, answers: list[dict], base: list[dict], traini
         from prefloop.app.judging.ifeval_judge import manifest_figures
 
         out.update(manifest_figures(verdicts))
+    if verdicts and "alpaca_eval_preference" in verdicts[0]:  # AlpacaEval's own figures, as the cards report
+        from prefloop.app.judging import alpaca_eval_lc
+
+        judge = recipe.eval.judge
+        out["alpaca_eval"] = {"annotator": judge.annotator, "orders": judge.orders, "baseline": recipe.eval.baseline,
+                              **alpaca_eval_lc.figures([v["alpaca_eval_preference"] for v in verdicts],
+                                                       [a["answer"] for a in answers],
+                                                       [b["answer"] for b in paired_base])}
     if not out["judge_independent"]:
         out["warning"] = NOT_INDEPENDENT
     return out
