@@ -51,3 +51,27 @@ def test_too_few_prompts_for_the_cross_validation_are_reported_not_fitted():
 def test_equal_lengths_cannot_be_length_controlled():
     out = alpaca_eval_lc.figures([1.2, 1.8] * 10, ["x" * 9] * 20, ["y" * 9] * 20)
     assert out["length_controlled_winrate"] is None and "zero variance" in out["lc_unstable_reason"]
+
+
+def test_the_eval_manifest_carries_alpaca_evals_figures():
+    """``judged_summary`` with AlpacaEval verdicts: the ``alpaca_eval`` section, on the answers' own texts."""
+    from prefloop.app.rounds.evaluate import judged_summary
+    from prefloop.core.config import parse_recipe
+
+    recipe = parse_recipe({"name": "t", "run_dir": "x", "policy": {"model": "/p"}, "data": {"train": "/d"},
+                           "scorer": {"kind": "pairrm", "model": "/r"}, "eval": {"baseline": "reference", "judge": {
+                               "kind": "llm_judge", "protocol": "alpaca_eval", "base_url": "http://h/v1",
+                               "model_name": "j", "orders": "alpaca_eval"}}}, "t")
+    df = annotations(n=40, seed=1)
+    answers = [{"prompt_id": f"p{i}", "prompt": "q", "messages": "[]", "answer": r.output_2, "num_tokens": 3,
+                "finish_reason": "stop"} for i, r in enumerate(df.itertuples())]
+    base = [{**a, "answer": r.output_1, "finish_reason": "reference"} for a, r in zip(answers, df.itertuples())]
+    verdicts = [{"preference": p - 1, "alpaca_eval_preference": p} for p in df["preference"]]
+    m = judged_summary(recipe, answers, base, [{"score": 0.0, "base_score": 0.0, "preference": 0.5}] * 40, verdicts)
+    ae = m["alpaca_eval"]
+    assert (ae["annotator"], ae["orders"], ae["baseline"], m["baseline"]) == \
+        ("weighted_alpaca_eval_gpt4_turbo", "alpaca_eval", "reference", "reference")
+    assert ae["win_rate"] == pytest.approx(m["win_rate"] * 100) and ae["n_total"] == 40
+    direct = alpaca_eval_lc.length_controlled(df["preference"], df["output_2"], df["output_1"])
+    assert ae["length_controlled_winrate"] == pytest.approx(direct["length_controlled_winrate"])
+    assert ae["lc_glm"] == "length_controlled_minimal"
