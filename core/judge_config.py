@@ -138,6 +138,12 @@ class EvalConfig(StrictModel):
     max_tokens: int | None = Field(None, ge=1, description="Tokens each evaluated answer may take (greedy answers "
                                    "and best-of-N); null = the response length training uses (rollout.max_tokens, "
                                    "ReMax's train.max_response_len). Default null.")
+    max_prompt_tokens: int | None = Field(None, ge=1, description="Held-out prompts longer than this (templated) "
+                                          "are rejected (counted in the manifest's eval_prompts); null = "
+                                          "data.max_prompt_tokens. Default null.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="top_p of the evaluated answers (with "
+                         "loop.eval_temperature > 0; AlpacaEval's leaderboard configs sample some cards' models "
+                         "at 0.9 / 0.95). Default 1.0.")
 
 
 def _require_fields(cfg: "ScorerConfig | JudgeConfig", key: str) -> None:

@@ -61,7 +61,7 @@ def sampling(recipe: Recipe, purpose: Purpose) -> SampleSpec:
         return SampleSpec(ro.num_samples, ro.temperature, ro.top_p, length, ro.seed)
     eval_length = recipe.eval.max_tokens or length
     if purpose == "eval":
-        return SampleSpec(1, recipe.loop.eval_temperature, 1.0, eval_length, ro.seed)
+        return SampleSpec(1, recipe.loop.eval_temperature, recipe.eval.top_p, eval_length, ro.seed)
     if purpose == "best_of":
         if recipe.eval.best_of is None:
             raise ValueError("sampling('best_of'): the recipe has no eval.best_of")

@@ -73,7 +73,7 @@ def test_eval_max_tokens_sets_the_evaluated_answers_length():
     assert sampling(recipe, "eval").max_tokens == 200 and sampling(recipe, "best_of").max_tokens == 200
     assert sampling(recipe, "rollout").max_tokens == 32
     assert sampling(parse_recipe({**RAW, "rollout": {"max_tokens": 32}}, "r"), "eval").max_tokens == 32
-    with pytest.raises((RecipeError, ValueError), match="eval.max_tokens"):
+    with pytest.raises((RecipeError, ValueError), match="eval.max_prompt_tokens \+ eval.max_tokens"):
         parse_recipe({**RAW, "eval": {"max_tokens": 400}}, "r")  # 256 + 400 > max_model_len 512
 
 
