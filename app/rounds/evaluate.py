@@ -62,7 +62,9 @@ def eval_prompts(recipe: Recipe, tokenizer: Any) -> PreparedPrompts:
     if not recipe.data.eval:
         raise ValueError("data.eval: the round loop needs held-out prompts to evaluate on")
     eval_judges.preflight(recipe)
-    whole = recipe.model_copy(update={"data": recipe.data.model_copy(update={"limit": None})})
+    budget = recipe.eval.max_prompt_tokens or recipe.data.max_prompt_tokens
+    whole = recipe.model_copy(update={"data": recipe.data.model_copy(update={"limit": None,
+                                                                             "max_prompt_tokens": budget})})
     prepared = prepare_prompts(whole, recipe.data.eval, tokenizer)
     rows = EvalRows(prepared.rows[: recipe.loop.eval_limit])
     rows.rejected = [r.to_dict() for r in prepared.read.rejected]
