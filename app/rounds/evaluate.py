@@ -1,6 +1,7 @@
 """Per-round evaluation on held-out prompts: the round's answers against the base model's, by two judges.
 
-The base model's answers to the held-out prompts are generated once (``round_0/base_answers``); after each
+The baseline's answers to the held-out prompts are committed once (``round_0/base_answers``): the base model's,
+or with ``eval.baseline: reference`` the held-out file's reference outputs (AlpacaEval 2.0's baseline); after each
 round, the round's model answers the same prompts (greedy by default) and both the EVAL judge (``eval.judge``:
 one that did not train the model) and the TRAINING scorer compare the two answers of every prompt
 (``app/judging/eval_judges.py``). A proxy's own verdict rising while an independent judge's does not is the signature of
@@ -17,7 +18,9 @@ the reason; the manifest's ``eval_prompts`` has the counts) and ``manifest.json`
 same four, ``judge`` (the eval judge's kind) and ``judge_independent``; with best-of-N also ``best_of_n``,
 ``best_of_win_rate``, ``best_of_win_rate_stderr``; with the ``ifeval`` eval judge also IFEval's four figures
 (``ifeval_prompt_strict`` / ``_loose``, ``ifeval_instruction_strict`` / ``_loose``, and ``base_*``) and
-``ifeval_per_id``.
+``ifeval_per_id``; ``baseline`` (base / reference); with AlpacaEval's annotator as the judge
+(``eval.judge.protocol: alpaca_eval``) an ``alpaca_eval`` section of AlpacaEval's own figures
+(``app/judging/alpaca_eval_lc.py``).
 """
 
 from __future__ import annotations
@@ -57,8 +60,9 @@ class EvalRows(list):
 
 
 def eval_prompts(recipe: Recipe, tokenizer: Any) -> PreparedPrompts:
-    """The held-out prompts: the whole eval file (``data.limit`` cuts training prompts only), at most
-    ``loop.eval_limit`` of them; ``.rows`` is an ``EvalRows`` whose rejections go in every eval manifest."""
+    """The held-out prompts: the whole eval file (``data.limit`` cuts training prompts only; the token budget is
+    ``eval.max_prompt_tokens`` when set), at most ``loop.eval_limit`` of them; ``.rows`` is an ``EvalRows`` whose
+    rejections go in every eval manifest, with the reference outputs under ``eval.baseline: reference``."""
     if not recipe.data.eval:
         raise ValueError("data.eval: the round loop needs held-out prompts to evaluate on")
     eval_judges.preflight(recipe)
