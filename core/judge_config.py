@@ -5,6 +5,7 @@ Which fields each kind requires, and which kinds exist, come from the judge regi
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -119,6 +120,20 @@ class JudgeConfig(JudgeTarget):
                             instructions=self.instructions, instruction_ids=self.instruction_ids)
 
 
+class EvalSetConfig(StrictModel):
+    """One more named held-out set (``eval.sets.NAME``), judged each round beside the main one (``data.eval``
+    with the rest of ``eval``), with its own judge, baseline and figures (the eval manifest's ``eval_sets``)."""
+
+    data: str = Field(description="Its held-out prompts (JSONL, Parquet or a local HF dataset dir, as data.eval).")
+    judge: JudgeConfig | None = Field(None, description="Its eval judge; null = the training scorer (not "
+                                      "independent, and the manifest says so). Default null.")
+    baseline: Literal["base", "reference"] = Field("base", description="As eval.baseline, for this set.")
+    reference_field: str = Field("reference_output", description="As eval.reference_field, for this set.")
+    max_prompt_tokens: int | None = Field(None, ge=1, description="As eval.max_prompt_tokens, for this set.")
+    limit: int | None = Field(None, ge=1, description="Judge only its first N accepted prompts (e.g. the ReMax "
+                              "card's 500 Chat1M prompts); null = all. Default null.")
+
+
 class EvalConfig(StrictModel):
     """How each round's held-out answers are judged against the base model's (``round_R/eval``)."""
 
@@ -141,9 +156,21 @@ class EvalConfig(StrictModel):
     max_prompt_tokens: int | None = Field(None, ge=1, description="Held-out prompts longer than this (templated) "
                                           "are rejected (counted in the manifest's eval_prompts); null = "
                                           "data.max_prompt_tokens. Default null.")
+    sets: dict[str, EvalSetConfig] = Field(default_factory=dict, description="More named held-out sets, each "
+                                           "judged every round beside data.eval (e.g. AlpacaEval and Chat1M for "
+                                           "ReMax); names are letters, digits, '-' and '_'. Default none.")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="top_p of the evaluated answers (with "
                          "loop.eval_temperature > 0; AlpacaEval's leaderboard configs sample some cards' models "
                          "at 0.9 / 0.95). Default 1.0.")
+
+
+    @model_validator(mode="after")
+    def _set_names(self) -> "EvalConfig":
+        for name in self.sets:
+            if not re.fullmatch(r"[A-Za-z0-9_-]+", name) or name == "main":
+                raise ValueError(f"eval.sets.{name}: a set's name is letters, digits, '-' and '_' (not 'main', "
+                                 "the name of data.eval's set)")
+        return self
 
 
 def _require_fields(cfg: "ScorerConfig | JudgeConfig", key: str) -> None:

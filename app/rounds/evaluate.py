@@ -33,6 +33,7 @@ from typing import Any
 
 from prefloop.app.dataflow.pipeline import pooled_generator_step, run_steps
 from prefloop.app.judging import eval_judges
+from prefloop.app.rounds import eval_sets
 from prefloop.app.rounds.rollout import PreparedPrompts, prepare_prompts
 from prefloop.app.rounds.round import Round
 from prefloop.app.storage.model_files import rows_for_model
@@ -57,6 +58,13 @@ class EvalRows(list):
     rejected: list[dict[str, str]]
     counts: dict[str, int]
     references: dict[str, dict[str, Any]] | None = None  # eval.baseline reference: prompt_id -> answer, length
+    sets: dict[str, "EvalRows"] | None = None  # eval.sets: each named set's rows (app/rounds/eval_sets.py)
+
+
+class BaseAnswers(list):
+    """The baseline's answers to the main held-out set, and (``sets``) each named set's."""
+
+    sets: dict[str, list[dict]] | None = None
 
 
 def eval_prompts(recipe: Recipe, tokenizer: Any) -> PreparedPrompts:
@@ -80,6 +88,7 @@ def eval_prompts(recipe: Recipe, tokenizer: Any) -> PreparedPrompts:
                     rows.rejected[0]["reason"])
     if recipe.eval.baseline == "reference":
         rows.references = reference_rows(recipe, rows, tokenizer)
+    rows.sets = {name: eval_prompts(eval_sets.set_recipe(recipe, name), tokenizer).rows for name in recipe.eval.sets}
     prepared.rows = rows
     return prepared
 
@@ -109,11 +118,12 @@ def generate_answers(recipe: Recipe, rows: list[dict], pool: Any) -> list[dict]:
              "finish_reason": str(by_id[row["prompt_id"]]["finish_reasons"][0])} for row in rows]
 
 
-def base_answers(recipe: Recipe, run: RunDir, rows: list[dict], pool: Any) -> list[dict]:
+def base_answers(recipe: Recipe, run: RunDir, rows: list[dict], pool: Any, stage: str = BASE_ANSWERS) -> BaseAnswers:
     """The baseline's held-out answers, committed once per run: the base model's (the pool must hold it), or
-    with ``eval.baseline: reference`` the held-out file's reference outputs (``rows.references``)."""
+    with ``eval.baseline: reference`` the held-out file's reference outputs (``rows.references``); then each
+    named set's (``eval.sets``, stage ``base_answers-NAME``) in ``.sets``."""
     baseline = recipe.eval.baseline
-    if not run.is_committed(0, BASE_ANSWERS):
+    if not run.is_committed(0, stage):
         if baseline == "reference":
             refs = getattr(rows, "references", None)
             if refs is None:
@@ -123,20 +133,21 @@ def base_answers(recipe: Recipe, run: RunDir, rows: list[dict], pool: Any) -> li
             model = f"reference outputs ({recipe.data.eval}: {recipe.eval.reference_field})"
         else:
             answers, model = generate_answers(recipe, rows, pool), pool.model
-        with run.commit(0, BASE_ANSWERS) as out:
+        with run.commit(0, stage) as out:
             write_parquet(out / "answers.parquet", answers)
-            write_manifest(out, {"stage": BASE_ANSWERS, "model": model, "prompts": len(answers),
-                                 "baseline": baseline})
-    committed = run.manifest(0, BASE_ANSWERS).get("baseline", "base")
+            write_manifest(out, {"stage": stage, "model": model, "prompts": len(answers), "baseline": baseline})
+    committed = run.manifest(0, stage).get("baseline", "base")
     if committed != baseline:
-        raise RuntimeError(f"{run.stage_dir(0, BASE_ANSWERS)}: this run's baseline is {committed!r}, the recipe's "
+        raise RuntimeError(f"{run.stage_dir(0, stage)}: this run's baseline is {committed!r}, the recipe's "
                            f"eval.baseline is {baseline!r}. Start a new run directory, or set it back.")
-    base = read_parquet_rows(run.stage_dir(0, BASE_ANSWERS) / "answers.parquet")
+    base = BaseAnswers(read_parquet_rows(run.stage_dir(0, stage) / "answers.parquet"))
     missing = {r["prompt_id"] for r in rows} - {b["prompt_id"] for b in base}
     if missing:  # e.g. a run whose held-out set was cut by data.limit before the eval set was kept whole
-        raise RuntimeError(f"{run.stage_dir(0, BASE_ANSWERS)}: the base answers lack {len(missing)} of the "
+        raise RuntimeError(f"{run.stage_dir(0, stage)}: the base answers lack {len(missing)} of the "
                            f"{len(rows)} held-out prompts (first: {sorted(missing)[0]}); this run's eval set "
                            f"changed. Start a new run directory, or remove that stage and every eval stage.")
+    base.sets = {name: base_answers(eval_sets.set_recipe(recipe, name), run, rows.sets[name], pool,
+                                    eval_sets.base_stage(name)) for name in (getattr(rows, "sets", None) or {})}
     return base
 
 
@@ -236,21 +247,23 @@ def evaluate_round(rnd: Round, rows: list[dict], base: list[dict], summary: dict
     round's total time."""
     recipe, run, round_idx, pool = rnd.recipe, rnd.run, rnd.index, rnd.pool
     started = time.perf_counter()
-    answers = generate_answers(recipe, rows, pool)
-    training = eval_judges.training_verdicts(recipe, answers, base)
-    verdicts = eval_judges.eval_verdicts(recipe, answers, base, training)
-    judged = judged_summary(recipe, answers, base, training, verdicts)
+    judged, answers, table = judge_set(recipe, rows, base, pool)
+    sets = {name: judge_set(eval_sets.set_recipe(recipe, name), set_rows, base.sets[name], pool)
+            for name, set_rows in (getattr(rows, "sets", None) or {}).items()}
+    if sets:
+        judged["eval_sets"] = {name: figures for name, (figures, _, _) in sets.items()}
     best_table = None
     if recipe.eval.best_of is not None:
         best, best_table = best_of_summary(recipe, rows, base, pool)
         judged.update(best)
     manifest = {"stage": EVAL, "round": round_idx, "model": pool.model, **judged, **summary}
-    if isinstance(rows, EvalRows):  # what the held-out file had that is not judged here, and why
-        manifest["eval_prompts"] = {**rows.counts, "source": recipe.data.eval}
     manifest.setdefault("timings_s", {}).update(eval=time.perf_counter() - started,
                                                 round=time.perf_counter() - round_started)
     with run.commit(round_idx, EVAL) as out:
-        write_parquet(out / "answers.parquet", answer_rows(answers, base, training, verdicts))
+        write_parquet(out / "answers.parquet", table)
+        for name, (_, _, set_table) in sets.items():
+            (out / "sets" / name).mkdir(parents=True)
+            write_parquet(out / "sets" / name / "answers.parquet", set_table)
         if best_table is not None:
             write_parquet(out / "best_of.parquet", best_table)
         write_alpaca_eval(out / "alpaca_eval.json", answers, f"{recipe.name}-round-{round_idx}")
@@ -259,6 +272,18 @@ def evaluate_round(rnd: Round, rows: list[dict], base: list[dict], summary: dict
                 fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows.rejected)
         write_manifest(out, manifest)
     return manifest
+
+
+def judge_set(recipe: Recipe, rows: list[dict], base: list[dict], pool: Any) -> tuple[dict, list[dict], list[dict]]:
+    """One held-out set answered by the model the pool holds and judged against its baseline: the manifest's
+    figures (with ``eval_prompts``, what the file had that is not judged, and why), the answers, the table."""
+    answers = generate_answers(recipe, rows, pool)
+    training = eval_judges.training_verdicts(recipe, answers, base)
+    verdicts = eval_judges.eval_verdicts(recipe, answers, base, training)
+    judged = judged_summary(recipe, answers, base, training, verdicts)
+    if isinstance(rows, EvalRows):
+        judged["eval_prompts"] = {**rows.counts, "source": recipe.data.eval}
+    return judged, answers, answer_rows(answers, base, training, verdicts)
 
 
 def write_alpaca_eval(path: Path, answers: list[dict], generator: str) -> None:

@@ -137,6 +137,9 @@ def write_report(recipe: Recipe, run: RunDir) -> list[dict[str, Any]]:
     from prefloop.app.judging.ifeval_judge import report_tables
 
     text += report_tables(rows)  # the ifeval judge's figures and instruction table (none for other judges)
+    from prefloop.app.rounds import eval_sets
+
+    text += eval_sets.report_tables(rows)  # every named eval set side by side (none without eval.sets)
     if has_plot:
         text += ["![per-round metrics](report.png)", ""]
     text += ["Per round: `round_R/rollout/` (candidates, pairs, KTO examples), `round_R/model/` (the model), "
