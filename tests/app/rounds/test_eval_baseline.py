@@ -80,3 +80,18 @@ def test_eval_max_tokens_sets_the_evaluated_answers_length():
 def test_baseline_is_strict():
     with pytest.raises((RecipeError, ValueError), match="baseline"):
         parse_recipe({**RAW, "eval": {"baseline": "gpt4"}}, "r")
+
+
+def test_prepared_alpaca_eval_keeps_the_reference_outputs_a_reference_baseline_reads(tmp_path):
+    """`prefloop data prepare alpaca-eval` (AlpacaEval's schema) -> the recipe check accepts a reference baseline
+    on its output, and each prompt's reference is the dataset's `output`."""
+    from prefloop.app.data.data_prepare import prepare
+    from prefloop.core.eval_reference import read_references
+    from prefloop.core.prompts import Fields
+    from tests import card_fixtures as fx
+
+    prepare("alpaca-eval", {"a": str(fx.alpaca_eval(tmp_path / "ae"))}, tmp_path / "out")
+    path = str(tmp_path / "out" / "prompts-0.parquet")
+    assert data_checks(recipe_for(path, baseline="reference"), [0], {"eval"}) == []
+    refs = read_references(path, Fields(), "reference_output")
+    assert sorted(refs.values()) == [f"out {i}" for i in range(5)]
