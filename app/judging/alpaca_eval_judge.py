@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
@@ -97,8 +96,9 @@ class AlpacaEvalJudge:
                         ", ".join(ignored))
         self.request = {k: kwargs[k] for k in REQUEST_KEYS if k in kwargs}
         self.parser_kwargs = dict(self.config.get("completion_parser_kwargs") or {})
-        self.client = OpenAI(base_url=cfg.base_url, api_key=endpoint_key(cfg) or os.environ.get("OPENAI_API_KEY")
-                             or "none", timeout=cfg.timeout_s, max_retries=cfg.retries)
+        # the client requires a key: without api_key_env a placeholder goes, never a variable the recipe did not name
+        self.client = OpenAI(base_url=cfg.base_url, api_key=endpoint_key(cfg) or "none", timeout=cfg.timeout_s,
+                             max_retries=cfg.retries)
 
     def ask(self, instruction: str, output_1: str, output_2: str) -> float:
         """AlpacaEval's preference for one order: in [1, 2], 2 = ``output_2`` is better."""

@@ -124,3 +124,16 @@ def test_protocol_settings_are_strict():
         JudgeConfig(kind="function", function="m:f", protocol="alpaca_eval")
     with pytest.raises(ValueError, match="only used with protocol 'alpaca_eval'"):
         JudgeConfig(kind="llm_judge", base_url="http://x/v1", model_name="j", orders="alpaca_eval")
+
+
+def test_the_key_named_by_the_recipe_is_sent_and_a_failing_endpoint_is_an_error(endpoint, monkeypatch):
+    from prefloop.core.judges import JudgeRequestError
+
+    monkeypatch.setenv("JUDGE_KEY", "sekret")
+    ep = endpoint(scripted)
+    AlpacaEvalJudge(cfg(ep.url, api_key_env="JUDGE_KEY")).judge(["q?"], [ANSWER], [BASELINE])
+    assert {next(v for k, v in h.items() if k.lower() == "authorization") for h in ep.headers} == {"Bearer sekret"}
+    down = endpoint(lambda body: (500, {"error": {"message": "overloaded"}}))
+    with pytest.raises(JudgeRequestError, match="500"):
+        AlpacaEvalJudge(cfg(down.url)).judge(["q?"], [ANSWER], [BASELINE])
+    assert len(down.requests) == 1  # retries: 0 in this config
