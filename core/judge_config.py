@@ -5,6 +5,7 @@ Which fields each kind requires, and which kinds exist, come from the judge regi
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -82,12 +83,33 @@ class JudgeConfig(JudgeTarget):
     retries: int = Field(2, ge=0, description="llm_judge: retries of a failed request (connection error, "
                          "HTTP 429 / 5xx), with backoff; default 2.")
     concurrency: int = Field(4, ge=1, description="llm_judge: requests in flight at once; default 4.")
+    protocol: Literal["prefloop", "alpaca_eval"] = Field(
+        "prefloop", description="llm_judge: prefloop = prefloop's own prompt (core/llm_judge.py); alpaca_eval = "
+        "AlpacaEval 2.0's annotator (eval.judge.annotator), its prompt template, completion settings (max_tokens, "
+        "temperature, top_logprobs) and log-prob parser read from the installed alpaca_eval package at run time "
+        "(app/judging/alpaca_eval_judge.py). Default prefloop.")
+    annotator: str = Field("weighted_alpaca_eval_gpt4_turbo", description="protocol alpaca_eval: the name of the "
+                           "AlpacaEval annotator config (a folder of alpaca_eval/evaluators_configs) whose prompt "
+                           "and log-prob verdict are used; it must use AlpacaEval's logprob_parser.")
+    orders: Literal["both", "alpaca_eval"] = Field(
+        "both", description="protocol alpaca_eval: both = every prompt asked in both answer orders, the two "
+        "verdicts mapped back and averaged (position bias cancels per prompt); alpaca_eval = one order per prompt, "
+        "switched as AlpacaEval does (its seeded RandomSwitchTwoColumnsProcessor on the instruction), as the "
+        "leaderboard ran it. Default both.")
 
     @model_validator(mode="after")
     def _fields_fit_kind(self) -> "JudgeConfig":
         _require_fields(self, "eval.judge")
         if self.kind != "llm_judge" and (self.base_url or self.model_name or self.api_key_env):
             raise ValueError("eval.judge.base_url / model_name / api_key_env are only used by kind 'llm_judge'")
+        given = self.model_fields_set
+        if self.kind != "llm_judge" and given & {"protocol", "annotator", "orders"}:
+            raise ValueError("eval.judge.protocol / annotator / orders are only used by kind 'llm_judge'")
+        if self.protocol == "alpaca_eval" and given & {"max_tokens", "top_logprobs"}:
+            raise ValueError("eval.judge.max_tokens / top_logprobs: with protocol 'alpaca_eval' they are the "
+                             "AlpacaEval annotator's (eval.judge.annotator); remove them")
+        if self.protocol != "alpaca_eval" and given & {"annotator", "orders"}:
+            raise ValueError("eval.judge.annotator / orders are only used with protocol 'alpaca_eval'")
         return self
 
     def as_scorer(self) -> "ScorerConfig":
@@ -97,6 +119,20 @@ class JudgeConfig(JudgeTarget):
         return ScorerConfig(kind=self.kind, model=self.model, function=self.function,
                             chat_template=self.chat_template, batch_size=self.batch_size,
                             instructions=self.instructions, instruction_ids=self.instruction_ids)
+
+
+class EvalSetConfig(StrictModel):
+    """One more named held-out set (``eval.sets.NAME``), judged each round beside the main one (``data.eval``
+    with the rest of ``eval``), with its own judge, baseline and figures (the eval manifest's ``eval_sets``)."""
+
+    data: str = Field(description="Its held-out prompts (JSONL, Parquet or a local HF dataset dir, as data.eval).")
+    judge: JudgeConfig | None = Field(None, description="Its eval judge; null = the training scorer (not "
+                                      "independent, and the manifest says so). Default null.")
+    baseline: Literal["base", "reference"] = Field("base", description="As eval.baseline, for this set.")
+    reference_field: str = Field("reference_output", description="As eval.reference_field, for this set.")
+    max_prompt_tokens: int | None = Field(None, ge=1, description="As eval.max_prompt_tokens, for this set.")
+    limit: int | None = Field(None, ge=1, description="Judge only its first N accepted prompts (e.g. the ReMax "
+                              "card's 500 Chat1M prompts); null = all. Default null.")
 
 
 class EvalConfig(StrictModel):
@@ -109,6 +145,35 @@ class EvalConfig(StrictModel):
                                 "must then be pairrm), the top one judged like the greedy answer. Default null.")
     leaderboard: LeaderboardConfig | None = Field(None, description="lm_eval tasks (the Open LLM Leaderboard's) run "
                                                   "on each round's model (app/rounds/leaderboard.py). Default null.")
+    baseline: Literal["base", "reference"] = Field(
+        "base", description="What each round's answers are judged against: base = the base model's answers to the "
+        "held-out prompts (generated once per run); reference = the held-out file's reference outputs "
+        "(eval.reference_field; AlpacaEval's `output` column, which `prefloop data prepare alpaca-eval` keeps as "
+        "reference_output), as AlpacaEval 2.0 judges. Default base.")
+    reference_field: str = Field("reference_output", description="baseline reference: the held-out file's column "
+                                 "of reference outputs; every row must have a non-empty one (checked at recipe "
+                                 "check, naming the file and row).")
+    max_tokens: int | None = Field(None, ge=1, description="Tokens each evaluated answer may take (greedy answers "
+                                   "and best-of-N); null = the response length training uses (rollout.max_tokens, "
+                                   "ReMax's train.max_response_len). Default null.")
+    max_prompt_tokens: int | None = Field(None, ge=1, description="Held-out prompts longer than this (templated) "
+                                          "are rejected (counted in the manifest's eval_prompts); null = "
+                                          "data.max_prompt_tokens. Default null.")
+    sets: dict[str, EvalSetConfig] = Field(default_factory=dict, description="More named held-out sets, each "
+                                           "judged every round beside data.eval (e.g. AlpacaEval and Chat1M for "
+                                           "ReMax); names are letters, digits, '-' and '_'. Default none.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="top_p of the evaluated answers (with "
+                         "loop.eval_temperature > 0; AlpacaEval's leaderboard configs sample some cards' models "
+                         "at 0.9 / 0.95). Default 1.0.")
+
+
+    @model_validator(mode="after")
+    def _set_names(self) -> "EvalConfig":
+        for name in self.sets:
+            if not re.fullmatch(r"[A-Za-z0-9_-]+", name) or name == "main":
+                raise ValueError(f"eval.sets.{name}: a set's name is letters, digits, '-' and '_' (not 'main', "
+                                 "the name of data.eval's set)")
+        return self
 
 
 def _require_fields(cfg: "ScorerConfig | JudgeConfig", key: str) -> None:

@@ -84,8 +84,24 @@ def _check_endpoint(cfg: Any, key: str) -> None:
         endpoint_key(cfg, key)
     except JudgeRequestError as err:
         problems.append(str(err))
+    if getattr(cfg, "protocol", "prefloop") == "alpaca_eval":
+        problems += _alpaca_eval_problems(cfg.annotator, key)
     if problems:
         raise JudgeRequestError("; ".join(problems))
+
+
+def _alpaca_eval_problems(annotator: str, key: str) -> list[str]:
+    """The installed alpaca_eval package has the annotator's config (found, not imported: core imports no
+    third-party judge code)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("alpaca_eval")
+    if spec is None or spec.origin is None:
+        return [f"{key}.protocol 'alpaca_eval': the alpaca_eval package is not installed "
+                "(pip install -e '.[alpaca-eval]')"]
+    config = Path(spec.origin).parent / "evaluators_configs" / annotator / "configs.yaml"
+    return [] if config.is_file() else [f"{key}.annotator {annotator!r}: alpaca_eval has no {config}"]
 
 
 def _validate_ifeval_ids(cfg: Any, key: str) -> None:

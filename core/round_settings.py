@@ -48,7 +48,8 @@ class EngineSettings:
 def sampling(recipe: Recipe, purpose: Purpose) -> SampleSpec:
     """The ``SampleSpec`` of one kind of request. Every purpose answers at the recipe's response length
     (``response_tokens``: ReMax's ``train.max_response_len``, else ``rollout.max_tokens``), so the held-out
-    answers, best-of-N and the rollout are judged at the length they are trained at.
+    answers, best-of-N and the rollout are judged at the length they are trained at, unless ``eval.max_tokens``
+    sets the evaluated answers' length (a card's generation setting for its benchmark).
 
     - rollout: N candidates per prompt at the rollout's temperature / top_p;
     - eval: one answer at ``loop.eval_temperature`` (0 = greedy);
@@ -58,12 +59,13 @@ def sampling(recipe: Recipe, purpose: Purpose) -> SampleSpec:
     ro, length = recipe.rollout, response_tokens(recipe)
     if purpose == "rollout":
         return SampleSpec(ro.num_samples, ro.temperature, ro.top_p, length, ro.seed)
+    eval_length = recipe.eval.max_tokens or length
     if purpose == "eval":
-        return SampleSpec(1, recipe.loop.eval_temperature, 1.0, length, ro.seed)
+        return SampleSpec(1, recipe.loop.eval_temperature, recipe.eval.top_p, eval_length, ro.seed)
     if purpose == "best_of":
         if recipe.eval.best_of is None:
             raise ValueError("sampling('best_of'): the recipe has no eval.best_of")
-        return SampleSpec(recipe.eval.best_of, ro.temperature, ro.top_p, length, ro.seed)
+        return SampleSpec(recipe.eval.best_of, ro.temperature, ro.top_p, eval_length, ro.seed)
     if purpose in ("remax_sample", "remax_greedy"):
         if recipe.train is None or recipe.train.method != "remax":
             raise ValueError(f"sampling({purpose!r}): the recipe's method is not remax")

@@ -5,7 +5,8 @@ right after loading the recipe, so a typo costs a second, not the minutes Ray, S
 to come up. It collects every problem rather than stopping at the first:
 
 - the prompt files (``data.train`` for each round, ``{round}`` filled in; ``data.eval``) and ``train.data``
-  exist, are readable, and (Parquet, dataset dirs) have the prompt column;
+  exist, are readable, and (Parquet, dataset dirs) have the prompt column; with ``eval.baseline: reference``
+  every held-out row has its reference output;
 - model directories load their ``config.json`` and tokenizer (the policy, a reward model), PairRM ranker dirs
   have their weights and backbone, ``module:function`` judges import and are callable;
 - each online round reads its own prompts (``Recipe.check_round_prompts``) and the plan fits the cluster.
@@ -83,7 +84,36 @@ def data_checks(recipe: Recipe, rounds: Iterable[int], stages: set[str]) -> list
     if "eval" in stages:
         problems += check_prompts(d.eval, "data.eval", recipe) if d.eval else \
             ["data.eval: the round loop needs held-out prompts to evaluate on"]
+        if d.eval and not problems and recipe.eval.baseline == "reference":
+            problems += reference_checks(recipe)
+        problems += set_checks(recipe)
     return list(dict.fromkeys(problems))  # the same file for every round is reported once
+
+
+def set_checks(recipe: Recipe) -> list[str]:
+    """Each named eval set (``eval.sets``): its file as ``data.eval``'s, its reference outputs if it needs them."""
+    from prefloop.app.rounds.eval_sets import set_recipe
+
+    problems = []
+    for name in recipe.eval.sets:
+        key = f"eval.sets.{name}"
+        found = check_prompts(recipe.eval.sets[name].data, f"{key}.data", recipe)
+        if not found and recipe.eval.sets[name].baseline == "reference":
+            found = [p.replace("data.eval:", f"{key}.data:", 1) for p in reference_checks(set_recipe(recipe, name))]
+        problems += found
+    return problems
+
+
+def reference_checks(recipe: Recipe) -> list[str]:
+    """``eval.baseline: reference``: every held-out row has a reference output (``core/eval_reference.py``)."""
+    from prefloop.core.eval_reference import read_references
+
+    d = recipe.data
+    try:
+        read_references(d.eval, Fields(d.prompt_field, d.messages_field, d.id_field), recipe.eval.reference_field)
+    except InputError as err:
+        return [f"data.eval: {err}"]
+    return []
 
 
 def model_checks(recipe: Recipe, stages: set[str], assets_dir: Path | None) -> list[str]:
@@ -93,6 +123,8 @@ def model_checks(recipe: Recipe, stages: set[str], assets_dir: Path | None) -> l
     judges = [(recipe.scorer, "scorer")] if stages & {"rollout", "eval"} else []  # eval: the training judge too
     if "eval" in stages and recipe.eval.judge is not None:
         judges.append((recipe.eval.judge, "eval.judge"))
+    if "eval" in stages:
+        judges += [(s.judge, f"eval.sets.{name}.judge") for name, s in recipe.eval.sets.items() if s.judge is not None]
     for cfg, key in judges:
         if not _built_later(cfg.model, recipe, assets_dir):
             problems += judge_problems(cfg, key)

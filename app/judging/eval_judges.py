@@ -3,7 +3,8 @@
 - ``training_verdicts``: the recipe's training scorer (``scorer``) on [round answer, base answer] per prompt.
 - ``eval_verdicts``: the eval judge (``eval.judge``): ``pairrm`` / ``reward_model`` through the same Ray Data
   scorer stages, ``function`` called on the driver (no actor to start for a few dozen answers),
-  ``llm_judge`` through ``app/judging/llm_judge.py``, ``ifeval`` on the driver (``app/judging/ifeval_judge.py``);
+  ``llm_judge`` through ``app/judging/llm_judge.py`` (or, with ``protocol: alpaca_eval``, AlpacaEval 2.0's own
+  annotator, ``app/judging/alpaca_eval_judge.py``), ``ifeval`` on the driver (``app/judging/ifeval_judge.py``);
   with no ``eval.judge``, the training scorer's verdicts are reused and the judge is marked not independent.
 - ``best_of_answers``: N samples per prompt from the model the pool holds, reranked by PairRM (the eval judge if
   it is PairRM, else the training scorer; the recipe's validation guarantees one of them is), the top one kept.
@@ -85,6 +86,11 @@ def eval_verdicts(recipe: Recipe, answers: list[dict], base: list[dict],
         from prefloop.app.judging.llm_judge import LLMJudge
 
         base_by_id = {b["prompt_id"]: b["answer"] for b in base}
+        if judge.protocol == "alpaca_eval":
+            from prefloop.app.judging.alpaca_eval_judge import AlpacaEvalJudge
+
+            return AlpacaEvalJudge(judge).judge([a["prompt"] for a in answers], [a["answer"] for a in answers],
+                                                [base_by_id[a["prompt_id"]] for a in answers])
         return LLMJudge(judge).judge([a["prompt"] for a in answers], [a["answer"] for a in answers],
                                      [base_by_id[a["prompt_id"]] for a in answers])
     if judge_kind(judge.kind).on_driver:

@@ -139,6 +139,9 @@ def write_report(recipe: Recipe, run: RunDir) -> list[dict[str, Any]]:
 
     text += report_tables(rows)  # the ifeval judge's figures and instruction table (none for other judges)
     text += report_section(rows)  # eval.leaderboard: lm_eval's scores beside the card's (none without it)
+    from prefloop.app.rounds import eval_sets
+
+    text += eval_sets.report_tables(rows)  # every named eval set side by side (none without eval.sets)
     if has_plot:
         text += ["![per-round metrics](report.png)", ""]
     text += ["Per round: `round_R/rollout/` (candidates, pairs, KTO examples), `round_R/model/` (the model), "

@@ -23,8 +23,9 @@ pytestmark = pytest.mark.ray
 WORDS = "honey hive queen lava ash crater tea kettle cup rails station melody".split()
 
 
-def always_m_judge(policy_dir, out, steps=12):
-    """The tiny policy, trained to answer ``M`` + EOS to the judge prompt (loss on the answer tokens only)."""
+def always_m_judge(policy_dir, out, steps=12, make_messages=build_messages):
+    """The tiny policy, trained to answer ``M`` + EOS to the judge prompt that ``make_messages(instruction,
+    first, second)`` builds (loss on the answer tokens only)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -38,7 +39,7 @@ def always_m_judge(policy_dir, out, steps=12):
     for _ in range(steps):
         for _ in range(2):
             answers = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 20))) + "." for _ in range(2)]
-            prompt = tok(render_prompt(build_messages("Explain bees.", *answers), "tokenizer", tok),
+            prompt = tok(render_prompt(make_messages("Explain bees.", *answers), "tokenizer", tok),
                          add_special_tokens=True)["input_ids"]
             ids = torch.tensor([prompt + target])
             labels = ids.clone()
