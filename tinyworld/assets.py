@@ -137,10 +137,15 @@ def _torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+# Beside the parts, the cache holds the models `prefloop model import` made (app/models/catalog.py): a rebuild of the
+# tiny world keeps them.
+KEPT = ("imported",)
+
+
 def _check_replaceable(root: Path) -> None:
     """Refuse to replace a directory that is not an assets dir (a typo must not delete someone's files)."""
     if root.exists():
-        extra = {p.name for p in root.iterdir()} - {*PARTS, MARKER, MARKER + ".tmp"}
+        extra = {p.name for p in root.iterdir()} - {*PARTS, *KEPT, MARKER, MARKER + ".tmp"}
         if extra:
             raise FileExistsError(f"{root} exists and is not a prefloop assets dir (it holds {sorted(extra)[:5]}); "
                                   "choose an empty or new directory")
@@ -237,6 +242,9 @@ def _build_fresh(root: Path, seed: int, parts: set[str]) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if root.exists():
+        for kept in KEPT:  # not the tiny world's: carried over to the new dir
+            if (root / kept).exists():
+                (root / kept).rename(tmp / kept)
         old = root.parent / f".{root.name}.old-{os.getpid()}"
         root.rename(old)
         tmp.rename(root)

@@ -95,3 +95,17 @@ def test_an_unlisted_part_dir_is_rebuilt_and_unknown_parts_are_refused(tmp_path,
     assert (root / "reward" / "weights").read_text() == "reward seed 0"
     with pytest.raises(ValueError, match="unknown tiny asset part.*'critic'"):
         assets.build_assets(root, parts=["critic"])
+
+
+def test_a_rebuild_keeps_the_imported_models_beside_the_parts(tmp_path, calls, monkeypatch):
+    """`prefloop model import` caches real models in the same dir (imported/): a rebuild after a format change must
+    neither refuse that dir nor delete the imported models."""
+    root = tmp_path / "a"
+    assets.build_assets(root, parts=["policy"])
+    (root / "imported" / "smollm2").mkdir(parents=True)
+    (root / "imported" / "smollm2" / "config.json").write_text("{}")
+    monkeypatch.setattr(assets, "FORMAT_VERSION", assets.FORMAT_VERSION + 1)  # the cached build is now stale
+    assets.build_assets(root, parts=["policy"])
+    assert [c[0] for c in calls] == ["policy", "policy"]
+    assert (root / "imported" / "smollm2" / "config.json").read_text() == "{}"
+    assert assets.read_marker(root)["format"] == assets.FORMAT_VERSION
