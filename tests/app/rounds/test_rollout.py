@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from prefloop.app.front.preflight import PreflightError
 from prefloop.app.rounds.rollout import run_rollout
 from prefloop.app.rounds.round import Round
 from prefloop.core.config import parse_recipe
@@ -178,7 +179,7 @@ def test_committed_stage_is_skipped_on_resume(rollout):
 def test_missing_policy_path_is_a_clear_error(tmp_path, tiny_assets, prompt_file):
     recipe = make_recipe(tmp_path, tiny_assets, prompt_file)
     recipe.policy.model = str(tmp_path / "no-such-model")
-    with pytest.raises(FileNotFoundError, match="no-such-model"):
+    with pytest.raises(PreflightError, match="no-such-model: no such directory"):
         run_rollout(Round.of(recipe))
 
 
