@@ -26,8 +26,7 @@ from prefloop.app.serving.serve import (
     serve_run_dir,
     stop_serving,
 )
-from prefloop.app.storage.rundir import RunDir, write_manifest
-from prefloop.core.config import dump_recipe, parse_recipe
+from tests.builders import model_copy, served_run
 
 pytestmark = pytest.mark.ray
 # Prompts whose greedy answers have a top-2 logit gap >= 0.03 for every model the tests serve (no near-ties).
@@ -42,38 +41,7 @@ def make_run(root, assets, rounds=(0,), model=None):
            "data": {"train": "unused.jsonl", "max_prompt_tokens": 48},
            "rollout": {"max_tokens": 24, "max_model_len": MAX_MODEL_LEN},
            "scorer": {"kind": "pairrm", "model": str(assets.pairrm)}}
-    run = RunDir(root)
-    run.save_text("recipe.yaml", dump_recipe(parse_recipe(raw, "test")))
-    for r in rounds:
-        shutil.copytree(model or assets.policy, run.stage_dir(r, "model"))
-        write_manifest(run.stage_dir(r, "model"), {"stage": "model", "round": r})
-    return run
-
-
-def model_copy(src, out, noise=0.0, tied=None):
-    """A copy of ``src`` with optional Gaussian noise on every weight, its LM head untied (False) or tied (True).
-
-    The tiny policy is built untied; its trained LM head is kept either way."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(src)
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * noise)
-    was_tied = model.lm_head.weight is model.get_input_embeddings().weight
-    if tied is False and was_tied:
-        model.config.tie_word_embeddings = False
-        model.lm_head.weight = torch.nn.Parameter(model.get_input_embeddings().weight.detach().clone())
-    if tied is True and not was_tied:
-        # The trained LM head becomes the shared matrix: tying to the input embeddings instead would leave a
-        # model that answers every prompt with runs of newlines (near-ties, so no test of greedy answers).
-        model.config.tie_word_embeddings = True
-        model.get_input_embeddings().weight = model.lm_head.weight
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(src).save_pretrained(out)
-    return out
+    return served_run(root, raw, {r: model or assets.policy for r in rounds})
 
 
 def hf_greedy(model_dir, max_tokens=8):

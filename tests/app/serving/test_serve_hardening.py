@@ -19,9 +19,15 @@ import threading
 import time
 
 import pytest
-from test_serve import PROMPTS, free_port, make_run, model_copy
+from test_serve import PROMPTS, free_port, make_run
 
-from prefloop.app.serving.serve import publish, replica_states, serve_run_dir, stop_serving
+from prefloop.app.serving.serve import (
+    publish,
+    replica_states,
+    serve_run_dir,
+    stop_serving,
+)
+from tests.builders import model_copy
 
 pytestmark = pytest.mark.ray
 KEY = "test-key-9f2c"
