@@ -116,14 +116,7 @@ def corpus(seed: int = 0) -> list[str]:
 
 def sp_tokenizer(seed: int = 0):
     """Byte-fallback BPE with Llama's special-token and byte-token layout, trained on a small corpus."""
-    from tokenizers import (
-        Tokenizer,
-        decoders,
-        models,
-        pre_tokenizers,
-        processors,
-        trainers,
-    )
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     meta = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
@@ -300,6 +293,16 @@ def committed_rollout(run, pairs: list[dict], kto: bool = True) -> None:
                 {"prompt_id": p["prompt_id"], "prompt": p["prompt"], "messages": p["messages"], "completion": p[k],
                  "label": label, "score": 0.0} for p in pairs for k, label in (("chosen", True), ("rejected", False))])
         write_manifest(out, {"stage": ROLLOUT})
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited (a crashed attempt's, a lost lock holder's)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
 
 
 REPORT_PROMPTS = [f"Tell me about {t}." for t in ("rivers", "cats", "bread", "trains", "music", "stars")]

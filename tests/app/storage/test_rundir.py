@@ -19,6 +19,7 @@ from prefloop.app.storage.rundir import (
     upgrade_manifest,
     write_manifest,
 )
+from tests.builders import dead_pid
 
 
 def test_a_stage_is_committed_whole(tmp_path):
@@ -45,12 +46,6 @@ def test_a_failed_stage_leaves_nothing(tmp_path):
         with run.commit(0, MODEL) as out:
             (out / "config.json").write_text("{}")
     assert not run.is_committed(0, MODEL) and list(run.round_dir(0).iterdir()) == []
-
-
-def dead_pid() -> int:
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
 
 
 def test_only_dead_processes_partials_are_removed(tmp_path):

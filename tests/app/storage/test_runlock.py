@@ -12,12 +12,7 @@ import pytest
 from prefloop.app.storage import runlock
 from prefloop.app.storage.rundir import RunDir
 from prefloop.app.storage.runlock import LOCK_NAME, RecipeChangedError, RunLockedError, hold_run, lock_for
-
-
-def dead_pid() -> int:
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
+from tests.builders import dead_pid
 
 
 def write_holder(path, **fields):
