@@ -34,7 +34,7 @@ PROMPTS = [f"Tell me about {t}." for t in ("rivers", "cats", "butterflies", "che
 MAX_MODEL_LEN = 128
 
 
-def make_run(root, assets, rounds=(0,), model=None):
+def serve_run(root, assets, rounds=(0,), model=None):
     """A run dir with a resolved recipe and committed round models (copies of ``model``, default the policy)."""
     raw = {"name": "serve-test", "run_dir": str(root),
            "policy": {"model": str(assets.policy), "chat_template": "tokenizer"},
@@ -88,7 +88,7 @@ def served(ray_cluster, tiny_assets, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("serve")
     # Round 0 is the tiny policy with its LM head untied, so a same-shaped round 1 reloads in place.
-    run = make_run(tmp / "run", tiny_assets, model=model_copy(tiny_assets.policy, tmp / "untied", tied=False))
+    run = serve_run(tmp / "run", tiny_assets, model=model_copy(tiny_assets.policy, tmp / "untied", tied=False))
     served = serve_run_dir(run.root, port=free_port(), timeout_s=300)
     yield served
     stop_serving(served.name)
@@ -96,13 +96,13 @@ def served(ray_cluster, tiny_assets, tmp_path_factory):
 
 
 def test_run_dir_resolution(tmp_path, tiny_assets):
-    run = make_run(tmp_path / "run", tiny_assets, rounds=(0, 2))
+    run = serve_run(tmp_path / "run", tiny_assets, rounds=(0, 2))
     (run.round_dir(3) / "model.partial-7").mkdir(parents=True)  # an unfinished round is not served
     assert resolve_served_model(run.root) == (str(run.stage_dir(2, "model")), 2)
     assert resolve_served_model(run.root, 0) == (str(run.stage_dir(0, "model")), 0)
     with pytest.raises(FileNotFoundError, match=r"committed rounds: \[0, 2\]"):
         resolve_served_model(run.root, 1)
-    base = make_run(tmp_path / "base", tiny_assets, rounds=())
+    base = serve_run(tmp_path / "base", tiny_assets, rounds=())
     assert resolve_served_model(base.root) == (str(tiny_assets.policy), None)
 
 
