@@ -1,4 +1,5 @@
-"""The streaming rollout's pure parts: files cut into pieces, pieces checked, the driver's index, exactly once.
+"""Pieces checked (core/prompt_blocks.py), against the in-memory reader: files cut into pieces, each piece's rows
+checked and tokenised, the driver's index over the summaries (its own tests: test_prompt_files, test_prompt_index).
 
 The piece-wise path (``plan_pieces``, ``check_piece`` per piece, ``PromptIndex.decide``) must decide exactly what
 the in-memory ``read_prompts`` decides on the same hostile file, whatever the piece size."""
