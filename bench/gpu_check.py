@@ -35,8 +35,10 @@ sys.path.insert(0, str(ROOT))  # the working tree: prefloop's pure modules, no i
 from prefloop.core import plan as P
 from prefloop.core.logprobs import sequence_logps
 from prefloop.core.losses import dpo_loss
+from prefloop.core.train_config import TrainConfig
 
 CONFIGS = ROOT / "recipes" / "model_configs"
+DPO = TrainConfig(method="dpo")  # the recipe defaults: beta 0.1, sigmoid DPO
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # dense bf16 peak TFLOP/s by device-name substring (first match wins; most specific first)
 PEAK_TFLOPS = [("H200", 989.0), ("H100 PCIe", 756.0), ("H100", 989.0), ("A100", 312.0), ("L40S", 362.0),
@@ -79,7 +81,7 @@ def dpo_step(model, opt, ids, mask, ref, device) -> None:
         logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
     logps = sequence_logps(logits, ids, mask)
     n = ids.shape[0] // 2
-    out = dpo_loss(logps[:n], logps[n:], ref[:n], ref[n:], beta=0.1)
+    out = dpo_loss(logps[:n], logps[n:], ref[:n], ref[n:], DPO.beta, DPO.label_smoothing, DPO.ipo)
     out.losses.mean().backward()
     opt.step()
     opt.zero_grad(set_to_none=True)

@@ -2,7 +2,8 @@
 
 Every function takes log-probabilities (see ``logprobs.py``) and returns per-example tensors; reducing them
 (mean over the batch, over tokens, across workers) is the caller's choice. No ray, no vllm, no torch.distributed:
-anything that needs the other workers comes in as a callable.
+anything that needs the other workers comes in as a callable. The settings (beta, label_smoothing, ipo, the KTO
+weights, kl_ctl, kl_penalty, kl_to_go) have no defaults here: ``core/train_config.py`` owns them, and callers pass them.
 
 Notation: for a prompt x and response y, ``logp = log pi_theta(y|x)`` and ``ref = log pi_ref(y|x)`` are
 summed response-token log-probabilities [B]; the implicit reward is ``r = beta * (logp - ref)``.
@@ -91,8 +92,8 @@ def dpo_loss(
     ref_chosen_logps: torch.Tensor,
     ref_rejected_logps: torch.Tensor,
     beta: float,
-    label_smoothing: float = 0.0,
-    ipo: bool = False,
+    label_smoothing: float,
+    ipo: bool,
 ) -> DPOOutput:
     """Sigmoid DPO, conservative DPO (``label_smoothing`` > 0) or IPO (``ipo=True``); all inputs [B].
 
@@ -124,8 +125,8 @@ def kto_loss(
     policy_kl_logps: torch.Tensor,
     ref_kl_logps: torch.Tensor,
     beta: float,
-    desirable_weight: float = 1.0,
-    undesirable_weight: float = 1.0,
+    desirable_weight: float,
+    undesirable_weight: float,
     reduce_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> KTOOutput:
     """KTO loss with the reference point z from mismatched pairs.
@@ -181,7 +182,7 @@ def remax_advantage(sample_rewards: torch.Tensor, greedy_rewards: torch.Tensor, 
 
 
 def remax_returns(
-    advantages: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_ctl: float, kl_to_go: bool = False
+    advantages: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_ctl: float, kl_to_go: bool
 ) -> torch.Tensor:
     """Per-token returns [B, L]: G_t = A - kl_ctl * k_t on response steps, 0 elsewhere; all detached.
 
@@ -203,10 +204,10 @@ def remax_loss(
     advantages: torch.Tensor,
     mask: torch.Tensor,
     kl_ctl: float,
-    kl_penalty: Literal["sampled", "full_step"] = "sampled",
+    kl_penalty: Literal["sampled", "full_step"],
+    kl_to_go: bool,
     ref_logps: torch.Tensor | None = None,
     full_kl: torch.Tensor | None = None,
-    kl_to_go: bool = False,
 ) -> RemaxOutput:
     """REINFORCE loss of ReMax with a per-token KL penalty to the frozen reference.
 

@@ -1,9 +1,7 @@
 """Fixtures shared by every test: no model hub, the tiny offline assets built once per session, one local Ray
-session (``ray_cluster``, for the tests marked ``ray``), a tiny Llama built offline for training tests, and the
-check that a round was graded by the tiny world's preference.
-
-The tiny Llama follows STACK.md (hidden 64, 2 layers, 2 heads of head_dim 32, 1 KV head) so vLLM's CPU kernel
-loads it; its byte-level BPE tokenizer has a TuluV2 chat template, BOS/EOS and a pad token.
+session (``ray_cluster``, for the tests marked ``ray``), a tiny Llama built offline for training tests
+(``tests/builders.py``, where tests build every tiny model and run directory), and the check that a round was
+graded by the tiny world's preference.
 
 Tests are grouped by the code they test (tests/core, tests/actors, tests/app/<group> ...); what a test costs is a
 marker: ``ray`` starts the shared local Ray, ``models`` loads the tiny models in-process (pyproject.toml).
@@ -12,10 +10,11 @@ marker: ``ray`` starts the shared local Ray, ``models`` loads the tiny models in
 from __future__ import annotations
 
 import os
-import random
 from pathlib import Path
 
 import pytest
+
+from tests.builders import build_tiny_llama
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may be downloaded, in any test
 
@@ -36,13 +35,6 @@ def tiny_assets():
     return build_assets(default_assets_dir())
 
 
-TULU = ("{% for m in messages %}{% if m['role'] == 'assistant' %}{{ '<|assistant|>\n' + m['content'] + eos_token + '\n' }}"
-        "{% else %}{{ '<|' + m['role'] + '|>\n' + m['content'] + '\n' }}{% endif %}{% endfor %}"
-        "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}")
-TOPICS = ["cats", "rivers", "bread", "trains", "music", "gardens", "stars", "boats", "tea", "maps", "birds", "snow",
-          "clocks", "shoes", "lamps", "books"]
-
-
 @pytest.fixture(scope="session")
 def ray_cluster():
     """One local Ray for the whole session (8 logical CPUs on this 2-core box, see app/dataflow/runtime.py)."""
@@ -53,37 +45,6 @@ def ray_cluster():
         ray.init(num_cpus=8, include_dashboard=False, runtime_env={"env_vars": env})
     yield ray
     ray.shutdown()
-
-
-def world_text(rng: random.Random) -> list[str]:
-    words = TOPICS + ["tell", "me", "about", "is", "good", "and", "kind", "bad", "no", "please", "the", "a", "very"]
-    return [" ".join(rng.choice(words) for _ in range(8)) for _ in range(400)]
-
-
-def build_tiny_llama(out: Path, seed: int = 0) -> Path:
-    """A random-weight 2-layer Llama and its BPE tokenizer, saved as an HF directory."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    rng = random.Random(seed)
-    core = Tokenizer(models.BPE())
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    core.decoder = decoders.ByteLevel()
-    specials = ["<pad>", "<s>", "</s>", "<|user|>", "<|assistant|>", "<|system|>"]
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    core.train_from_iterator(world_text(rng) + [f"Tell me about {t}." for t in TOPICS], trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                  padding_side="right", chat_template=TULU)
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=512,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                         tie_word_embeddings=False)
-    LlamaForCausalLM(config).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
 
 
 @pytest.fixture(scope="session")

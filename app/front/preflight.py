@@ -116,10 +116,13 @@ def reference_checks(recipe: Recipe) -> list[str]:
     return []
 
 
-def model_checks(recipe: Recipe, stages: set[str], assets_dir: Path | None) -> list[str]:
-    problems = []
-    if not _built_later(recipe.policy.model, recipe, assets_dir):
-        problems += model_dir_problems(recipe.policy.model, "policy.model")
+def model_checks(recipe: Recipe, stages: set[str], assets_dir: Path | None = None,
+                 policy: str | None = None) -> list[str]:
+    """The model folders and judges ``stages`` load; ``policy``: the model a round starts from (default
+    ``policy.model``; a later round's start is the previous round's model)."""
+    problems, policy = [], policy or recipe.policy.model
+    if not _built_later(policy, recipe, assets_dir):
+        problems += model_dir_problems(policy, "policy.model")
     judges = [(recipe.scorer, "scorer")] if stages & {"rollout", "eval"} else []  # eval: the training judge too
     if "eval" in stages and recipe.eval.judge is not None:
         judges.append((recipe.eval.judge, "eval.judge"))
@@ -170,6 +173,14 @@ def preflight(recipe: Recipe, command: str = "run", rounds: Iterable[int] | None
     except (RecipeError, ValueError) as err:
         problems.append(str(err))
     return problems
+
+
+def require_models(recipe: Recipe, stage: str, policy: str) -> None:
+    """A stage's own guard (``app/rounds/rollout.py``, ``app/rounds/remax.py``) for library callers that did not
+    run the command's preflight: ``model_checks`` on the round's start model, raising PreflightError."""
+    problems = model_checks(recipe, {stage}, policy=policy)
+    if problems:
+        raise PreflightError(problems)
 
 
 def require(recipe: Recipe, command: str = "run", rounds: Iterable[int] | None = None,

@@ -29,12 +29,11 @@ from typing import Any
 from prefloop.actors.generator_pool import check_sampled_from
 from prefloop.app.dataflow.pipeline import generator_step, scorer_step
 from prefloop.app.dataflow.runtime import init_ray
+from prefloop.app.front.preflight import require_models
 from prefloop.app.rounds.rollout_stream import Totals, index_prompts, stream_rollout
 from prefloop.app.rounds.round import Round
 from prefloop.app.storage.rundir import ROLLOUT, write_manifest
 from prefloop.core.config import Recipe
-from prefloop.core.judges import check_judge
-from prefloop.core.model_dirs import check_model_dir
 from prefloop.core.model_info import control_token_of
 from prefloop.core.partition import RoundPart
 from prefloop.core.prompt_blocks import TokenBudget
@@ -72,9 +71,9 @@ def data_fields(recipe: Recipe) -> Fields:
 
 
 def preflight(recipe: Recipe, policy_dir: str) -> None:
-    """Check every path and import on the driver, so a typo fails in a second, not inside an actor."""
-    check_model_dir(policy_dir, "policy.model")
-    check_judge(recipe.scorer, "scorer")
+    """The policy and the scorer, checked on the driver by the preflight's own checks, so that a library caller
+    who skipped ``prefloop``'s preflight still fails in a second, not inside an actor."""
+    require_models(recipe, ROLLOUT, policy_dir)
 
 
 def run_rollout(rnd: Round) -> Path:

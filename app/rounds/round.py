@@ -2,8 +2,9 @@
 
 ``Round.build`` resolves everything a round's stages share, in one place:
 - the round's own recipe (``loop.methods[R]`` replaces ``train.method`` when the recipe gives per-round methods);
-- its run directory handle, and its start and reference models (round R-1's committed model, the base for R = 0;
-  the reference is that same model under ``train.reference: previous``, the cards' choice, or always the base);
+- its run directory handle, and its start and reference models, ``Round.models`` (round R-1's committed model,
+  the base for R = 0; the reference is that same model under ``train.reference: previous``, the cards' choice, or
+  always the base; None for a method that trains against no reference);
 - its training method from the registry (``core/methods.py``), its seed, and the vLLM engine settings;
 - the generator pool that samples for it (the round loop's long-lived one; None for a one-round command that
   starts a fresh actor pool per stage).
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class RoundModels:
     start: str  # the policy the round starts from (and samples with)
-    reference: str  # the frozen model its KL / log-ratio terms are taken against
+    reference: str | None  # the frozen model its KL / log-ratio terms are taken against; None: its method has none
 
 
 def round_recipe(recipe: Recipe, index: int) -> Recipe:
@@ -44,7 +45,8 @@ def round_recipe(recipe: Recipe, index: int) -> Recipe:
 
 
 def round_models(run: RunDir, recipe: Recipe, index: int) -> RoundModels:
-    """Round ``index``'s start model and reference (see the module docstring)."""
+    """Round ``index``'s start model and reference (see the module docstring); no reference for a method that
+    trains against none (SFT, conditional SFT)."""
     if index == 0:
         start = recipe.policy.model
     elif run.is_committed(index - 1, MODEL):
@@ -52,6 +54,8 @@ def round_models(run: RunDir, recipe: Recipe, index: int) -> RoundModels:
     else:
         raise FileNotFoundError(f"round {index} starts from round {index - 1}'s model, which is not "
                                 f"committed ({run.stage_dir(index - 1, MODEL)}): train that round first")
+    if not method(recipe.train.method).needs_reference:
+        return RoundModels(start, None)
     return RoundModels(start, start if recipe.train.reference == "previous" else recipe.policy.model)
 
 
@@ -84,11 +88,6 @@ class Round:
     def seed(self) -> int:
         """The training seed: ``train.seed``, else the recipe's."""
         return self.recipe.seed if self.recipe.train.seed is None else self.recipe.train.seed
-
-    @property
-    def reference(self) -> str | None:
-        """The reference model, for a method that trains against one."""
-        return self.models.reference if self.method.needs_reference else None
 
     def sampling(self, purpose: Purpose) -> SampleSpec:
         return sampling(self.recipe, purpose)

@@ -165,7 +165,7 @@ def run_train(rnd: Round, *, kill_at_step: int | None = None) -> Path:
         return rnd.stage_dir(MODEL)
     recipe, cfg, meth = rnd.recipe, rnd.recipe.train, rnd.method
     started = time.perf_counter()
-    model_dir, ref_dir = rnd.models.start, rnd.reference
+    model_dir, ref_dir = rnd.models.start, rnd.models.reference
     check_model_dir(model_dir, "training start model")
     if ref_dir is not None:
         check_model_dir(ref_dir, "reference model")

@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from prefloop.core.retry import backoff_s, retry
+
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
@@ -64,16 +66,13 @@ class Mirror:
 
     def _retry(self, what: str, action: Callable[[], None]) -> None:
         """Run an upload, retrying transient storage errors with backoff; the last error propagates."""
-        for attempt in range(1, self.retries + 1):
-            try:
-                return action()
-            except OSError as err:
-                if attempt == self.retries:
-                    raise OSError(f"upload of {what} to {self.uri} failed {attempt} times: {err}") from err
-                wait = self.backoff_s * 2 ** (attempt - 1)
-                log.warning("upload of %s failed (%s); retry %d/%d in %.1f s", what, err, attempt,
-                            self.retries - 1, wait)
-                time.sleep(wait)
+        def before_retry(attempt: int, err: BaseException) -> None:
+            wait = backoff_s(attempt, self.backoff_s)
+            log.warning("upload of %s failed (%s); retry %d/%d in %.1f s", what, err, attempt, self.retries - 1, wait)
+            time.sleep(wait)
+
+        retry(action, attempts=self.retries, transient=(OSError,), before_retry=before_retry,
+              give_up=lambda n, err: OSError(f"upload of {what} to {self.uri} failed {n} times: {err}"))
 
     # -- upload
     def _put(self, src: Path, rel: str) -> None:

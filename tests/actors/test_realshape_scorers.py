@@ -1,4 +1,4 @@
-"""Scorers on the real architectures shrunk in width and depth (tests/realshape.py), in-process on the CPU."""
+"""Scorers on the real architectures shrunk in width and depth (tests/builders.py), in-process on the CPU."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from tests.realshape import pairrm_download, sp_tokenizer, ultrarm
+from tests.builders import pairrm_download, sp_tokenizer, ultrarm, ultrarm_backbone
 
 pytestmark = pytest.mark.models  # loads models in-process (no Ray): deselected by `make test-fast`
 
@@ -42,8 +42,6 @@ def test_pairrm_download_layout_ranks_order_equivariantly(dirs):
 
 
 def test_ultrarm_layout_padded_batch_equals_one_by_one_and_hand_forward(dirs):
-    from transformers import LlamaConfig, LlamaModel
-
     from prefloop.actors.scorers import RewardModelScorer
     from prefloop.core.templates import render_conversation
 
@@ -55,8 +53,7 @@ def test_ultrarm_layout_padded_batch_equals_one_by_one_and_hand_forward(dirs):
     for shard in sorted(dirs["rm"].glob("pytorch_model-*.bin")):
         state.update(torch.load(shard, weights_only=True))
     cfg = json.loads((dirs["rm"] / "config.json").read_text())
-    base = LlamaModel(LlamaConfig(**{k: v for k, v in cfg.items() if k != "architectures"})).eval()
-    base.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("model.")})
+    base = ultrarm_backbone(cfg, state)
     want = []
     for c in CANDS:
         ids = scorer.tokenizer(render_conversation(MSGS, c, "ultrarm", scorer.tokenizer),

@@ -22,22 +22,16 @@ from prefloop.actors.reward_model import (
     last_token_index,
     load_reward_model,
 )
-from tests.paths import RECIPES
-
-ULTRARM = RECIPES / "model_configs" / "UltraRM-13b" / "config.json"
+from tests.builders import shrunk, ultrarm_backbone, ultrarm_state
 
 
 def _tiny_ultrarm(tmp: Path, extra: dict[str, torch.Tensor] | None = None, drop_head: bool = False) -> Path:
-    from transformers import LlamaConfig, LlamaModel
-
-    real = json.loads(ULTRARM.read_text())
-    small = dict(real, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                 num_key_value_heads=2, vocab_size=300)
-    torch.manual_seed(0)
-    base = LlamaModel(LlamaConfig(**{k: v for k, v in small.items() if k != "architectures"}))
-    state = {f"model.{k}": v.contiguous() for k, v in base.state_dict().items()}
-    if not drop_head:
-        state["regression_head.weight"] = torch.randn(1, 64)
+    """UltraRM's layout (``tests/builders.py``) in one safetensors file without a tokenizer: what the loader reads."""
+    small = shrunk("UltraRM-13b", hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                   num_key_value_heads=2, vocab_size=300)
+    state = {k: v.contiguous() for k, v in ultrarm_state(small, head_scale=1.0).items()}
+    if drop_head:
+        del state["regression_head.weight"]
     state.update(extra or {})
     tmp.mkdir(parents=True, exist_ok=True)
     save_file(state, str(tmp / "model.safetensors"))
@@ -60,8 +54,6 @@ def test_last_token_index_right_and_left_padding():
 
 
 def test_ultrarm_layout_scores_match_hand_forward(tmp_path):
-    from transformers import LlamaConfig, LlamaModel
-
     d = _tiny_ultrarm(tmp_path / "rm")
     model = load_reward_model(str(d), "cpu", torch.float32)
     ids = torch.tensor([[5, 9, 17, 4, 0, 0], [7, 8, 9, 10, 11, 12]])
@@ -72,8 +64,7 @@ def test_ultrarm_layout_scores_match_hand_forward(tmp_path):
 
     state = load_file(str(d / "model.safetensors"))
     cfg = json.loads((d / "config.json").read_text())
-    base = LlamaModel(LlamaConfig(**{k: v for k, v in cfg.items() if k != "architectures"})).eval()
-    base.load_state_dict({k[len("model."):]: v for k, v in state.items() if k.startswith("model.")})
+    base = ultrarm_backbone(cfg, state)
     w = state["regression_head.weight"][0]
     with torch.no_grad():
         hidden = base(input_ids=ids, attention_mask=mask).last_hidden_state

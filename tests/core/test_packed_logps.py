@@ -12,21 +12,12 @@ from prefloop.core.batching import pad_batch
 from prefloop.core.logprobs import build_response_mask
 from prefloop.core.packing import pack_sequences
 from prefloop.core.train_config import TrainConfig
+from tests.builders import random_llama
 
 CPU = torch.device("cpu")
 SEQS = [[5, 6, 7, 8, 9, 10, 11], [12, 13, 14], [15, 16, 17, 18, 19, 20, 21, 22, 23, 24], [25, 26, 27, 28],
         [29, 30]]
 PROMPTS = [3, 1, 6, 2, 1]
-
-
-def tiny_llama(attn: str):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                      attn_implementation=attn, tie_word_embeddings=False)
-    return LlamaForCausalLM(cfg).eval()
 
 
 def padded_batch():
@@ -37,7 +28,7 @@ def padded_batch():
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 @pytest.mark.parametrize("ipo", [False, True])
 def test_packed_equals_padded_logps_and_gradients(attn, ipo):
-    model, cfg = tiny_llama(attn), TrainConfig(ipo=ipo)
+    model, cfg = random_llama(attn), TrainConfig(ipo=ipo)
     packed = pack_sequences(SEQS, PROMPTS, 0)
     assert packed.input_ids.shape[0] < len(SEQS) and packs(model, cfg)
     want = seq_logps(model, padded_batch(), cfg, CPU)
@@ -53,7 +44,7 @@ def test_packed_equals_padded_logps_and_gradients(attn, ipo):
 
 def test_without_position_restarts_the_result_differs():
     """The check above can fail: packed rows read as one sequence each give other log-probs."""
-    model, cfg = tiny_llama("sdpa"), TrainConfig()
+    model, cfg = random_llama("sdpa"), TrainConfig()
     packed = pack_sequences(SEQS, PROMPTS, 0)
     want = seq_logps(model, padded_batch(), cfg, CPU)
     packed.position_ids = torch.arange(packed.input_ids.shape[1]).expand_as(packed.input_ids).clone()
@@ -61,7 +52,7 @@ def test_without_position_restarts_the_result_differs():
 
 
 def test_head_sees_only_scored_positions_and_the_hook_is_removed():
-    model = tiny_llama("sdpa")
+    model = random_llama("sdpa")
     packed = pack_sequences(SEQS, PROMPTS, 0)
     with torch.no_grad(), scored_positions_only(model, packed.select):
         logits = model(input_ids=packed.input_ids, position_ids=packed.position_ids).logits
@@ -73,7 +64,7 @@ def test_head_sees_only_scored_positions_and_the_hook_is_removed():
 def test_lora_model_packs_like_padded():
     from peft import LoraConfig, get_peft_model
 
-    model = get_peft_model(tiny_llama("sdpa"), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+    model = get_peft_model(random_llama("sdpa"), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
                                                           task_type="CAUSAL_LM"))
     cfg = TrainConfig()
     assert packs(model, cfg)
@@ -82,7 +73,7 @@ def test_lora_model_packs_like_padded():
 
 
 def test_packing_only_for_attention_that_reads_position_restarts():
-    model = tiny_llama("sdpa")
+    model = random_llama("sdpa")
     assert not packs(model, TrainConfig(packing=False))
     model.config._attn_implementation = "flash_attention_2"  # batched packing needs varlen kernels: padded instead
     assert not packs(model, TrainConfig())

@@ -1,19 +1,17 @@
-"""The streaming rollout's pure parts: files cut into pieces, pieces checked, the driver's index, exactly once.
+"""Pieces checked (core/prompt_blocks.py), against the in-memory reader: files cut into pieces, each piece's rows
+checked and tokenised, the driver's index over the summaries (its own tests: test_prompt_files, test_prompt_index).
 
 The piece-wise path (``plan_pieces``, ``check_piece`` per piece, ``PromptIndex.decide``) must decide exactly what
 the in-memory ``read_prompts`` decides on the same hostile file, whatever the piece size."""
 
 import json
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
-from prefloop.core import prompt_files
 from prefloop.core.partition import take
 from prefloop.core.prompt_blocks import TokenBudget, check_piece, used_rows
-from prefloop.core.prompt_files import Fields, Piece, Source, iter_rows, plan_pieces, plan_sources
-from prefloop.core.prompt_index import ExactlyOnce, PromptIndex
+from prefloop.core.prompt_files import Fields, Piece, plan_pieces, plan_sources
+from prefloop.core.prompt_index import PromptIndex
 from prefloop.core.prompts import read_prompts
 
 
@@ -118,54 +116,3 @@ def test_every_source_answers_even_an_empty_one(tmp_path):
         index.add({"piece": 1, "accepted": [], "rejected": []})
     with pytest.raises(RuntimeError, match=r"1 pieces of the prompt files were never read \(first: \[0\]\)"):
         index.decide()
-
-
-def test_tables_are_read_in_pieces_and_batches_and_kept_rows_taken(tmp_path, monkeypatch):
-    monkeypatch.setattr(prompt_files, "TABLE_BATCH_ROWS", 4)
-    table = pa.table({"prompt": [f"p{i}" for i in range(10)], "prompt_id": [f"id{i}" for i in range(10)]})
-    parquet = tmp_path / "p.parquet"
-    pq.write_table(table, parquet, row_group_size=3)
-    arrow = tmp_path / "ds" / "data-00000-of-00001.arrow"
-    arrow.parent.mkdir()
-    with pa.OSFile(str(arrow), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
-        for batch in table.to_batches(max_chunksize=3):
-            writer.write_batch(batch)
-    for sources in (plan_sources(parquet), plan_sources(arrow.parent)):
-        source = sources[0]
-        assert [(n, r["prompt"]) for n, r, _ in iter_rows(source)] == [(i, f"p{i}") for i in range(10)]
-        assert [(n, r["prompt_id"]) for n, r, _ in iter_rows(source, {0, 5, 9})] == [(0, "id0"), (5, "id5"),
-                                                                                    (9, "id9")]
-        pieces = plan_pieces(sources, 4)
-        assert [(p.first, p.rows) for p in pieces] == [(0, 4), (4, 4), (8, 2)]
-        assert [n for p in pieces for n, _, _ in iter_rows(source, piece=p)] == list(range(10))
-        assert [n for n, _, _ in iter_rows(source, {2, 5, 7, 9}, pieces[1])] == [5, 7]  # rows 4-7 only
-    assert plan_sources(arrow.parent)[0].location(5) == "row 5"
-
-
-def test_jsonl_kept_lines_skip_the_others_unparsed(tmp_path):
-    path = hostile(tmp_path)
-    got = [(n, r) for n, r, _ in iter_rows(Source(str(path), "jsonl"), {2, 4})]
-    assert got[0][0] == 2 and isinstance(got[0][1], ValueError) and "malformed" in str(got[0][1])
-    assert got[1] == (4, {"prompt_id": "a", "prompt": "first a"})
-
-
-def test_a_summary_naming_an_unknown_piece_is_refused():
-    index = PromptIndex([Source("a.jsonl", "jsonl")], [Piece(0, 1, 5)])
-    with pytest.raises(ValueError, match="names piece 3, but there are 1"):
-        index.add({"piece": 3, "accepted": [], "rejected": []})
-
-
-def test_exactly_once():
-    once = ExactlyOnce(["a", "b", "c"], 2)
-    once.see("a", 2)
-    with pytest.raises(RuntimeError, match="prompt_id a came back twice"):
-        once.see("a", 2)
-    with pytest.raises(RuntimeError, match="prompt_id z came back but was never sent"):
-        once.see("z", 2)
-    with pytest.raises(RuntimeError, match="prompt_id b has 3 candidates, not 2"):
-        once.see("b", 3)
-    once.see("b", 2)
-    with pytest.raises(RuntimeError, match=r"1 prompts never came back \(first: \['c'\]\)"):
-        once.finish()
-    once.see("c", 2)
-    assert once.finish() == 3

@@ -123,3 +123,18 @@ def test_a_one_round_command_writes_nothing_when_the_preflight_fails(tmp_path):
     got = prefloop("rollout", DEMO, "--set", f"run_dir={tmp_path}/run", "--set", "data.train=/nope/p.jsonl")
     assert got.returncode == 1 and "/nope/p.jsonl" in got.stderr and "RAY WAS IMPORTED" not in got.stderr
     assert not (tmp_path / "run").exists()
+
+
+@needs_assets
+def test_the_rollout_stage_guard_is_the_preflights_model_checks(broken):
+    """``run_rollout`` / ``run_remax`` called as a library, without the command's preflight, still check the
+    round's start model and the scorer, with the same checks and messages."""
+    from prefloop.app.front.preflight import PreflightError
+    from prefloop.app.rounds.rollout import preflight as stage_guard
+
+    stage_guard(demo(), str(ASSETS / "policy"))  # the demo's policy and PairRM pass
+    with pytest.raises(PreflightError, match="policy.model .*no_tokenizer: no tokenizer"):
+        stage_guard(demo(), str(broken / "no_tokenizer"))  # the start model, not policy.model, is checked
+    with pytest.raises(PreflightError, match="scorer.function: 'nosuchmodule:fn' cannot be imported"):
+        stage_guard(demo("scorer.kind=function", "scorer.function=nosuchmodule:fn", "scorer.model=null"),
+                    str(ASSETS / "policy"))

@@ -10,7 +10,7 @@ import time
 from prefloop.app.front.cli import main
 from prefloop.app.front.status import format_status, read_status
 from prefloop.app.storage.heartbeat import STALE_S, Heartbeat, liveness
-from tests.report_fixtures import make_run, write_stage
+from tests.builders import report_run, write_stage
 
 
 def beat(root, **fields):
@@ -36,7 +36,7 @@ def test_liveness_by_age_pid_and_end_state():
 
 def test_status_of_a_running_run(tmp_path, capsys):
     root = tmp_path / "run"
-    make_run(root, rounds=2, planned=3)
+    report_run(root, rounds=2, planned=3)
     write_stage(root, 2, "rollout", {"stage": "rollout"})
     (root / "round_2" / "model.partial-123").mkdir()  # an unfinished stage is not committed
     (root / "report.md").write_text("x")
@@ -57,7 +57,7 @@ def test_status_of_a_running_run(tmp_path, capsys):
 
 def test_status_says_stale_when_the_heartbeat_stopped(tmp_path, capsys):
     root = tmp_path / "run"
-    make_run(root, rounds=1)
+    report_run(root, rounds=1)
     beat(root, host="another-host", time=time.time() - 600, stage="train", round=1, total=None)
     assert main(["status", str(root)]) == 1
     out = capsys.readouterr().out
@@ -66,7 +66,7 @@ def test_status_says_stale_when_the_heartbeat_stopped(tmp_path, capsys):
 
 def test_status_through_a_uri_and_as_json(tmp_path, capsys):
     root = tmp_path / "run"
-    make_run(root, rounds=1)
+    report_run(root, rounds=1)
     hb = Heartbeat(root / "heartbeat.json", round=0, stage="eval")
     hb.start()
     hb.stop("finished")

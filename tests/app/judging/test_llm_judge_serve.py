@@ -9,15 +9,14 @@ position-biased judge there is. What is tested is the protocol, not the judge's 
 """
 
 import random
-import shutil
 import socket
 
 import pytest
 
-from prefloop.app.storage.rundir import RunDir, write_manifest
-from prefloop.core.config import dump_recipe, parse_recipe
+from prefloop.core.config import parse_recipe
 from prefloop.core.judge_config import JudgeConfig
 from prefloop.core.llm_judge import build_messages
+from tests.builders import served_run
 
 pytestmark = pytest.mark.ray
 WORDS = "honey hive queen lava ash crater tea kettle cup rails station melody".split()
@@ -62,11 +61,7 @@ def judge_url(ray_cluster, tiny_assets, tmp_path_factory):
     raw = {"name": "judge", "run_dir": str(tmp / "run"), "policy": {"model": str(tiny_assets.policy)},
            "data": {"train": "unused.jsonl", "max_prompt_tokens": 480},
            "rollout": {"max_tokens": 8, "max_model_len": 512}, "scorer": {"kind": "function", "function": "a:b"}}
-    run = RunDir(tmp / "run")
-    run.save_text("recipe.yaml", dump_recipe(parse_recipe(raw, "test")))
-    always_m_judge(tiny_assets.policy, tmp / "judge")
-    shutil.copytree(tmp / "judge", run.stage_dir(0, "model"))
-    write_manifest(run.stage_dir(0, "model"), {"stage": "model", "round": 0})
+    run = served_run(tmp / "run", raw, {0: always_m_judge(tiny_assets.policy, tmp / "judge")})
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -1,4 +1,4 @@
-"""The cluster recipes' path on real architectures shrunk in width and depth (tests/realshape.py), on CPU:
+"""The cluster recipes' path on real architectures shrunk in width and depth (tests/builders.py), on CPU:
 
 - a Mistral-shaped policy with ``policy.dtype: bfloat16`` through DPO on Ray Train (2 workers, FSDP2 with its
   bf16 mixed-precision policy and a live, sharded bf16 reference), saved in bf16, then loaded by vLLM in bf16
@@ -16,19 +16,17 @@ import textwrap
 import pytest
 import torch
 
-from prefloop.app.storage.rundir import RunDir, write_manifest
-from prefloop.app.storage.tables import write_parquet
+from prefloop.app.storage.rundir import RunDir
 from prefloop.core.config import parse_recipe
-from tests.realshape import mistral_policy, ultrarm
+from tests.builders import TOPICS as TINY_TOPICS
+from tests.builders import committed_rollout, mistral_policy, preference_pairs, ultrarm
 
 pytestmark = pytest.mark.ray
-TOPICS = ["cats", "rivers", "bread", "trains", "music", "gardens", "stars", "boats"]
+TOPICS = TINY_TOPICS[:8]
 
 
 def pairs():
-    return [{"prompt_id": f"p{i}", "prompt": f"tell me about {t}", "messages": [{"role": "user",
-             "content": f"tell me about {t}"}], "chosen": f"{t} is good and kind", "rejected": "no no bad",
-             "score_chosen": 1.0, "score_rejected": 0.0, "margin": 1.0} for i, t in enumerate(TOPICS * 2)]
+    return preference_pairs("tell me about {t}", "{t} is good and kind", "no no bad", TOPICS)
 
 
 def test_mistral_bf16_dpo_fsdp_then_vllm_reload(ray_cluster, tmp_path):
@@ -39,9 +37,7 @@ def test_mistral_bf16_dpo_fsdp_then_vllm_reload(ray_cluster, tmp_path):
 
     policy = mistral_policy(tmp_path / "Mistral-7B-Instruct-v0.2")
     run = RunDir(tmp_path / "run")
-    with run.commit(0, "rollout") as out:
-        write_parquet(out / "pairs.parquet", pairs())
-        write_manifest(out, {"stage": "rollout"})
+    committed_rollout(run, pairs(), kto=False)
     recipe = parse_recipe({
         "name": "mistral-bf16", "run_dir": str(run.root), "seed": 0, "data": {"train": "unused"},
         "policy": {"model": str(policy), "chat_template": "mistral", "dtype": "bfloat16"},

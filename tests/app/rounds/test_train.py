@@ -14,36 +14,19 @@ import torch
 
 from prefloop.app.rounds.round import Round
 from prefloop.app.rounds.train import run_train
-from prefloop.app.storage.rundir import RunDir, write_manifest
-from prefloop.app.storage.tables import write_parquet
+from prefloop.app.storage.rundir import RunDir
 from prefloop.core.config import parse_recipe
 from prefloop.core.train_data import BAD, GOOD, TrainDataError
+from tests.builders import committed_rollout, preference_pairs
 
 pytestmark = pytest.mark.ray
 LORA = {"r": 8, "alpha": 16}
-TOPICS = ["cats", "rivers", "bread", "trains", "music", "gardens", "stars", "boats", "tea", "maps", "birds", "snow",
-          "clocks", "shoes", "lamps", "books"]
 
 
-def pairs():
-    out = []
-    for i, topic in enumerate(TOPICS * 2):
-        prompt = f"Tell me about {topic} {i}."
-        out.append({"prompt_id": f"p{i}", "prompt": prompt, "messages": [{"role": "user", "content": prompt}],
-                    "chosen": f"{topic} is good and kind.", "rejected": "no no bad.",
-                    "score_chosen": 1.0, "score_rejected": 0.0, "margin": 1.0})
-    return out
-
-
-def make_run(tmp, model, method, **train):
-    """A run directory whose round 0 already has a committed rollout (pairs.parquet, kto.parquet)."""
+def train_recipe(tmp, model, method, **train):
+    """A recipe whose round 0 already has a committed rollout (pairs.parquet, kto.parquet)."""
     run = RunDir(tmp / "run")
-    kto = [{"prompt_id": p["prompt_id"], "prompt": p["prompt"], "messages": p["messages"], "completion": p[k],
-            "label": label, "score": 0.0} for p in pairs() for k, label in (("chosen", True), ("rejected", False))]
-    with run.commit(0, "rollout") as out:
-        write_parquet(out / "pairs.parquet", pairs())
-        write_parquet(out / "kto.parquet", kto)
-        write_manifest(out, {"stage": "rollout"})
+    committed_rollout(run, preference_pairs())
     settings = {"method": method, "lr": 5e-3, "epochs": 4, "micro_batch_size": 4, "max_prompt_len": 32,
                 "max_response_len": 16, "checkpoint_every_steps": 100, "log_every_steps": 100, **train}
     return parse_recipe({"name": f"t-{method}", "run_dir": str(run.root), "seed": 0,
@@ -64,7 +47,7 @@ def trained(ray_cluster, tiny_llama, tmp_path_factory):
         if name not in cache:
             plan = dict(plans[name])
             kill = plan.pop("kill", None)
-            recipe = make_run(tmp_path_factory.mktemp(name), tiny_llama, name.split("-")[0], **plan)
+            recipe = train_recipe(tmp_path_factory.mktemp(name), tiny_llama, name.split("-")[0], **plan)
             cache[name] = recipe, run_train(Round.of(recipe), kill_at_step=kill)
         return cache[name]
     return get
@@ -89,7 +72,7 @@ def pair_accuracy(start, model):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model)
-    rows = pairs()
+    rows = preference_pairs()
     prompts = [tok.apply_chat_template(r["messages"], tokenize=False, add_generation_prompt=True) for r in rows]
     ratio = {k: logps(model, prompts, [r[k] for r in rows]) - logps(start, prompts, [r[k] for r in rows])
              for k in ("chosen", "rejected")}
@@ -153,7 +136,7 @@ def test_csft_control_tokens_condition_the_answer(trained):
     _, folder = trained("csft")
     tok = AutoTokenizer.from_pretrained(folder)
     assert all(len(tok(t, add_special_tokens=False)["input_ids"]) == 1 for t in (GOOD, BAD))
-    rows = pairs()[:8]
+    rows = preference_pairs()[:8]
     base = [tok.apply_chat_template(r["messages"], tokenize=False, add_generation_prompt=True) for r in rows]
     good = [r["chosen"] for r in rows]
     assert (logps(folder, [p + GOOD for p in base], good) > logps(folder, [p + BAD for p in base], good)).all()
@@ -208,26 +191,26 @@ def hf_greedy_ids(model_dir, max_tokens=8):
 
 
 def test_bad_inputs_fail_early_with_clear_errors(tiny_llama, tmp_path):
-    recipe = make_run(tmp_path / "a", tmp_path / "no-such-model", "dpo")
+    recipe = train_recipe(tmp_path / "a", tmp_path / "no-such-model", "dpo")
     with pytest.raises(FileNotFoundError, match="no-such-model"):
         run_train(Round.of(recipe))
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    recipe = make_run(tmp_path / "b", tiny_llama, "dpo", data=str(empty))
+    recipe = train_recipe(tmp_path / "b", tiny_llama, "dpo", data=str(empty))
     with pytest.raises(TrainDataError, match="no rows"):
         run_train(Round.of(recipe))
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": "q", "chosen": "same", "rejected": "same"}) + "\n")
-    recipe = make_run(tmp_path / "c", tiny_llama, "dpo", data=str(bad))
+    recipe = train_recipe(tmp_path / "c", tiny_llama, "dpo", data=str(bad))
     with pytest.raises(TrainDataError, match="line 1 rejected: identical"):
         run_train(Round.of(recipe))
     kto_file = tmp_path / "kto.jsonl"
     kto_file.write_text(json.dumps({"prompt": "q", "completion": "a", "label": True}) + "\n")
-    recipe = make_run(tmp_path / "d", tiny_llama, "dpo", data=str(kto_file))
+    recipe = train_recipe(tmp_path / "d", tiny_llama, "dpo", data=str(kto_file))
     with pytest.raises(TrainDataError, match="cannot train on kto"):
         run_train(Round.of(recipe))
     with pytest.raises(FileNotFoundError, match="round 0's model"):
-        run_train(Round.of(make_run(tmp_path / "e", tiny_llama, "dpo"), 1))
+        run_train(Round.of(train_recipe(tmp_path / "e", tiny_llama, "dpo"), 1))
 
 
 def test_a_resume_continues_its_own_checkpoint_and_starts_over_from_another_trainings(ray_cluster, tiny_llama,
@@ -238,7 +221,7 @@ def test_a_resume_continues_its_own_checkpoint_and_starts_over_from_another_trai
     import shutil
 
     def failed_first(where):
-        recipe = make_run(tmp_path / where, tiny_llama, "sft", checkpoint_every_steps=3, max_failures=0, epochs=2)
+        recipe = train_recipe(tmp_path / where, tiny_llama, "sft", checkpoint_every_steps=3, max_failures=0, epochs=2)
         with pytest.raises(Exception, match="(?i)training failed"):  # the worker death, no retry left
             run_train(Round.of(recipe), kill_at_step=3)
         return recipe

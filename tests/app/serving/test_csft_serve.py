@@ -13,8 +13,7 @@ import pytest
 
 from prefloop.app.serving.serve import serve_run_dir, stop_serving
 from prefloop.app.storage.model_files import stamp_model
-from prefloop.app.storage.rundir import RunDir, write_manifest
-from prefloop.core.config import dump_recipe, parse_recipe
+from tests.builders import served_run
 
 pytestmark = pytest.mark.ray
 PROMPTS = ["Tell me about cats.", "Tell me about rivers."]
@@ -68,10 +67,7 @@ def test_served_csft_model_answers_with_its_control_token(ray_cluster, tiny_asse
            "policy": {"model": str(tiny_assets.policy), "chat_template": "tokenizer"},
            "data": {"train": "unused.jsonl", "max_prompt_tokens": 48},
            "rollout": {"max_tokens": 16, "max_model_len": 128}, "scorer": {"kind": "function", "function": "a:b"}}
-    run = RunDir(tmp_path / "run")
-    run.save_text("recipe.yaml", dump_recipe(parse_recipe(raw, "test")))
-    shutil.copytree(model, run.stage_dir(0, "model"))
-    write_manifest(run.stage_dir(0, "model"), {"stage": "model", "round": 0, "method": "csft"})
+    run = served_run(tmp_path / "run", raw, {0: model}, method="csft")
     served = serve_run_dir(run.root, port=18431, timeout_s=300)
     try:
         handle = serve.get_app_handle(served.name)

@@ -27,8 +27,7 @@ from prefloop.app.serving.serve import (
     serve_run_dir,
     stop_serving,
 )
-from prefloop.app.storage.rundir import RunDir, write_manifest
-from prefloop.core.config import dump_recipe, parse_recipe
+from tests.builders import model_copy, served_run
 from tests.model_copies import tied_copy
 
 pytestmark = pytest.mark.ray
@@ -37,45 +36,14 @@ PROMPTS = [f"Tell me about {t}." for t in ("rivers", "cats", "butterflies", "che
 MAX_MODEL_LEN = 128
 
 
-def make_run(root, assets, rounds=(0,), model=None):
+def serve_run(root, assets, rounds=(0,), model=None):
     """A run dir with a resolved recipe and committed round models (copies of ``model``, default the policy)."""
     raw = {"name": "serve-test", "run_dir": str(root),
            "policy": {"model": str(assets.policy), "chat_template": "tokenizer"},
            "data": {"train": "unused.jsonl", "max_prompt_tokens": 48},
            "rollout": {"max_tokens": 24, "max_model_len": MAX_MODEL_LEN},
            "scorer": {"kind": "pairrm", "model": str(assets.pairrm)}}
-    run = RunDir(root)
-    run.save_text("recipe.yaml", dump_recipe(parse_recipe(raw, "test")))
-    for r in rounds:
-        shutil.copytree(model or assets.policy, run.stage_dir(r, "model"))
-        write_manifest(run.stage_dir(r, "model"), {"stage": "model", "round": r})
-    return run
-
-
-def model_copy(src, out, noise=0.0, tied=None):
-    """A copy of ``src`` with optional Gaussian noise on every weight, its LM head untied (False) or tied (True).
-
-    The tiny policy is built untied; its trained LM head is kept either way."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(src)
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * noise)
-    was_tied = model.lm_head.weight is model.get_input_embeddings().weight
-    if tied is False and was_tied:
-        model.config.tie_word_embeddings = False
-        model.lm_head.weight = torch.nn.Parameter(model.get_input_embeddings().weight.detach().clone())
-    if tied is True and not was_tied:
-        # The trained LM head becomes the shared matrix: tying to the input embeddings instead would leave a
-        # model that answers every prompt with runs of newlines (near-ties, so no test of greedy answers).
-        model.config.tie_word_embeddings = True
-        model.get_input_embeddings().weight = model.lm_head.weight
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(src).save_pretrained(out)
-    return out
+    return served_run(root, raw, {r: model or assets.policy for r in rounds})
 
 
 def hf_greedy(model_dir, max_tokens=8):
@@ -122,7 +90,7 @@ def served(ray_cluster, tiny_assets, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("serve")
     # Round 0 is the tiny policy with its LM head untied, so a same-shaped round 1 reloads in place.
-    run = make_run(tmp / "run", tiny_assets, model=model_copy(tiny_assets.policy, tmp / "untied", tied=False))
+    run = serve_run(tmp / "run", tiny_assets, model=model_copy(tiny_assets.policy, tmp / "untied", tied=False))
     served = serve_run_dir(run.root, port=free_port(), timeout_s=300)
     yield served
     stop_serving(served.name)
@@ -130,13 +98,13 @@ def served(ray_cluster, tiny_assets, tmp_path_factory):
 
 
 def test_run_dir_resolution(tmp_path, tiny_assets):
-    run = make_run(tmp_path / "run", tiny_assets, rounds=(0, 2))
+    run = serve_run(tmp_path / "run", tiny_assets, rounds=(0, 2))
     (run.round_dir(3) / "model.partial-7").mkdir(parents=True)  # an unfinished round is not served
     assert resolve_served_model(run.root) == (str(run.stage_dir(2, "model")), 2)
     assert resolve_served_model(run.root, 0) == (str(run.stage_dir(0, "model")), 0)
     with pytest.raises(FileNotFoundError, match=r"committed rounds: \[0, 2\]"):
         resolve_served_model(run.root, 1)
-    base = make_run(tmp_path / "base", tiny_assets, rounds=())
+    base = serve_run(tmp_path / "base", tiny_assets, rounds=())
     assert resolve_served_model(base.root) == (str(tiny_assets.policy), None)
 
 

@@ -1,11 +1,9 @@
 """``prefloop.app.serving.serve:build_app``, the Serve config builder KubeRay's RayService names (no Ray started)."""
 
-import shutil
-
 import pytest
-import yaml
 
 from prefloop.app.serving.serve import build_app
+from tests.builders import served_run
 
 pytestmark = pytest.mark.models  # loads models in-process (no Ray): deselected by `make test-fast`
 
@@ -13,15 +11,10 @@ pytestmark = pytest.mark.models  # loads models in-process (no Ray): deselected 
 @pytest.fixture
 def run_dir(tmp_path, tiny_assets, monkeypatch):
     monkeypatch.setenv("PREFLOOP_API_KEY", "builder-test-key")  # a RayService binds 0.0.0.0: a key is required
-    for r in (0, 1):
-        model = tmp_path / f"round_{r}" / "model"
-        shutil.copytree(tiny_assets.policy, model)
-        (model / "manifest.json").write_text("{}")
     recipe = {"name": "b", "run_dir": str(tmp_path), "policy": {"model": str(tiny_assets.policy)},
               "data": {"train": "p.jsonl"}, "scorer": {"kind": "pairrm", "model": str(tiny_assets.pairrm)},
               "resources": {"generator_gpus": 1}}
-    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
-    return tmp_path
+    return served_run(tmp_path, recipe, {0: tiny_assets.policy, 1: tiny_assets.policy}).root
 
 
 def deployment(app):

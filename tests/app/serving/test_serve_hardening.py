@@ -19,9 +19,15 @@ import threading
 import time
 
 import pytest
-from test_serve import PROMPTS, free_port, make_run, model_copy
+from test_serve import PROMPTS, free_port, serve_run
 
-from prefloop.app.serving.serve import publish, replica_states, serve_run_dir, stop_serving
+from prefloop.app.serving.serve import (
+    publish,
+    replica_states,
+    serve_run_dir,
+    stop_serving,
+)
+from tests.builders import model_copy
 
 pytestmark = pytest.mark.ray
 KEY = "test-key-9f2c"
@@ -62,7 +68,7 @@ def app(ray_cluster, tiny_assets, tmp_path_factory):
     from ray import serve
 
     tmp = tmp_path_factory.mktemp("hardening")
-    run = make_run(tmp / "run", tiny_assets, model=strict_copy(tiny_assets.policy, tmp / "r0", 0.0))
+    run = serve_run(tmp / "run", tiny_assets, model=strict_copy(tiny_assets.policy, tmp / "r0", 0.0))
     served = serve_run_dir(run.root, port=free_port(), replicas=2, api_key=KEY, timeout_s=600)
     yield served, tmp
     stop_serving(served.name)

@@ -87,3 +87,29 @@ def test_tracking_folders_are_mirrored_and_pulled_elsewhere(remote, tmp_path, mo
     other.pull()
     assert (other.root / "logs" / "driver.log").read_text() == "l"
     assert (other.root / "tensorboard" / "events.1").read_text() == "e1+more"
+
+
+def test_upload_retries_back_off_doubling_and_only_storage_errors_are_retried(remote, monkeypatch):
+    _, uri = remote
+    run = RunDir(uri)
+    waits = []
+    monkeypatch.setattr(run_mirror.time, "sleep", waits.append)
+    calls = []
+
+    def down():
+        calls.append(1)
+        raise OSError("injected: storage down")
+
+    with pytest.raises(OSError, match="upload of x to .* failed 4 times: injected") as err:
+        run.mirror._retry("x", down)
+    assert isinstance(err.value.__cause__, OSError) and len(calls) == run_mirror.Mirror.retries
+    assert waits == [0.01, 0.02, 0.04]  # Mirror.backoff_s (0.01 here), doubled after each failed attempt
+
+    def bug():
+        calls.append(1)
+        raise ValueError("not a storage error")
+
+    calls.clear()
+    with pytest.raises(ValueError, match="not a storage error"):
+        run.mirror._retry("x", bug)
+    assert calls == [1]  # a programming error is not retried

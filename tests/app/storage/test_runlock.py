@@ -1,4 +1,4 @@
-"""The run-directory lock (local file and URI lease), the recipe check on resume, and the .partial cleanup."""
+"""The run-directory lock (local file and URI lease) and the recipe check on resume."""
 
 import json
 import os
@@ -10,14 +10,9 @@ import time
 import pytest
 
 from prefloop.app.storage import runlock
-from prefloop.app.storage.rundir import RunDir, remove_dead_partials
+from prefloop.app.storage.rundir import RunDir
 from prefloop.app.storage.runlock import LOCK_NAME, RecipeChangedError, RunLockedError, hold_run, lock_for
-
-
-def dead_pid() -> int:
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
+from tests.builders import dead_pid
 
 
 def write_holder(path, **fields):
@@ -112,18 +107,6 @@ def test_a_resume_with_another_recipe_refuses_with_a_diff_unless_allowed(tmp_pat
     assert "num_samples: 8" in (run.root / "recipe.yaml").read_text()
     changes = [json.loads(line) for line in (run.root / "recipe_changes.jsonl").read_text().splitlines()]
     assert len(changes) == 1 and "+  num_samples: 8" in changes[0]["diff"]
-
-
-def test_only_dead_processes_partials_are_removed(tmp_path):
-    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        for pid in (live.pid, dead_pid(), os.getpid()):
-            (tmp_path / f"rollout.partial-{pid}").mkdir()
-        remove_dead_partials(tmp_path, "rollout")
-        assert sorted(p.name for p in tmp_path.iterdir()) == [f"rollout.partial-{live.pid}"]
-    finally:
-        live.kill()
-        live.wait()
 
 
 class BrokenStore(runlock._LocalStore):

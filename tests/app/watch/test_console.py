@@ -8,7 +8,7 @@ import pytest
 
 from prefloop.app.watch import console as console_mod
 from prefloop.app.watch.console import Console, route_library_logs
-from tests.report_fixtures import eval_manifest
+from tests.builders import eval_manifest
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import pytest
 
 from prefloop.app.storage.rundir import RunDir
 from prefloop.app.watch.report_html import write_html
-from tests.report_fixtures import PROMPTS, make_run
+from tests.builders import REPORT_PROMPTS, report_run
 
 pytestmark = pytest.mark.models  # loads models in-process (no Ray): deselected by `make test-fast`
 
@@ -47,7 +47,7 @@ def chromium(tmp_path, url: str, *extra: str) -> subprocess.CompletedProcess:
 @pytest.fixture
 def report(tmp_path):
     root = tmp_path / "run"
-    return write_html("demo", RunDir(root), make_run(root, rounds=3))
+    return write_html("demo", RunDir(root), report_run(root, rounds=3))
 
 
 def test_report_renders_in_chromium_with_no_console_errors(tmp_path, report):
@@ -59,8 +59,8 @@ def test_report_renders_in_chromium_with_no_console_errors(tmp_path, report):
     assert len(re.findall(r"<tr>", dom)) == 1 + 3  # header + one row per round
     assert len(re.findall(r'<svg[^>]*class="chart"', dom)) == 3
     assert len(re.findall(r'<circle ', dom)) == 3 * 3 + 2 * 3 + 2 * 3  # win rates 3 series, length 2, repetition 2
-    assert dom.count('class="card"') == len(PROMPTS)
-    assert f"{len(PROMPTS)} of {len(PROMPTS)} prompts" in dom  # written by the inline script: it ran
+    assert dom.count('class="card"') == len(REPORT_PROMPTS)
+    assert f"{len(REPORT_PROMPTS)} of {len(REPORT_PROMPTS)} prompts" in dom  # written by the inline script: it ran
     assert "round 2 answer 1 about cats" in dom
 
 
@@ -68,7 +68,7 @@ def test_filter_from_the_url_hides_other_prompts(tmp_path, report):
     done = chromium(tmp_path, report.as_uri() + "#filter=rivers", "--dump-dom")
     assert "1 of 6 prompts" in done.stdout
     hidden = re.findall(r'<div class="card" data-prompt="([^"]+)" style="display: none;">', done.stdout)
-    assert sorted(hidden) == sorted(p.lower() for p in PROMPTS if "rivers" not in p)
+    assert sorted(hidden) == sorted(p.lower() for p in REPORT_PROMPTS if "rivers" not in p)
 
 
 def test_screenshot_is_not_blank(tmp_path, report):

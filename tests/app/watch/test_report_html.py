@@ -3,10 +3,16 @@
 import re
 
 from prefloop.app.storage.rundir import RunDir
-from prefloop.app.watch.report_html import render, round_table, sample_ids, verdict, write_html
+from prefloop.app.watch.report_html import (
+    render,
+    round_table,
+    sample_ids,
+    verdict,
+    write_html,
+)
 from prefloop.core import svg_chart
 from prefloop.core.svg_chart import line_chart
-from tests.report_fixtures import PROMPTS, make_run
+from tests.builders import REPORT_PROMPTS, report_run
 
 
 def test_chart_places_points_by_hand_computed_coordinates():
@@ -42,11 +48,11 @@ def test_round_table_shows_the_eval_metrics_and_dashes_for_missing_keys():
 
 def test_report_html_is_self_contained_with_table_plots_and_answers(tmp_path):
     root = tmp_path / "run"
-    rows = make_run(root, rounds=2)
+    rows = report_run(root, rounds=2)
     path = write_html("demo", RunDir(root), rows)
     html = path.read_text()
     assert path == root / "report.html"
-    assert html.count("<svg") == 3 and html.count('class="card"') == len(PROMPTS)
+    assert html.count("<svg") == 3 and html.count('class="card"') == len(REPORT_PROMPTS)
     assert "0.600 ± 0.050" in html and "0.700" in html  # round 1: eval judge, training judge
     assert "round 1 answer 3 about trains" in html and "base answer 3 &lt;b&gt;bold?&lt;/b&gt;" in html  # escaped
     assert "score 1.500 · base_score 0.400 · outcome win" in html

@@ -1,5 +1,6 @@
-"""The rollout's tables written chunk by chunk: fixed schemas, one row group per chunk, the same rows read back,
-and an empty table that still has its columns (what train/evaluate/report read)."""
+"""app/rounds/rollout_stream.py's pure parts, without Ray: the rollout's tables written chunk by chunk (fixed schemas,
+one row group per chunk, the same rows read back), and an empty table that still has its columns (what train,
+evaluate and report read). The two Ray Data passes (``index_prompts``, ``stream_rollout``) run in test_rollout.py."""
 
 import json
 
