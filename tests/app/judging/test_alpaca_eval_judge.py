@@ -12,7 +12,7 @@ import yaml
 
 from prefloop.app.judging.alpaca_eval_judge import AlpacaEvalJudge, VerdictError, annotator_config
 from prefloop.core.judge_config import JudgeConfig
-from tests.app.judging.test_llm_judge_client import Endpoint
+from tests.app.judging.test_llm_judge_client import endpoint  # noqa: F401  (the scripted endpoint fixture)
 
 alpaca_eval = pytest.importorskip("alpaca_eval")
 from alpaca_eval import utils as ae_utils  # noqa: E402
@@ -35,17 +35,6 @@ def scripted(body):
     return 200, {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"], "choices": [choice]}
 
 
-@pytest.fixture
-def endpoint():
-    made = []
-
-    def make(script):
-        made.append(Endpoint(script))
-        return made[-1]
-
-    yield make
-    for e in made:
-        e.close()
 
 
 def cfg(url, **kw):

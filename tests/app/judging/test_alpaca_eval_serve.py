@@ -11,14 +11,19 @@ alpaca_eval`` gives the round's answer the win exactly where AlpacaEval's seeded
 
 import json
 import shutil
-import socket
 
 import pytest
 
-from prefloop.app.storage.rundir import RunDir, write_manifest
-from prefloop.core.config import dump_recipe, parse_recipe
+from prefloop.core.config import parse_recipe
 from prefloop.core.judge_config import JudgeConfig
-from tests.app.judging.test_llm_judge_serve import BASE, PROMPTS, ROUND, always_m_judge
+from tests.app.judging.test_llm_judge_serve import (
+    BASE,
+    PROMPTS,
+    ROUND,
+    always_m_judge,
+    served_endpoint,
+)
+from tests.builders import served_run
 
 pytestmark = pytest.mark.ray
 pytest.importorskip("alpaca_eval")
@@ -26,10 +31,7 @@ pytest.importorskip("alpaca_eval")
 
 @pytest.fixture(scope="module")
 def alpaca_judge_url(ray_cluster, tiny_assets, tmp_path_factory):
-    from ray import serve
-
     from prefloop.app.judging.alpaca_eval_judge import alpaca_messages, annotator_config
-    from prefloop.app.serving.serve import serve_run_dir, stop_serving
 
     tmp = tmp_path_factory.mktemp("alpaca_judge")
     policy = tmp / "policy"
@@ -42,17 +44,8 @@ def alpaca_judge_url(ray_cluster, tiny_assets, tmp_path_factory):
     raw = {"name": "judge", "run_dir": str(tmp / "run"), "policy": {"model": str(policy)},
            "data": {"train": "unused.jsonl", "max_prompt_tokens": 1000},
            "rollout": {"max_tokens": 8, "max_model_len": 1024}, "scorer": {"kind": "function", "function": "a:b"}}
-    run = RunDir(tmp / "run")
-    run.save_text("recipe.yaml", dump_recipe(parse_recipe(raw, "test")))
-    shutil.copytree(tmp / "judge", run.stage_dir(0, "model"))
-    write_manifest(run.stage_dir(0, "model"), {"stage": "model", "round": 0})
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    served = serve_run_dir(run.root, port=port, timeout_s=300)
-    yield served.url + "/v1"
-    stop_serving(served.name)
-    serve.shutdown()
+    run = served_run(tmp / "run", raw, {0: tmp / "judge"})
+    yield from served_endpoint(run.root)
 
 
 def judge_cfg(url, **kw):

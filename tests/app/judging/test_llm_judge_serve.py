@@ -53,19 +53,24 @@ def always_m_judge(policy_dir, out, steps=12, make_messages=build_messages):
 
 @pytest.fixture(scope="module")
 def judge_url(ray_cluster, tiny_assets, tmp_path_factory):
-    from ray import serve
-
-    from prefloop.app.serving.serve import serve_run_dir, stop_serving
-
     tmp = tmp_path_factory.mktemp("judge")
     raw = {"name": "judge", "run_dir": str(tmp / "run"), "policy": {"model": str(tiny_assets.policy)},
            "data": {"train": "unused.jsonl", "max_prompt_tokens": 480},
            "rollout": {"max_tokens": 8, "max_model_len": 512}, "scorer": {"kind": "function", "function": "a:b"}}
     run = served_run(tmp / "run", raw, {0: always_m_judge(tiny_assets.policy, tmp / "judge")})
+    yield from served_endpoint(run.root)
+
+
+def served_endpoint(run_root):
+    """Serve the run directory's round on a free port; yield its OpenAI-compatible base URL, then shut down."""
+    from ray import serve
+
+    from prefloop.app.serving.serve import serve_run_dir, stop_serving
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    served = serve_run_dir(run.root, port=port, timeout_s=300)
+    served = serve_run_dir(run_root, port=port, timeout_s=300)
     yield served.url + "/v1"
     stop_serving(served.name)
     serve.shutdown()
