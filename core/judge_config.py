@@ -102,7 +102,10 @@ class JudgeConfig(JudgeTarget):
         _require_fields(self, "eval.judge")
         if self.kind != "llm_judge" and (self.base_url or self.model_name or self.api_key_env):
             raise ValueError("eval.judge.base_url / model_name / api_key_env are only used by kind 'llm_judge'")
-        given = self.model_fields_set
+        # values other than the defaults count: a saved recipe (every field written out) must load again
+        fields = type(self).model_fields
+        given = {f for f in ("protocol", "annotator", "orders", "max_tokens", "top_logprobs")
+                 if getattr(self, f) != fields[f].default}
         if self.kind != "llm_judge" and given & {"protocol", "annotator", "orders"}:
             raise ValueError("eval.judge.protocol / annotator / orders are only used by kind 'llm_judge'")
         if self.protocol == "alpaca_eval" and given & {"max_tokens", "top_logprobs"}:

@@ -64,3 +64,16 @@ def test_best_of_needs_a_pairrm_reranker(tmp_path):
         load(tmp_path, judge, ["scorer.kind=function", "scorer.function=a:b", "scorer.model=null"])
     both = "eval: {judge: {kind: pairrm, model: /r}, best_of: 4}\n"
     assert load(tmp_path, both, ["scorer.kind=function", "scorer.function=a:b"]).eval.best_of == 4
+
+
+@pytest.mark.parametrize("judge", ["{kind: function, function: 'a:b'}",
+                                   "{kind: llm_judge, base_url: 'http://j/v1', model_name: j}",
+                                   "{kind: llm_judge, base_url: 'http://j/v1', model_name: j, protocol: alpaca_eval}"])
+def test_a_saved_recipe_loads_again(tmp_path, judge):
+    """The run directory's recipe.yaml writes every field out (defaults too); loading it must give the same recipe."""
+    from prefloop.core.config import dump_recipe
+
+    recipe = load(tmp_path, f"eval: {{judge: {judge}}}\n")
+    saved = tmp_path / "saved.yaml"
+    saved.write_text(dump_recipe(recipe))
+    assert load_recipe(saved) == recipe

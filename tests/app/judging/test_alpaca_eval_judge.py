@@ -108,7 +108,7 @@ def test_the_annotator_is_read_from_the_installed_package():
 
 def test_protocol_settings_are_strict():
     with pytest.raises(ValueError, match="AlpacaEval annotator"):
-        JudgeConfig(kind="llm_judge", protocol="alpaca_eval", base_url="http://x/v1", model_name="j", max_tokens=4)
+        JudgeConfig(kind="llm_judge", protocol="alpaca_eval", base_url="http://x/v1", model_name="j", max_tokens=8)
     with pytest.raises(ValueError, match="only used by kind 'llm_judge'"):
         JudgeConfig(kind="function", function="m:f", protocol="alpaca_eval")
     with pytest.raises(ValueError, match="only used with protocol 'alpaca_eval'"):

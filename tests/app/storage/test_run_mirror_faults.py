@@ -2,6 +2,7 @@
 its local commit is uploaded by the next start. The fault is a filesystem wrapper around pyarrow's."""
 
 import json
+import threading
 
 import pytest
 
@@ -92,8 +93,12 @@ def test_tracking_folders_are_mirrored_and_pulled_elsewhere(remote, tmp_path, mo
 def test_upload_retries_back_off_doubling_and_only_storage_errors_are_retried(remote, monkeypatch):
     _, uri = remote
     run = RunDir(uri)
-    waits = []
-    monkeypatch.setattr(run_mirror.time, "sleep", waits.append)
+    waits, real_sleep = [], run_mirror.time.sleep
+
+    def sleep(s):  # `time` is one module for every thread: other threads' sleeps (Ray's, when it is up) go through
+        waits.append(s) if threading.current_thread() is threading.main_thread() else real_sleep(s)
+
+    monkeypatch.setattr(run_mirror.time, "sleep", sleep)
     calls = []
 
     def down():
